@@ -1,0 +1,25 @@
+// parallel_for over [0, n): runs on torch's own OpenMP thread pool when torch
+// has loaded libgomp (the usual case), so kernkit and torch ops share one set of
+// threads instead of two pools spinning against each other; otherwise on a small
+// persistent pool of our own.
+#pragma once
+#include <cstdint>
+
+namespace kernkit {
+
+using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end);
+
+// Splits [0, n) into at most `num_threads` contiguous ranges of at least `grain`
+// items each, and calls fn on each range (the calling thread takes one).
+void parallel_for_impl(int64_t n, int num_threads, int64_t grain, void* ctx, RangeFn fn);
+
+// "gomp" (torch's OpenMP runtime) or "threads" (kernkit's own pool).
+const char* thread_backend();
+
+template <typename F>
+inline void parallel_for(int64_t n, int num_threads, int64_t grain, const F& f) {
+  parallel_for_impl(n, num_threads, grain, const_cast<F*>(&f),
+                    [](void* ctx, int64_t b, int64_t e) { (*static_cast<const F*>(ctx))(b, e); });
+}
+
+}  // namespace kernkit

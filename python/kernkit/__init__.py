@@ -1,0 +1,15 @@
+"""kernkit: compiled attention, linear-attention, state-space and low-bit
+kernels for PyTorch, on CPU (AVX2/AVX-512, run-time dispatch) and CUDA.
+
+Import torch first is not needed: this module does it (the compiled core
+shares torch's OpenMP thread pool)."""
+
+import torch  # noqa: F401  (loads torch's OpenMP runtime before _C looks for it)
+
+from ._native import cpu_isa, info, set_cpu_isa
+from .norm import rms_norm
+from . import reference
+
+__version__ = info()["version"]
+
+__all__ = ["__version__", "info", "cpu_isa", "set_cpu_isa", "rms_norm", "reference"]

@@ -1,0 +1,53 @@
+"""Argument checks shared by the public functions. Each raises the exception
+type the project promises (TypeError for dtypes and types, ValueError for
+shapes and values, RuntimeError for devices and unsupported features) with a
+message that names the function and the argument."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._native import CUDA_COMPILED, FLOAT_DTYPES
+
+
+def tensor(fn: str, name: str, t, dtypes=FLOAT_DTYPES) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{fn}: {name} has dtype {str(t.dtype).replace('torch.', '')}; expected one of {allowed}")
+    dev = t.device.type
+    if dev == "cuda":
+        if not CUDA_COMPILED:
+            raise RuntimeError(
+                f"{fn}: {name} is a CUDA tensor, but this kernkit build has no CUDA kernels "
+                "(it was built without nvcc or with KERNKIT_BUILD_CUDA=0)"
+            )
+    elif dev not in ("cpu", "meta"):
+        raise RuntimeError(f"{fn}: {name} is on device '{dev}'; kernkit supports cpu and cuda tensors")
+    return t
+
+
+def contiguous(fn: str, name: str, t: torch.Tensor) -> None:
+    if not t.is_contiguous():
+        raise ValueError(
+            f"{fn}: {name} must be contiguous (got shape {tuple(t.shape)}, strides {t.stride()}); "
+            f"call .contiguous() first"
+        )
+
+
+def same_device(fn: str, name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise RuntimeError(f"{fn}: {name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def finite_float(fn: str, name: str, v, *, min_value: float | None = None) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{fn}: {name} must be a float, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v) or (min_value is not None and v < min_value):
+        bound = "" if min_value is None else f" and >= {min_value}"
+        raise ValueError(f"{fn}: {name} must be finite{bound}, got {v}")
+    return v
