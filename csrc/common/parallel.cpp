@@ -3,6 +3,8 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -20,6 +22,9 @@ struct Gomp {
   GompParallel parallel = nullptr;
   OmpInt thread_num = nullptr, num_threads = nullptr;
   Gomp() {
+    // KERNKIT_THREAD_BACKEND=threads forces kernkit's own pool (for comparisons).
+    const char* forced = std::getenv("KERNKIT_THREAD_BACKEND");
+    if (forced && std::strcmp(forced, "threads") == 0) return;
     auto p = reinterpret_cast<GompParallel>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
     auto t = reinterpret_cast<OmpInt>(dlsym(RTLD_DEFAULT, "omp_get_thread_num"));
     auto c = reinterpret_cast<OmpInt>(dlsym(RTLD_DEFAULT, "omp_get_num_threads"));

@@ -1,0 +1,1 @@
+"""kernkit benchmarks: `python -m benchmarks [--quick] [--only FAMILY]`."""

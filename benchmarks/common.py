@@ -1,0 +1,118 @@
+"""Timing and reporting shared by the benchmark families.
+
+Kernel and baseline are timed alternately in the same run (this machine is
+shared and noisy), each as the median of several batches; the table reports
+the baseline/kernkit time ratio (>1: kernkit is faster) and the achieved rate
+next to the machine's roofline."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+# Rooflines of the 2-core development machine (see the developers' guide).
+CPU_MEM_GBPS = 40.0          # 2-thread streaming bandwidth, ~30-48 GB/s measured
+CPU_GFLOPS = {torch.float32: 160.0, torch.bfloat16: 500.0, torch.float16: 500.0}
+
+
+@dataclass
+class Row:
+    family: str
+    case: str
+    shape: str
+    dtype: str
+    kernkit_us: float
+    baseline: str
+    baseline_us: float
+    rate: str = ""            # e.g. "31.2 GB/s (78% of 40)"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.baseline_us / self.kernkit_us if self.kernkit_us > 0 else float("nan")
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _batch_time(fn: Callable, n: int, device: str) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t) / n
+
+
+def time_pair(fn_a: Callable, fn_b: Callable, *, device: str = "cpu", quick: bool = False) -> tuple[float, float]:
+    """Median seconds per call of fn_a and fn_b, measured alternately."""
+    for f in (fn_a, fn_b):
+        f()
+        f()
+    per_batch = 0.02 if quick else 0.05
+    est = max(_batch_time(fn_a, 1, device), _batch_time(fn_b, 1, device), 1e-7)
+    n = max(1, int(per_batch / est))
+    ta, tb = [], []
+    for _ in range(5 if quick else 9):
+        ta.append(_batch_time(fn_a, n, device))
+        tb.append(_batch_time(fn_b, n, device))
+    return statistics.median(ta), statistics.median(tb)
+
+
+def bandwidth(nbytes: float, seconds: float, device: str = "cpu") -> str:
+    gbps = nbytes / seconds / 1e9
+    if device == "cpu":
+        return f"{gbps:.1f} GB/s ({100 * gbps / CPU_MEM_GBPS:.0f}% of {CPU_MEM_GBPS:.0f})"
+    return f"{gbps:.0f} GB/s"
+
+
+def flops_rate(flops: float, seconds: float, dtype: torch.dtype, device: str = "cpu") -> str:
+    gf = flops / seconds / 1e9
+    if device == "cpu" and dtype in CPU_GFLOPS:
+        return f"{gf:.0f} GFLOP/s ({100 * gf / CPU_GFLOPS[dtype]:.0f}% of {CPU_GFLOPS[dtype]:.0f})"
+    return f"{gf:.0f} GFLOP/s"
+
+
+def dtype_name(dtype: Optional[torch.dtype]) -> str:
+    return str(dtype).replace("torch.", "") if dtype is not None else "-"
+
+
+def print_table(rows: list[Row]) -> None:
+    headers = ["family", "case", "shape", "dtype", "kernkit us", "baseline", "base us", "speedup", "rate"]
+    cells = [[r.family, r.case, r.shape, r.dtype, f"{r.kernkit_us:.2f}", r.baseline, f"{r.baseline_us:.2f}",
+              f"{r.ratio:.2f}x", r.rate] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    print(line)
+    print("-" * len(line))
+    for c in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+    print("speedup = baseline time / kernkit time, both measured in this run (> 1: kernkit is faster)")
+
+
+def rows_to_json(rows: list[Row]) -> list[dict]:
+    return [dict(asdict(r), ratio=r.ratio) for r in rows]
+
+
+def plot(rows: list[Row], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.case}\n{r.shape} {r.dtype}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows)), 4))
+    ax.bar(range(len(rows)), [r.ratio for r in rows], color="tab:blue")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("speedup vs baseline (x)")
+    ax.set_title("kernkit vs baseline, same run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,42 @@
+import os
+
+import pytest
+import torch
+
+import kernkit
+
+# The tests must exercise the installed wheel, never the source tree.
+_SRC = os.path.realpath(os.path.join(os.path.dirname(__file__), "..", "python"))
+assert not os.path.realpath(kernkit.__file__).startswith(_SRC) or os.environ.get("KERNKIT_ALLOW_SOURCE_TREE"), (
+    f"kernkit was imported from the source tree ({kernkit.__file__}); install it and run from elsewhere"
+)
+
+ISA_ORDER = ["scalar", "avx2", "avx512"]
+_INFO = kernkit.info()
+SUPPORTED_ISAS = [l for l in ISA_ORDER[: ISA_ORDER.index(_INFO["isa_supported"]) + 1] if l in _INFO["isa_compiled"]]
+# KERNKIT_TEST_ISAS=avx512 (or "scalar,avx2") narrows the levels the ISA-parametrised tests run.
+_WANTED = os.environ.get("KERNKIT_TEST_ISAS")
+TEST_ISAS = [l for l in SUPPORTED_ISAS if not _WANTED or l in _WANTED.split(",")]
+HAS_GPU = _INFO["gpu_usable"]
+DEVICES = ["cpu"] + (["cuda"] if HAS_GPU else [])
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="no usable CUDA GPU (or kernkit built without CUDA)")
+    for item in items:
+        if "cuda" in item.keywords and not HAS_GPU:
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(params=TEST_ISAS)
+def isa(request):
+    """Runs the test at each CPU ISA level this machine supports."""
+    before = kernkit.cpu_isa()
+    kernkit.set_cpu_isa(request.param)
+    yield request.param
+    kernkit.set_cpu_isa(before)
+
+
+@pytest.fixture(params=[pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request):
+    return request.param
