@@ -253,3 +253,33 @@ def test_cuda_gradcheck_opcheck_compile_determinism():
 def test_cuda_mismatched_devices():
     with pytest.raises(RuntimeError, match="weight is on"):
         kernkit.rms_norm(torch.randn(2, 3, device="cuda"), torch.randn(3))
+
+
+# ----------------------------------------------------------------------- properties
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(0, 40),
+    dim=st.integers(1, 300),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    with_weight=st.booleans(),
+    eps=st.sampled_from([0.0, 1e-6, 1e-2]),
+    scale=st.sampled_from([1e-3, 1.0, 30.0]),
+)
+def test_property_matches_reference(rows, dim, dtype, with_weight, eps, scale):
+    x = (torch.randn(rows, dim, dtype=torch.float64) * scale).to(dtype)
+    w = torch.randn(dim, dtype=torch.float64).to(dtype) if with_weight else None
+    if eps == 0.0:
+        x[x == 0] = 1  # an all-zero row with eps=0 is 0/0 in every implementation
+    y = kernkit.rms_norm(x, w, eps)
+    exact = rms_norm_ref(x.double(), None if w is None else w.double(), eps)
+    assert_within_ref_error(y, exact, rms_norm_ref(x, w, eps))
+
+
+def test_torch_compile_inductor():
+    x, w = _inputs((16, 96), torch.bfloat16, "cpu")
+    f = torch.compile(lambda a, b: kernkit.rms_norm(a, b) * 2, fullgraph=True)
+    torch.testing.assert_close(f(x, w), kernkit.rms_norm(x, w) * 2)
