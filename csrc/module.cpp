@@ -4,9 +4,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
+
 #include "common/check.h"
 #include "common/cpu_isa.h"
 #include "common/parallel.h"
+#include "attention/attention.h"
 #include "norm/rms_norm.h"
 
 #ifdef KK_WITH_CUDA
@@ -85,6 +88,68 @@ void rms_norm_bwd(uintptr_t dy, uintptr_t x, uintptr_t w, uintptr_t rstd, uintpt
   else KK_CPU_KERNEL(rms_norm_bwd_cpu)(p);
 }
 
+using Strides = std::array<int64_t, 3>;  // (batch, row, head) in elements
+
+AttnTensor attn_tensor(uintptr_t p, const Strides& st) { return AttnTensor{ptr(p), st[0], st[1], st[2]}; }
+
+AttnShape attn_shape(const std::array<int, 7>& dims, uintptr_t cu_q, uintptr_t cu_k, uintptr_t seqused_k,
+                     const std::array<int64_t, 2>& stat_strides) {
+  AttnShape s{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], ptr<const int32_t>(cu_q),
+              ptr<const int32_t>(cu_k), ptr<const int32_t>(seqused_k), stat_strides[0], stat_strides[1]};
+  require(s.B >= 0 && s.Sq >= 0 && s.Sk >= 0, "flash_attn: negative size");
+  require(s.Hq > 0 && s.Hkv > 0 && s.Hq % s.Hkv == 0, "flash_attn: Hq must be a positive multiple of Hkv");
+  require(s.D >= 1 && s.D <= 512 && s.Dv >= 1 && s.Dv <= 512, "flash_attn: head dims must be in [1, 512]");
+  require((s.cu_q == nullptr) == (s.cu_k == nullptr), "flash_attn: cu_seqlens_q and cu_seqlens_k go together");
+  return s;
+}
+
+AttnMask attn_mask(double scale, double softcap, int left, int right, int sinks, int activation, uintptr_t bias,
+                   double bias_value, bool bias_default) {
+  require(left >= -1 && right >= -1 && sinks >= 0, "flash_attn: window bounds must be >= -1 and sinks >= 0");
+  require(activation == 0 || activation == 1, "flash_attn: activation code must be 0 (softmax) or 1 (sigmoid)");
+  require(softcap >= 0, "flash_attn: softcap must be >= 0");
+  return AttnMask{float(scale), float(softcap), left, right, sinks, AttnActivation(activation),
+                  ptr<const float>(bias), float(bias_value), bias_default};
+}
+
+void attention_fwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v, Strides vs, uintptr_t o,
+                   Strides os, uintptr_t lse, std::array<int64_t, 2> stat_strides, std::array<int, 7> dims,
+                   uintptr_t cu_q, uintptr_t cu_k, uintptr_t seqused_k, double scale, double softcap, int left,
+                   int right, int sinks, int activation, uintptr_t bias, double bias_value, bool bias_default,
+                   int dtype, int threads, int device, intptr_t stream) {
+  AttnFwdParams p{attn_shape(dims, cu_q, cu_k, seqused_k, stat_strides),
+                  attn_mask(scale, softcap, left, right, sinks, activation, bias, bias_value, bias_default),
+                  attn_tensor(q, qs), attn_tensor(k, ks), attn_tensor(v, vs), attn_tensor(o, os),
+                  ptr<float>(lse), dtype_from_code(dtype, "q"), threads};
+  if (p.shape.B == 0) return;
+  require(q && k && v && o, "flash_attn: null data pointer");
+  if (device >= 0) throw std::runtime_error("flash_attn: CUDA kernels are not implemented yet (CPU only for now)");
+  py::gil_scoped_release nogil;
+  if (p.dtype == DType::f64) attention_fwd_f64(p);
+  else KK_CPU_KERNEL(attention_fwd_cpu)(p);
+}
+
+void attention_bwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v, Strides vs, uintptr_t dout,
+                   Strides dos, uintptr_t dq, Strides dqs, uintptr_t dk, Strides dks, uintptr_t dv, Strides dvs,
+                   uintptr_t lse, uintptr_t delta, std::array<int64_t, 2> stat_strides, std::array<int, 7> dims,
+                   uintptr_t cu_q, uintptr_t cu_k, uintptr_t seqused_k, double scale, double softcap, int left,
+                   int right, int sinks, int activation, uintptr_t bias, double bias_value, bool bias_default,
+                   uintptr_t dbias, int dtype, int threads, int device, intptr_t stream) {
+  AttnBwdParams p{attn_shape(dims, cu_q, cu_k, seqused_k, stat_strides),
+                  attn_mask(scale, softcap, left, right, sinks, activation, bias, bias_value, bias_default),
+                  attn_tensor(q, qs), attn_tensor(k, ks), attn_tensor(v, vs), attn_tensor(dout, dos),
+                  attn_tensor(dq, dqs), attn_tensor(dk, dks), attn_tensor(dv, dvs), ptr<const float>(lse),
+                  ptr<const float>(delta), ptr<float>(dbias), dtype_from_code(dtype, "q"), threads};
+  if (p.shape.B == 0) return;
+  require(q && k && v && dout && dq && dk && dv, "flash_attn_backward: null data pointer");
+  require(p.mask.activation == AttnActivation::sigmoid || (lse && delta),
+          "flash_attn_backward: softmax needs lse and delta");
+  if (device >= 0) throw std::runtime_error("flash_attn: CUDA kernels are not implemented yet (CPU only for now)");
+  py::gil_scoped_release nogil;
+  if (p.dtype == DType::f64) attention_bwd_f64(p);
+  else KK_CPU_KERNEL(attention_bwd_cpu)(p);
+}
+
 }  // namespace
 
 #ifndef KK_WITH_CUDA
@@ -105,4 +170,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("rms_norm_dw_blocks", &rms_norm_dw_blocks, py::arg("rows"));
   m.def("rms_norm_fwd", &rms_norm_fwd);
   m.def("rms_norm_bwd", &rms_norm_bwd);
+  m.def("attention_fwd", &attention_fwd);
+  m.def("attention_bwd", &attention_bwd);
 }

@@ -22,4 +22,13 @@ inline void parallel_for(int64_t n, int num_threads, int64_t grain, const F& f) 
                     [](void* ctx, int64_t b, int64_t e) { (*static_cast<const F*>(ctx))(b, e); });
 }
 
+// Dynamic scheduling: workers started with parallel_for(workers, threads, 1, ...)
+// pull task indices from a shared counter until they run out, so uneven tasks
+// (causal attention rows) balance across threads. Which worker runs a task never
+// changes its result.
+struct TaskCounter {
+  int64_t next = 0;
+};
+static inline int64_t take_task(TaskCounter* c) { return __atomic_fetch_add(&c->next, 1, __ATOMIC_RELAXED); }
+
 }  // namespace kernkit

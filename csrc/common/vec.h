@@ -43,6 +43,27 @@ struct Vec {
   friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
   friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  friend Vec operator/(Vec a, Vec b) { return {_mm512_div_ps(a.v, b.v)}; }
+  friend Vec max(Vec a, Vec b) { return {_mm512_max_ps(a.v, b.v)}; }
+  friend Vec min(Vec a, Vec b) { return {_mm512_min_ps(a.v, b.v)}; }
+  friend Vec abs(Vec a) { return {_mm512_abs_ps(a.v)}; }
+  // Lanes where test < limit take `below`, the others `a`.
+  friend Vec select_below(Vec test, float limit, Vec below, Vec a) {
+    return {_mm512_mask_mov_ps(a.v, _mm512_cmp_ps_mask(test.v, _mm512_set1_ps(limit), _CMP_LT_OQ), below.v)};
+  }
+  // Lanes l with base + l outside [lo, hi] become `fill`.
+  friend Vec keep_range(Vec a, int base, int lo, int hi, float fill) {
+    const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(base),
+                                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __mmask16 in = _mm512_cmpge_epi32_mask(idx, _mm512_set1_epi32(lo)) &
+                         _mm512_cmple_epi32_mask(idx, _mm512_set1_epi32(hi));
+    return {_mm512_mask_mov_ps(_mm512_set1_ps(fill), in, a.v)};
+  }
+  // 2^n for integral-valued n in [-126, 127]
+  static Vec exp2i(Vec n) {
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127)), 23))};
+  }
+  static Vec round(Vec a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
 };
 #elif defined(KK_ISA_AVX2)
 struct Vec {
@@ -84,6 +105,23 @@ struct Vec {
   friend Vec operator-(Vec a, Vec b) { return {_mm256_sub_ps(a.v, b.v)}; }
   friend Vec operator*(Vec a, Vec b) { return {_mm256_mul_ps(a.v, b.v)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+  friend Vec operator/(Vec a, Vec b) { return {_mm256_div_ps(a.v, b.v)}; }
+  friend Vec max(Vec a, Vec b) { return {_mm256_max_ps(a.v, b.v)}; }
+  friend Vec min(Vec a, Vec b) { return {_mm256_min_ps(a.v, b.v)}; }
+  friend Vec abs(Vec a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.f), a.v)}; }
+  friend Vec select_below(Vec test, float limit, Vec below, Vec a) {
+    return {_mm256_blendv_ps(a.v, below.v, _mm256_cmp_ps(test.v, _mm256_set1_ps(limit), _CMP_LT_OQ))};
+  }
+  friend Vec keep_range(Vec a, int base, int lo, int hi, float fill) {
+    const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(base), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), idx),
+                                        _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(hi)));
+    return {_mm256_blendv_ps(a.v, _mm256_set1_ps(fill), _mm256_castsi256_ps(out))};
+  }
+  static Vec exp2i(Vec n) {
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23))};
+  }
+  static Vec round(Vec a) { return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
 };
 #else
 struct Vec {
@@ -99,8 +137,44 @@ struct Vec {
   friend Vec operator*(Vec a, Vec b) { return {a.v * b.v}; }
   // a*b+c, not std::fma: without hardware FMA that is a slow library call.
   friend Vec fma(Vec a, Vec b, Vec c) { return {a.v * b.v + c.v}; }
+  friend Vec operator/(Vec a, Vec b) { return {a.v / b.v}; }
+  friend Vec max(Vec a, Vec b) { return {a.v > b.v ? a.v : b.v}; }
+  friend Vec min(Vec a, Vec b) { return {a.v < b.v ? a.v : b.v}; }
+  friend Vec abs(Vec a) { return {std::fabs(a.v)}; }
+  friend Vec select_below(Vec test, float limit, Vec below, Vec a) { return {test.v < limit ? below.v : a.v}; }
+  friend Vec keep_range(Vec a, int base, int lo, int hi, float fill) { return {base >= lo && base <= hi ? a.v : fill}; }
 };
 #endif
+
+// exp(x) in fp32 to ~2 ulp; exactly 0 for x < -87.3 (so exp(-inf) = 0, which
+// masked attention scores rely on); large x saturates at exp(88.7).
+inline Vec exp(Vec x) {
+#if defined(KK_ISA_AVX512) || defined(KK_ISA_AVX2)
+  const Vec xc = min(max(x, Vec::set1(-87.3f)), Vec::set1(88.7f));
+  const Vec n = Vec::round(xc * Vec::set1(1.44269504088896341f));
+  Vec r = fma(n, Vec::set1(-0.693359375f), xc);           // Cody-Waite: ln2 = hi + lo
+  r = fma(n, Vec::set1(2.12194440e-4f), r);
+  Vec p = Vec::set1(1.9875691500e-4f);
+  p = fma(p, r, Vec::set1(1.3981999507e-3f));
+  p = fma(p, r, Vec::set1(8.3334519073e-3f));
+  p = fma(p, r, Vec::set1(4.1665795894e-2f));
+  p = fma(p, r, Vec::set1(1.6666665459e-1f));
+  p = fma(p, r, Vec::set1(5.0000001201e-1f));
+  p = fma(p * r, r, r) + Vec::set1(1.f);
+  return select_below(x, -87.3f, Vec::zero(), p * Vec::exp2i(n));
+#else
+  return {std::exp(x.v)};
+#endif
+}
+
+// tanh(x) = sign(x) * (1 - 2 / (exp(2|x|) + 1)): absolute error ~1e-7.
+inline Vec tanh(Vec x) {
+  const Vec e = exp(min(abs(x) * Vec::set1(2.f), Vec::set1(80.f)));
+  const Vec t = Vec::set1(1.f) - Vec::set1(2.f) / (e + Vec::set1(1.f));
+  return select_below(x, 0.f, Vec::zero() - t, t);
+}
+
+inline Vec sigmoid(Vec x) { return Vec::set1(1.f) / (Vec::set1(1.f) + exp(Vec::zero() - x)); }
 
 }  // namespace KK_ISA_NS
 }  // namespace kernkit

@@ -7,9 +7,14 @@ shares torch's OpenMP thread pool)."""
 import torch  # noqa: F401  (loads torch's OpenMP runtime before _C looks for it)
 
 from ._native import cpu_isa, info, set_cpu_isa
+from .attention import flash_attn, flash_attn_varlen, flash_attn_with_kvcache
 from .norm import rms_norm
 from . import reference
 
 __version__ = info()["version"]
 
-__all__ = ["__version__", "info", "cpu_isa", "set_cpu_isa", "rms_norm", "reference"]
+__all__ = [
+    "__version__", "info", "cpu_isa", "set_cpu_isa",
+    "flash_attn", "flash_attn_varlen", "flash_attn_with_kvcache",
+    "rms_norm", "reference",
+]

@@ -1,6 +1,7 @@
 """Plain-PyTorch reference implementations: slow, obviously correct, used by
 the tests and benchmarks to check and time the kernels."""
 
+from .attention import attention_mask, flash_attn_ref, flash_attn_varlen_ref
 from .norm import rms_norm_ref
 
-__all__ = ["rms_norm_ref"]
+__all__ = ["attention_mask", "flash_attn_ref", "flash_attn_varlen_ref", "rms_norm_ref"]

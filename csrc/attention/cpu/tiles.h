@@ -1,0 +1,286 @@
+// Building blocks of the CPU flash-attention kernels (forward and backward),
+// compiled per ISA level. The kernels work in a transposed layout: a tile of
+// scores is S^T[key j][row r], vectorised over BQ query rows, so the online
+// softmax statistics (one per row) are plain vector ops and neither K nor V is
+// ever transposed. Rows are (query i, head g of the KV group) pairs ordered
+// r = i * group + g: all query heads sharing a KV head share the K/V tiles, and
+// the rows one key may see stay a contiguous range.
+#pragma once
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+#include "attention/attention.h"
+#include "common/parallel.h"
+#include "common/vec.h"
+
+namespace kernkit {
+namespace KK_ISA_NS {
+namespace attn {
+
+#if defined(KK_ISA_AVX512)
+constexpr int QV = 2, JR = 8, CR = 8, NR = 4;
+#elif defined(KK_ISA_AVX2)
+constexpr int QV = 2, JR = 4, CR = 4, NR = 2;
+#else
+constexpr int QV = 8, JR = 4, CR = 4, NR = 4;
+#endif
+constexpr int BQ = QV * Vec::size;   // query rows per tile
+constexpr int BK = 64;               // keys per tile
+constexpr float kNegInf = -INFINITY;
+
+inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+// 64-byte aligned scratch, freed on scope exit.
+template <typename T>
+struct Buf {
+  T* p;
+  explicit Buf(size_t n) : p(static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64))) {
+    if (!p) std::abort();
+  }
+  ~Buf() { std::free(p); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  T& operator[](size_t i) { return p[i]; }
+};
+
+// One sequence of the batch: lengths, global row offsets (varlen), diagonal offset.
+struct Seq {
+  int b, q_len, k_len, off;
+  int64_t q_row0, k_row0;
+};
+
+inline Seq seq_of(const AttnShape& s, int b) {
+  Seq q;
+  q.b = b;
+  q.q_row0 = s.cu_q ? s.cu_q[b] : 0;
+  q.k_row0 = s.cu_k ? s.cu_k[b] : 0;
+  q.q_len = s.cu_q ? s.cu_q[b + 1] - s.cu_q[b] : s.Sq;
+  q.k_len = s.cu_k ? s.cu_k[b + 1] - s.cu_k[b] : s.Sk;
+  if (s.seqused_k) q.k_len = s.seqused_k[b];
+  q.off = q.k_len - q.q_len;
+  return q;
+}
+
+template <typename T>
+inline T* elem(const AttnTensor& t, const Seq& s, int64_t row, int64_t row0, int h) {
+  return static_cast<T*>(const_cast<void*>(t.ptr)) + s.b * t.bs + (row0 + row) * t.rs + h * t.hs;
+}
+
+// Query rows that key j may see, as the row range [rlo, rhi] (empty if rlo > rhi).
+inline void visible_rows(const AttnMask& m, const Seq& s, int group, int j, int& rlo, int& rhi) {
+  if (j >= s.k_len) { rlo = 1; rhi = 0; return; }
+  long ilo = 0, ihi = s.q_len - 1;
+  if (m.right >= 0) ilo = std::max<long>(ilo, long(j) - s.off - m.right);     // j <= i + off + right
+  if (m.left >= 0 && j >= m.sinks) ihi = std::min<long>(ihi, long(j) - s.off + m.left);  // j >= i + off - left
+  if (ilo > ihi) { rlo = 1; rhi = 0; return; }
+  rlo = int(ilo * group);
+  rhi = int(ihi * group + group - 1);
+}
+
+// Key range [jlo, jhi] and sink range [0, sink_hi] visible to query rows [r0, r1).
+struct KeySpan { int sink_hi, jlo, jhi; };
+
+inline KeySpan key_span(const AttnMask& m, const Seq& s, int group, int r0, int r1) {
+  const long i0 = r0 / group, i1 = (r1 - 1) / group;
+  long jlo = 0, jhi = s.k_len - 1;
+  if (m.left >= 0) jlo = std::max<long>(0, i0 + s.off - m.left);
+  if (m.right >= 0) jhi = std::min<long>(jhi, i1 + s.off + m.right);
+  const long sink_hi = std::min<long>(std::min<long>(m.sinks, s.k_len) - 1, jhi);
+  return {int(sink_hi), int(jlo), int(jhi)};
+}
+
+// Calls f(kb) for every key tile that holds a key visible to rows [r0, r1), in order.
+template <typename F>
+inline void for_each_key_tile(const KeySpan& ks, const F& f) {
+  int next = 0;
+  if (ks.sink_hi >= 0)
+    for (; next <= ks.sink_hi / BK; ++next) f(next);
+  if (ks.jhi >= ks.jlo)
+    for (int kb = std::max(next, ks.jlo / BK); kb <= ks.jhi / BK; ++kb) f(kb);
+}
+
+// dst[0..n) = float(src[0..n)), then zeros up to `padded`.
+template <typename T>
+inline void load_row(float* dst, const T* src, int n, int padded) {
+  int i = 0;
+  for (; i + Vec::size <= n; i += Vec::size) Vec::load(src + i).store(dst + i);
+  for (; i < n; ++i) dst[i] = to_float(src[i]);
+  for (; i < padded; ++i) dst[i] = 0.f;
+}
+
+template <typename T>
+inline void store_row(T* dst, const float* src, int n) {
+  int i = 0;
+  for (; i + Vec::size <= n; i += Vec::size) Vec::load(src + i).store(dst + i);
+  for (; i < n; ++i) dst[i] = from_float<T>(src[i]);
+}
+
+// Loads keys [j0, j0 + BK) of one KV head into a BK x ld fp32 tile (zero rows past the end).
+template <typename T>
+inline void load_tile(float* dst, int ld, const AttnTensor& t, const Seq& s, int h, int j0, int n, int width) {
+  for (int jj = 0; jj < BK; ++jj) {
+    const int j = j0 + jj;
+    if (j < s.k_len) load_row(dst + jj * ld, elem<const T>(t, s, j, s.k_row0, h), width, ld);
+    else std::memset(dst + jj * ld, 0, sizeof(float) * ld);
+  }
+  (void)n;
+}
+
+// C[j][0..BQ) = sum_{d<D} A[j][d] * Bt[d][0..BQ) for j < nrows (rounded up to JR).
+inline void tile_scores(float* C, const float* A, int lda, const float* Bt, int D, int nrows) {
+  for (int j0 = 0; j0 < nrows; j0 += JR) {
+    Vec acc[JR][QV];
+    for (int r = 0; r < JR; ++r)
+      for (int v = 0; v < QV; ++v) acc[r][v] = Vec::zero();
+    const float* a = A + j0 * lda;
+    for (int d = 0; d < D; ++d) {
+      Vec b[QV];
+      for (int v = 0; v < QV; ++v) b[v] = Vec::load(Bt + d * BQ + v * Vec::size);
+      for (int r = 0; r < JR; ++r) {
+        const Vec ar = Vec::set1(a[r * lda + d]);
+        for (int v = 0; v < QV; ++v) acc[r][v] = fma(ar, b[v], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < JR; ++r)
+      for (int v = 0; v < QV; ++v) acc[r][v].store(C + (j0 + r) * BQ + v * Vec::size);
+  }
+}
+
+// Ct[c][0..BQ) += sum_{j<nk} A[j][c] * Pt[j][0..BQ) for c < ncols (ncols a multiple of CR).
+inline void tile_acc_t(float* Ct, const float* A, int lda, int ncols, const float* Pt, int nk) {
+  for (int c0 = 0; c0 < ncols; c0 += CR) {
+    Vec acc[CR][QV];
+    for (int r = 0; r < CR; ++r)
+      for (int v = 0; v < QV; ++v) acc[r][v] = Vec::load(Ct + (c0 + r) * BQ + v * Vec::size);
+    for (int j = 0; j < nk; ++j) {
+      Vec p[QV];
+      for (int v = 0; v < QV; ++v) p[v] = Vec::load(Pt + j * BQ + v * Vec::size);
+      const float* a = A + j * lda + c0;
+      for (int r = 0; r < CR; ++r) {
+        const Vec ar = Vec::set1(a[r]);
+        for (int v = 0; v < QV; ++v) acc[r][v] = fma(ar, p[v], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < CR; ++r)
+      for (int v = 0; v < QV; ++v) acc[r][v].store(Ct + (c0 + r) * BQ + v * Vec::size);
+  }
+}
+
+// C[j][0..ncols) += sum_{r<BQ} Pt[j][r] * B[r][0..ncols) for j < nk (rounded up to 4);
+// ncols a multiple of NR * Vec::size, ldc = ldb = ncols.
+inline void tile_acc_n(float* C, const float* Pt, const float* B, int ncols, int nk) {
+  constexpr int JB = 4;
+  for (int j0 = 0; j0 < nk; j0 += JB) {
+    for (int c0 = 0; c0 < ncols; c0 += NR * Vec::size) {
+      Vec acc[JB][NR];
+      for (int r = 0; r < JB; ++r)
+        for (int v = 0; v < NR; ++v) acc[r][v] = Vec::load(C + (j0 + r) * ncols + c0 + v * Vec::size);
+      for (int i = 0; i < BQ; ++i) {
+        Vec b[NR];
+        for (int v = 0; v < NR; ++v) b[v] = Vec::load(B + i * ncols + c0 + v * Vec::size);
+        for (int r = 0; r < JB; ++r) {
+          const Vec p = Vec::set1(Pt[(j0 + r) * BQ + i]);
+          for (int v = 0; v < NR; ++v) acc[r][v] = fma(p, b[v], acc[r][v]);
+        }
+      }
+      for (int r = 0; r < JB; ++r)
+        for (int v = 0; v < NR; ++v) acc[r][v].store(C + (j0 + r) * ncols + c0 + v * Vec::size);
+    }
+  }
+}
+
+// Softcap (keeping tanh for the backward when `tanh_out` is set) and the mask,
+// applied to a BK x BQ score tile whose rows start at key j0 and columns at row r0.
+// Invisible scores become `fill`.
+inline void cap_and_mask(float* St, float* tanh_out, const AttnMask& m, const Seq& s, int group, int j0, int r0,
+                         int nk, float fill) {
+  const bool cap = m.softcap > 0.f;
+  const Vec c = Vec::set1(m.softcap), inv_c = Vec::set1(cap ? 1.f / m.softcap : 0.f);
+  for (int jj = 0; jj < nk; ++jj) {
+    int rlo, rhi;
+    visible_rows(m, s, group, j0 + jj, rlo, rhi);
+    for (int v = 0; v < QV; ++v) {
+      float* p = St + jj * BQ + v * Vec::size;
+      Vec x = Vec::load(p);
+      if (cap) {
+        const Vec t = tanh(x * inv_c);
+        if (tanh_out) t.store(tanh_out + jj * BQ + v * Vec::size);
+        x = c * t;
+      }
+      keep_range(x, r0 + v * Vec::size, rlo, rhi, fill).store(p);
+    }
+  }
+}
+
+// Per-row sigmoid bias (rows of one tile may belong to different heads).
+inline void sigmoid_bias_lanes(float* out, const AttnMask& m, const Seq& s, int hkv, int group, int r0) {
+  for (int rr = 0; rr < BQ; ++rr) {
+    const int h = hkv * group + (r0 + rr) % group;
+    out[rr] = m.sigmoid_bias ? m.sigmoid_bias[h]
+              : m.sigmoid_bias_default ? -std::log(float(std::max(s.k_len, 1)))
+                                       : m.sigmoid_bias_value;
+  }
+}
+
+// Qt[d][rr] = scale * q[row r0+rr][d] (zeros past the sequence); optional natural
+// copy Qn[rr][0..ldn) for the backward.
+template <typename T>
+inline void pack_rows_t(float* Qt, float* Qn, int ldn, const AttnTensor& t, const Seq& s, int hkv, int group,
+                        int r0, int D, float scale, float* tmp) {
+  const int rows = s.q_len * group;
+  for (int rr = 0; rr < BQ; ++rr) {
+    const int r = r0 + rr;
+    if (r < rows) {
+      load_row(tmp, elem<const T>(t, s, r / group, s.q_row0, hkv * group + r % group), D, D);
+      for (int d = 0; d < D; ++d) tmp[d] *= scale;
+    } else {
+      std::memset(tmp, 0, sizeof(float) * D);
+    }
+    for (int d = 0; d < D; ++d) Qt[d * BQ + rr] = tmp[d];
+    if (Qn) {
+      std::memcpy(Qn + rr * ldn, tmp, sizeof(float) * D);
+      std::memset(Qn + rr * ldn + D, 0, sizeof(float) * (ldn - D));
+    }
+  }
+}
+
+// Prefix sums of per-sequence task counts, so a flat task index maps to (b, local).
+struct TaskMap {
+  Buf<int64_t> start;
+  int B;
+  template <typename Count>
+  TaskMap(int B_, const Count& count) : start(size_t(B_) + 1), B(B_) {
+    start[0] = 0;
+    for (int b = 0; b < B; ++b) start[b + 1] = start[b] + count(b);
+  }
+  int64_t total() { return start[B]; }
+  void locate(int64_t t, int& b, int64_t& local) {
+    int lo = 0, hi = B - 1;  // last b with start[b] <= t
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (start[mid] <= t) lo = mid; else hi = mid - 1;
+    }
+    b = lo;
+    local = t - start[lo];
+  }
+};
+
+// Runs task(t, worker_scratch) for t in [0, n) over the threads, largest-first
+// (callers number tasks so later ones are heavier) with dynamic balancing.
+template <typename MakeScratch, typename Task>
+inline void run_tasks(int64_t n, int threads, const MakeScratch& make_scratch, const Task& task) {
+  if (n <= 0) return;
+  TaskCounter counter;
+  const int64_t workers = std::min<int64_t>(std::max(threads, 1), n);
+  parallel_for(workers, threads, 1, [&](int64_t, int64_t) {
+    auto scratch = make_scratch();
+    for (int64_t t; (t = take_task(&counter)) < n;) task(n - 1 - t, *scratch);
+  });
+}
+
+}  // namespace attn
+}  // namespace KK_ISA_NS
+}  // namespace kernkit

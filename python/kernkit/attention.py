@@ -1,0 +1,345 @@
+"""Fused attention: flash (softmax) and sigmoid attention with bottom-right
+causal masks, sliding windows, attention sinks, softcap, GQA/MQA, variable-length
+batches and KV-cache decode. CPU kernels for every ISA level; CUDA comes later.
+
+Mask semantics (as flash-attn): with ``off = Sk - Sq``, query i sees key j iff
+``i + off - left <= j <= i + off + right`` (a -1 bound is unbounded;
+``causal=True`` sets right = 0) or ``j < sinks`` (still subject to the right
+bound). Softmax rows with no visible key give 0 and lse = -inf.
+
+All kernels are deterministic: outputs and gradients are bitwise identical
+across runs and thread counts (reductions have a fixed order, no atomics), so
+``deterministic=True`` costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+
+from . import _C
+from . import _checks as chk
+from ._native import dtype_code, launch_args, ptr
+from ._ops import define_op
+
+_ACTIVATIONS = {"softmax": 0, "sigmoid": 1}
+MAX_HEAD_DIM = 256
+
+
+# --------------------------------------------------------------------------- op plumbing
+
+def _strides(t: torch.Tensor):
+    """(batch, row, head) element strides; varlen (total, H, D) tensors have batch stride 0."""
+    if t.dim() == 4:
+        return (t.stride(0), t.stride(1), t.stride(2))
+    return (0, t.stride(0), t.stride(1))
+
+
+def _geometry(q, k, v, cu_q, max_q, max_k):
+    varlen = cu_q is not None
+    B = cu_q.numel() - 1 if varlen else q.shape[0]
+    Sq = max_q if varlen else q.shape[1]
+    Sk = max_k if varlen else k.shape[1]
+    Hq, D = q.shape[-2], q.shape[-1]
+    Hkv, Dv = k.shape[-2], v.shape[-1]
+    dims = [B, Hq, Hkv, D, Dv, Sq, Sk]
+    if varlen:
+        lse_shape, stat = (Hq, q.shape[0]), (0, q.shape[0])
+    else:
+        lse_shape, stat = (B, Hq, Sq), (Hq * Sq, Sq)
+    return dims, lse_shape, stat
+
+
+def _mask_args(scale, softcap, left, right, sinks, activation, bias, bias_value, bias_default):
+    return [scale, softcap, left, right, sinks, activation, ptr(bias), bias_value, bias_default]
+
+
+def _fwd_impl(q, k, v, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left, right, sinks, activation,
+              bias, bias_value, bias_default):
+    dims, lse_shape, stat = _geometry(q, k, v, cu_q, max_q, max_k)
+    out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+    softmax = activation == 0
+    lse = torch.empty(lse_shape if softmax else (0,), dtype=torch.float32, device=q.device)
+    _C.attention_fwd(ptr(q), _strides(q), ptr(k), _strides(k), ptr(v), _strides(v), ptr(out), _strides(out),
+                     ptr(lse) if softmax else 0, stat, dims, ptr(cu_q), ptr(cu_k), ptr(seqused_k),
+                     *_mask_args(scale, softcap, left, right, sinks, activation, bias, bias_value, bias_default),
+                     dtype_code(q), *launch_args(q))
+    return out, lse
+
+
+def _fwd_fake(q, k, v, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left, right, sinks, activation,
+              bias, bias_value, bias_default):
+    _, lse_shape, _ = _geometry(q, k, v, cu_q, max_q, max_k)
+    out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+    return out, q.new_empty(lse_shape if activation == 0 else (0,), dtype=torch.float32)
+
+
+def _bwd_impl(dout, q, k, v, out, lse, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left, right, sinks,
+              activation, bias, bias_value, bias_default, need_dbias):
+    dims, _, stat = _geometry(q, k, v, cu_q, max_q, max_k)
+    dout = dout.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    delta = None
+    if activation == 0:
+        # rowsum(dO * O) in the lse layout: (B, Hq, Sq), or (Hq, total) for varlen
+        delta = (dout.float() * out.float()).sum(-1)
+        delta = (delta.transpose(1, 2) if q.dim() == 4 else delta.t()).contiguous()
+    dbias = torch.empty((q.shape[-2],) if need_dbias else (0,), dtype=torch.float32, device=q.device)
+    _C.attention_bwd(ptr(q), _strides(q), ptr(k), _strides(k), ptr(v), _strides(v), ptr(dout), _strides(dout),
+                     ptr(dq), _strides(dq), ptr(dk), _strides(dk), ptr(dv), _strides(dv), ptr(lse), ptr(delta),
+                     stat, dims, ptr(cu_q), ptr(cu_k), ptr(seqused_k),
+                     *_mask_args(scale, softcap, left, right, sinks, activation, bias, bias_value, bias_default),
+                     ptr(dbias) if need_dbias else 0, dtype_code(q), *launch_args(q))
+    return dq, dk, dv, dbias
+
+
+def _bwd_fake(dout, q, k, v, out, lse, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left, right, sinks,
+              activation, bias, bias_value, bias_default, need_dbias):
+    dbias = q.new_empty((q.shape[-2],) if need_dbias else (0,), dtype=torch.float32)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias
+
+
+_ARGS = ("Tensor? cu_q, Tensor? cu_k, Tensor? seqused_k, int max_q, int max_k, float scale, float softcap, "
+         "int left, int right, int sinks, int activation, Tensor? bias, float bias_value, bool bias_default")
+
+_attn_bwd = define_op(
+    f"attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, {_ARGS}, bool need_dbias)"
+    " -> (Tensor, Tensor, Tensor, Tensor)",
+    impl=_bwd_impl,
+    fake=_bwd_fake,
+)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, seqused_k = inputs[:6]
+    bias = inputs[14]
+    ctx.save_for_backward(q, k, v, output[0], output[1], cu_q, cu_k, seqused_k, bias)
+    ctx.args = inputs[6:14] + inputs[15:]
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, cu_q, cu_k, seqused_k, bias = ctx.saved_tensors
+    (max_q, max_k, scale, softcap, left, right, sinks, activation, bias_value, bias_default) = ctx.args
+    need_dbias = bias is not None and ctx.needs_input_grad[14]
+    dq, dk, dv, dbias = _attn_bwd(dout, q, k, v, out, lse, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap,
+                                  left, right, sinks, activation, bias, bias_value, bias_default, need_dbias)
+    grads = [dq, dk, dv] + [None] * 14
+    if need_dbias:
+        grads[14] = dbias
+    return tuple(grads)
+
+
+_attn_fwd = define_op(
+    f"attn_fwd(Tensor q, Tensor k, Tensor v, {_ARGS}) -> (Tensor, Tensor)",
+    impl=_fwd_impl,
+    fake=_fwd_fake,
+    backward=_backward,
+    setup_context=_setup_context,
+)
+
+
+# --------------------------------------------------------------------------- argument checks
+
+def _check_qkv(fn, q, k, v, ndim):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        chk.tensor(fn, name, t)
+        if t.dim() != ndim:
+            layout = "(batch, seqlen, heads, head_dim)" if ndim == 4 else "(total_tokens, heads, head_dim)"
+            raise ValueError(f"{fn}: {name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{fn}: {name} has dtype {t.dtype} but q has {q.dtype}; all must match")
+        chk.same_device(fn, name, t, "q", q)
+    if k.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"{fn}: k {tuple(k.shape)} and v {tuple(v.shape)} must agree in all but the last dim")
+    if ndim == 4 and k.shape[0] != q.shape[0]:
+        raise ValueError(f"{fn}: batch mismatch: q has {q.shape[0]}, k/v have {k.shape[0]}")
+    hq, hkv = q.shape[-2], k.shape[-2]
+    if hq == 0 or hkv == 0 or hq % hkv:
+        raise ValueError(f"{fn}: q heads ({hq}) must be a positive multiple of k/v heads ({hkv}) (GQA/MQA)")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"{fn}: q head dim {q.shape[-1]} != k head dim {k.shape[-1]}")
+    for name, d in (("q/k", q.shape[-1]), ("v", v.shape[-1])):
+        if not 1 <= d <= MAX_HEAD_DIM:
+            raise ValueError(f"{fn}: {name} head dim must be in [1, {MAX_HEAD_DIM}], got {d}")
+
+
+def _last_dim_contiguous(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _options(fn, q, causal, window, sinks, softcap, scale, activation, sigmoid_bias, return_lse, deterministic):
+    if not isinstance(causal, bool):
+        raise TypeError(f"{fn}: causal must be a bool, got {type(causal).__name__}")
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"{fn}: deterministic must be a bool")
+    try:
+        left, right = window
+    except (TypeError, ValueError):
+        raise ValueError(f"{fn}: window must be a pair (left, right), got {window!r}") from None
+    for name, w in (("window[0]", left), ("window[1]", right)):
+        if isinstance(w, bool) or not isinstance(w, int):
+            raise TypeError(f"{fn}: {name} must be an int, got {type(w).__name__}")
+        if w < -1:
+            raise ValueError(f"{fn}: {name} must be >= -1 (-1 = unbounded), got {w}")
+    if causal:
+        right = 0
+    if isinstance(sinks, bool) or not isinstance(sinks, int):
+        raise TypeError(f"{fn}: sinks must be an int, got {type(sinks).__name__}")
+    if sinks < 0:
+        raise ValueError(f"{fn}: sinks must be >= 0, got {sinks}")
+    softcap = chk.finite_float(fn, "softcap", softcap, min_value=0.0)
+    scale = q.shape[-1] ** -0.5 if scale is None else chk.finite_float(fn, "scale", scale)
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"{fn}: activation must be 'softmax' or 'sigmoid', got {activation!r}")
+    act = _ACTIVATIONS[activation]
+    bias, bias_value, bias_default = None, 0.0, False
+    if sigmoid_bias is not None and act != 1:
+        raise ValueError(f"{fn}: sigmoid_bias is only used with activation='sigmoid'")
+    if act == 1:
+        if return_lse:
+            raise ValueError(f"{fn}: return_lse is only defined for activation='softmax'")
+        if sigmoid_bias is None:
+            bias_default = True
+        elif isinstance(sigmoid_bias, torch.Tensor):
+            chk.tensor(fn, "sigmoid_bias", sigmoid_bias)
+            chk.same_device(fn, "sigmoid_bias", sigmoid_bias, "q", q)
+            if sigmoid_bias.shape != (q.shape[-2],):
+                raise ValueError(f"{fn}: sigmoid_bias must be a float or a ({q.shape[-2]},) per-head tensor, "
+                                 f"got shape {tuple(sigmoid_bias.shape)}")
+            bias = sigmoid_bias.float().contiguous()
+        else:
+            bias_value = chk.finite_float(fn, "sigmoid_bias", sigmoid_bias)
+    return [float(scale), softcap, left, right, sinks, act, bias, bias_value, bias_default]
+
+
+def _check_cu(fn, name, cu, total):
+    chk.tensor(fn, name, cu, dtypes=(torch.int32,))
+    if cu.dim() != 1 or cu.numel() < 1:
+        raise ValueError(f"{fn}: {name} must be a 1-D int32 tensor of batch+1 offsets")
+    if cu.device.type == "meta":
+        return
+    c = cu.cpu()
+    if int(c[0]) != 0 or int(c[-1]) != total or bool((c[1:] < c[:-1]).any()):
+        raise ValueError(f"{fn}: {name} must start at 0, be non-decreasing and end at {total} (the packed length)")
+
+
+# --------------------------------------------------------------------------- public API
+
+def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+               window: Sequence[int] = (-1, -1), sinks: int = 0, softcap: float = 0.0,
+               scale: Optional[float] = None, activation: str = "softmax",
+               sigmoid_bias: Union[None, float, torch.Tensor] = None, return_lse: bool = False,
+               deterministic: bool = False):
+    """Fused attention over ``(batch, seqlen, heads, head_dim)`` tensors.
+
+    Args:
+        q: ``(B, Sq, Hq, D)``; k: ``(B, Sk, Hkv, D)``; v: ``(B, Sk, Hkv, Dv)``, with ``Hq % Hkv == 0``
+            (GQA/MQA) and head dims up to 256. fp32, bf16, fp16 (fp64 runs a slow exact path for gradcheck).
+        causal: bottom-right aligned causal mask (sets the window's right bound to 0).
+        window: ``(left, right)`` keys visible around the diagonal; -1 = unbounded.
+        sinks: the first ``sinks`` keys are visible regardless of the left bound (StreamingLLM).
+        softcap: if > 0, scores become ``softcap * tanh(score / softcap)``.
+        scale: multiplies ``q @ k^T`` (default ``D ** -0.5``).
+        activation: ``"softmax"`` or ``"sigmoid"`` (FlashSigmoid: ``out = sum_j sigmoid(s_ij + b) v_j``).
+        sigmoid_bias: ``b``: a float or a per-head ``(Hq,)`` tensor (differentiable); default
+            ``-log(number of keys)``.
+        return_lse: also return the log-sum-exp ``(B, Hq, Sq)`` fp32 (softmax only).
+        deterministic: accepted for flash-attn compatibility; kernkit is always deterministic.
+
+    Returns ``out (B, Sq, Hq, Dv)`` in q's dtype, or ``(out, lse)``.
+
+    Example::
+
+        >>> q = torch.randn(1, 128, 8, 64); k = v = torch.randn(1, 128, 2, 64)
+        >>> kernkit.flash_attn(q, k, v, causal=True, window=(32, -1), sinks=4).shape
+        torch.Size([1, 128, 8, 64])
+    """
+    fn = "flash_attn"
+    _check_qkv(fn, q, k, v, 4)
+    opts = _options(fn, q, causal, window, sinks, softcap, scale, activation, sigmoid_bias, return_lse,
+                    deterministic)
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    out, lse = _attn_fwd(q, k, v, None, None, None, q.shape[1], k.shape[1], *opts)
+    return (out, lse) if return_lse else out
+
+
+def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                      cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, **kwargs):
+    """Attention over packed variable-length sequences (flash-attn's varlen API).
+
+    q ``(total_q, Hq, D)``, k/v ``(total_k, Hkv, D/Dv)``; ``cu_seqlens_q/k`` int32 ``(batch + 1,)``
+    offsets (sequence b is rows ``cu[b]:cu[b+1]``; empty sequences allowed). Masks apply per
+    sequence. Same keyword options as :func:`flash_attn`; lse is ``(Hq, total_q)``."""
+    fn = "flash_attn_varlen"
+    _check_qkv(fn, q, k, v, 3)
+    if q.device.type != "meta":
+        _check_cu(fn, "cu_seqlens_q", cu_seqlens_q, q.shape[0])
+        _check_cu(fn, "cu_seqlens_k", cu_seqlens_k, k.shape[0])
+    if cu_seqlens_q.numel() != cu_seqlens_k.numel():
+        raise ValueError(f"{fn}: cu_seqlens_q and cu_seqlens_k must have the same length (batch + 1)")
+    chk.same_device(fn, "cu_seqlens_q", cu_seqlens_q, "q", q)
+    chk.same_device(fn, "cu_seqlens_k", cu_seqlens_k, "q", q)
+    for name, m in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+            raise ValueError(f"{fn}: {name} must be a non-negative int, got {m!r}")
+    return_lse = kwargs.get("return_lse", False)
+    opts = _options(fn, q, **{**_DEFAULTS, **kwargs})
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    out, lse = _attn_fwd(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), None,
+                         max_seqlen_q, max_seqlen_k, *opts)
+    return (out, lse) if return_lse else out
+
+
+_DEFAULTS = dict(causal=False, window=(-1, -1), sinks=0, softcap=0.0, scale=None, activation="softmax",
+                 sigmoid_bias=None, return_lse=False, deterministic=False)
+
+
+def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            cache_seqlens: Union[int, torch.Tensor], k: Optional[torch.Tensor] = None,
+                            v: Optional[torch.Tensor] = None, **kwargs):
+    """Decode-time attention over a KV cache (flash-attn's ``flash_attn_with_kvcache``).
+
+    q ``(B, Sq, Hq, D)``; caches ``(B, capacity, Hkv, D/Dv)``; ``cache_seqlens`` an int or int32
+    ``(B,)``: keys already in the cache. If ``k``/``v`` ``(B, Snew, Hkv, ...)`` are given they are
+    written **in place** into the caches at ``cache_seqlens``; attention then runs over the first
+    ``cache_seqlens + Snew`` keys of each batch entry (masks aligned to that length)."""
+    fn = "flash_attn_with_kvcache"
+    _check_qkv(fn, q, k_cache, v_cache, 4)
+    B, cap = k_cache.shape[0], k_cache.shape[1]
+    if isinstance(cache_seqlens, bool) or not isinstance(cache_seqlens, (int, torch.Tensor)):
+        raise TypeError(f"{fn}: cache_seqlens must be an int or an int32 tensor of shape ({B},)")
+    if isinstance(cache_seqlens, int):
+        cache_seqlens = torch.full((B,), cache_seqlens, dtype=torch.int32, device=q.device)
+    chk.tensor(fn, "cache_seqlens", cache_seqlens, dtypes=(torch.int32, torch.int64))
+    if cache_seqlens.shape != (B,):
+        raise ValueError(f"{fn}: cache_seqlens must have shape ({B},), got {tuple(cache_seqlens.shape)}")
+    chk.same_device(fn, "cache_seqlens", cache_seqlens, "q", q)
+    if (k is None) != (v is None):
+        raise ValueError(f"{fn}: give both k and v to append, or neither")
+    n_new = 0
+    if k is not None:
+        _check_qkv(fn, q, k, v, 4)
+        if k.shape[2:] != k_cache.shape[2:] or v.shape[2:] != v_cache.shape[2:] or k.shape[0] != B:
+            raise ValueError(f"{fn}: new k/v {tuple(k.shape)}/{tuple(v.shape)} do not match the caches "
+                             f"{tuple(k_cache.shape)}/{tuple(v_cache.shape)}")
+        n_new = k.shape[1]
+    lens = cache_seqlens.to(torch.int64)
+    if q.device.type != "meta" and B > 0:
+        lo, hi = int(lens.min()), int(lens.max())
+        if lo < 0 or hi + n_new > cap:
+            raise ValueError(f"{fn}: cache_seqlens + new keys must lie in [0, {cap}] (the cache capacity); "
+                             f"got cache_seqlens in [{lo}, {hi}] with {n_new} new keys")
+    if n_new:
+        rows = lens[:, None] + torch.arange(n_new, device=q.device)
+        batch = torch.arange(B, device=q.device)[:, None]
+        k_cache[batch, rows] = k
+        v_cache[batch, rows] = v
+    seqused = (lens + n_new).to(torch.int32)
+    return_lse = kwargs.get("return_lse", False)
+    opts = _options(fn, q, **{**_DEFAULTS, **kwargs})
+    q, kc, vc = (_last_dim_contiguous(t) for t in (q, k_cache, v_cache))
+    out, lse = _attn_fwd(q, kc, vc, None, None, seqused, q.shape[1], cap, *opts)
+    return (out, lse) if return_lse else out
