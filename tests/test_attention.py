@@ -1,0 +1,359 @@
+import math
+
+import pytest
+import torch
+
+import kernkit
+from kernkit.reference import flash_attn_ref, flash_attn_varlen_ref
+from helpers import assert_within_ref_error, max_err
+
+LOWP = [torch.float32, torch.bfloat16, torch.float16]
+
+# (B, Sq, Sk, Hq, Hkv, D, Dv)
+SHAPES = [
+    (1, 1, 1, 1, 1, 32, 32),
+    (2, 17, 17, 4, 4, 64, 64),
+    (1, 59, 127, 8, 1, 40, 40),      # MQA, Sq < Sk
+    (2, 127, 59, 4, 2, 64, 48),      # Sq > Sk, Dv != D
+    (1, 1, 300, 8, 2, 128, 128),     # decode-shaped
+    (1, 200, 200, 2, 2, 96, 96),
+]
+
+MASKS = [
+    dict(),
+    dict(causal=True),
+    dict(window=(16, -1)),
+    dict(window=(7, 5)),
+    dict(causal=True, window=(20, -1), sinks=3),
+    dict(causal=True, softcap=5.0),
+    dict(activation="sigmoid"),
+    dict(activation="sigmoid", causal=True, window=(9, 0), sinks=2, sigmoid_bias=-1.5),
+]
+
+
+def _qkv(shape, dtype, seed=0, scale=1.0):
+    B, Sq, Sk, Hq, Hkv, D, Dv = shape
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)
+    return mk(B, Sq, Hq, D), mk(B, Sk, Hkv, D), mk(B, Sk, Hkv, Dv)
+
+
+def _check_fwd(q, k, v, kw):
+    out = kernkit.flash_attn(q, k, v, **kw)
+    exact, lse_exact = flash_attn_ref(q.double(), k.double(), v.double(), **kw)
+    same, _ = flash_attn_ref(q, k, v, **kw)
+    assert out.dtype == q.dtype and out.shape == exact.shape
+    assert not torch.isnan(out).any()
+    assert_within_ref_error(out, exact, same)
+    if kw.get("activation", "softmax") == "softmax":
+        _, lse = kernkit.flash_attn(q, k, v, return_lse=True, **kw)
+        assert lse.dtype == torch.float32 and lse.shape == (q.shape[0], q.shape[2], q.shape[1])
+        finite = torch.isfinite(lse_exact)
+        assert torch.equal(torch.isfinite(lse), finite)
+        assert max_err(lse[finite], lse_exact[finite]) < 1e-3
+
+
+@pytest.mark.parametrize("kw", MASKS, ids=lambda kw: "-".join(f"{a}={b}" for a, b in kw.items()) or "full")
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_fp32_every_isa(isa, shape, kw):
+    _check_fwd(*_qkv(shape, torch.float32), kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kw", MASKS, ids=lambda kw: "-".join(f"{a}={b}" for a, b in kw.items()) or "full")
+@pytest.mark.parametrize("shape", SHAPES[1:5], ids=str)
+def test_forward_16bit(isa, shape, kw, dtype):
+    _check_fwd(*_qkv(shape, dtype), kw)
+
+
+@pytest.mark.parametrize("d", [1, 8, 40, 64, 80, 96, 111, 128, 256])
+def test_head_dims(d):
+    _check_fwd(*_qkv((1, 33, 45, 2, 1, d, d), torch.float32), dict(causal=True))
+    _check_fwd(*_qkv((1, 20, 20, 2, 2, d, max(1, d // 2)), torch.bfloat16), dict())
+
+
+@pytest.mark.parametrize("sq", [1, 17, 59, 127, 1000])
+def test_lengths(sq):
+    _check_fwd(*_qkv((1, sq, sq + 3, 2, 1, 64, 64), torch.bfloat16), dict(causal=True, window=(100, -1), sinks=4))
+
+
+def test_rows_with_no_visible_key():
+    # Sq > Sk with a causal mask: the first Sq - Sk rows see nothing -> 0 output, lse -inf, finite grads
+    q, k, v = _qkv((1, 20, 8, 2, 2, 16, 16), torch.float32)
+    q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+    out, lse = kernkit.flash_attn(q, k, v, causal=True, return_lse=True)
+    assert torch.all(out[:, :12] == 0) and torch.all(torch.isneginf(lse[:, :, :12]))
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    assert torch.all(q.grad[:, :12] == 0)
+
+
+def _grads(fn, inputs, dout):
+    inputs = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
+    out = fn(*inputs)
+    out.backward(dout)
+    return [t.grad for t in inputs if t is not None]
+
+
+BWD_MASKS = [
+    dict(),
+    dict(causal=True),
+    dict(causal=True, window=(13, -1), sinks=2),
+    dict(window=(6, 9), softcap=4.0),
+    dict(activation="sigmoid"),
+    dict(activation="sigmoid", causal=True, softcap=3.0),
+]
+
+
+@pytest.mark.parametrize("kw", BWD_MASKS, ids=lambda kw: "-".join(f"{a}={b}" for a, b in kw.items()) or "full")
+@pytest.mark.parametrize("shape", [(1, 17, 17, 2, 1, 32, 32), (2, 70, 130, 4, 2, 64, 40), (1, 130, 70, 2, 2, 80, 80),
+                                   (1, 1, 90, 4, 1, 64, 64)], ids=str)
+@pytest.mark.parametrize("dtype", LOWP)
+def test_backward_matches_reference(isa, shape, kw, dtype):
+    q, k, v = _qkv(shape, dtype)
+    dout = torch.randn(q.shape[:-1] + (v.shape[-1],), generator=torch.Generator().manual_seed(3)).to(dtype)
+    got = _grads(lambda a, b, c: kernkit.flash_attn(a, b, c, **kw), [q, k, v], dout)
+    exact = _grads(lambda a, b, c: flash_attn_ref(a, b, c, **kw)[0], [q.double(), k.double(), v.double()],
+                   dout.double())
+    same = _grads(lambda a, b, c: flash_attn_ref(a, b, c, **kw)[0], [q, k, v], dout)
+    for name, g, e, s in zip("qkv", got, exact, same):
+        assert g.dtype == dtype
+        assert_within_ref_error(g, e, s, factor=3.0, what=f"d{name}")
+
+
+def test_sigmoid_bias_per_head_gradient():
+    q, k, v = _qkv((2, 33, 40, 4, 2, 32, 32), torch.float32)
+    bias = torch.tensor([-3.0, -1.0, 0.0, 0.5])
+    dout = torch.randn(2, 33, 4, 32)
+    kw = dict(activation="sigmoid", causal=True, softcap=6.0)
+    got = _grads(lambda a, b, c, s: kernkit.flash_attn(a, b, c, sigmoid_bias=s, **kw), [q, k, v, bias], dout)
+    exact = _grads(lambda a, b, c, s: flash_attn_ref(a, b, c, sigmoid_bias=s, **kw)[0],
+                   [q.double(), k.double(), v.double(), bias.double()], dout.double())
+    for g, e in zip(got, exact):
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4)
+
+
+def test_sigmoid_default_bias_is_minus_log_keys():
+    q, k, v = _qkv((1, 10, 50, 2, 2, 16, 16), torch.float32)
+    a = kernkit.flash_attn(q, k, v, activation="sigmoid")
+    b = kernkit.flash_attn(q, k, v, activation="sigmoid", sigmoid_bias=-math.log(50))
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(causal=True, softcap=2.0), dict(window=(2, 1), sinks=1),
+                                dict(activation="sigmoid", causal=True)], ids=str)
+def test_gradcheck_fp64(kw):
+    q, k, v = _qkv((2, 5, 7, 4, 2, 6, 3), torch.float64)
+    args = [t.requires_grad_() for t in (q, k, v)]
+    assert torch.autograd.gradcheck(lambda a, b, c: kernkit.flash_attn(a, b, c, **kw), args)
+
+
+def _varlen_inputs(lens_q, lens_k, H=4, Hkv=2, D=32, dtype=torch.float32):
+    g = torch.Generator().manual_seed(7)
+    cu = lambda lens: torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)
+    q = torch.randn(sum(lens_q), H, D, generator=g).to(dtype)
+    k = torch.randn(sum(lens_k), Hkv, D, generator=g).to(dtype)
+    v = torch.randn(sum(lens_k), Hkv, D, generator=g).to(dtype)
+    return q, k, v, cu(lens_q), cu(lens_k)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(causal=True), dict(causal=True, window=(5, -1), sinks=1),
+                                dict(activation="sigmoid", causal=True)], ids=str)
+def test_varlen_matches_per_sequence(isa, kw):
+    lens_q, lens_k = [5, 0, 1, 40, 17], [9, 3, 0, 40, 70]
+    q, k, v, cq, ck = _varlen_inputs(lens_q, lens_k)
+    out = kernkit.flash_attn_varlen(q, k, v, cq, ck, max(lens_q), max(lens_k), **kw)
+    ref, _ = flash_attn_varlen_ref(q.double(), k.double(), v.double(), cq, ck, **kw)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    dout = torch.randn_like(out)
+    got = _grads(lambda a, b, c: kernkit.flash_attn_varlen(a, b, c, cq, ck, 40, 70, **kw), [q, k, v], dout)
+    exp = _grads(lambda a, b, c: flash_attn_varlen_ref(a, b, c, cq, ck, **kw)[0],
+                 [q.double(), k.double(), v.double()], dout.double())
+    for g, e in zip(got, exp):
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4)
+    if kw.get("activation", "softmax") == "softmax":
+        _, lse = kernkit.flash_attn_varlen(q, k, v, cq, ck, 40, 70, return_lse=True, **kw)
+        _, lse_ref = flash_attn_varlen_ref(q.double(), k.double(), v.double(), cq, ck, **kw)
+        assert lse.shape == (4, q.shape[0])
+        fin = torch.isfinite(lse_ref)
+        assert torch.equal(torch.isfinite(lse), fin)
+        torch.testing.assert_close(lse[fin].double(), lse_ref[fin].double(), rtol=1e-5, atol=1e-5)
+
+
+def test_varlen_gradcheck_fp64():
+    q, k, v, cq, ck = _varlen_inputs([3, 0, 4], [2, 5, 6], H=2, Hkv=1, D=4, dtype=torch.float64)
+    args = [t.requires_grad_() for t in (q, k, v)]
+    assert torch.autograd.gradcheck(lambda a, b, c: kernkit.flash_attn_varlen(a, b, c, cq, ck, 4, 6, causal=True),
+                                    args)
+
+
+@pytest.mark.parametrize("sq", [1, 3])
+@pytest.mark.parametrize("kw", [dict(causal=True), dict(causal=True, window=(30, -1), sinks=4),
+                                dict(activation="sigmoid", causal=True)], ids=str)
+def test_kvcache_append_and_decode(isa, sq, kw):
+    B, cap, Hq, Hkv, D = 3, 200, 8, 2, 64
+    g = torch.Generator().manual_seed(1)
+    k_cache = torch.randn(B, cap, Hkv, D, generator=g).to(torch.bfloat16)
+    v_cache = torch.randn(B, cap, Hkv, D, generator=g).to(torch.bfloat16)
+    lens = torch.tensor([0, 57, 150], dtype=torch.int32)
+    q = torch.randn(B, sq, Hq, D, generator=g).to(torch.bfloat16)
+    k_new = torch.randn(B, sq, Hkv, D, generator=g).to(torch.bfloat16)
+    v_new = torch.randn(B, sq, Hkv, D, generator=g).to(torch.bfloat16)
+    k_before, v_before = k_cache.clone(), v_cache.clone()
+    out = kernkit.flash_attn_with_kvcache(q, k_cache, v_cache, lens, k=k_new, v=v_new, **kw)
+    for b in range(B):
+        n = int(lens[b])
+        assert torch.equal(k_cache[b, n:n + sq], k_new[b]) and torch.equal(v_cache[b, n:n + sq], v_new[b])
+        assert torch.equal(k_cache[b, :n], k_before[b, :n]) and torch.equal(k_cache[b, n + sq:], k_before[b, n + sq:])
+        ref, _ = flash_attn_ref(q[b:b + 1].double(), k_cache[b:b + 1, :n + sq].double(),
+                                v_cache[b:b + 1, :n + sq].double(), **kw)
+        torch.testing.assert_close(out[b:b + 1].double(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_kvcache_without_append():
+    q, k, v = _qkv((2, 1, 4, 4, 1, 32, 32), torch.float32)
+    kc = torch.randn(2, 50, 1, 32)
+    vc = torch.randn(2, 50, 1, 32)
+    out = kernkit.flash_attn_with_kvcache(q, kc, vc, 20)
+    ref, _ = flash_attn_ref(q, kc[:, :20], vc[:, :20])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_deterministic_across_threads():
+    q, k, v = _qkv((1, 150, 150, 4, 2, 64, 64), torch.bfloat16)
+    dout = torch.randn(1, 150, 4, 64).to(torch.bfloat16)
+    before = torch.get_num_threads()
+    res = []
+    try:
+        for t in (1, 2, 2, 1):
+            torch.set_num_threads(t)
+            f = lambda a, b, c: kernkit.flash_attn(a, b, c, causal=True, window=(40, -1), deterministic=True)
+            res.append([f(q, k, v)] + _grads(f, [q, k, v], dout))
+    finally:
+        torch.set_num_threads(before)
+    for r in res[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(res[0], r))
+
+
+def test_strided_inputs():
+    # (B, H, S, D) tensors viewed as (B, S, H, D): strided but last dim contiguous
+    q = torch.randn(2, 4, 33, 32).transpose(1, 2)
+    k = torch.randn(2, 2, 40, 32).transpose(1, 2)
+    v = torch.randn(2, 2, 40, 64)[..., ::2].transpose(1, 2)   # last dim not contiguous: copied
+    out = kernkit.flash_attn(q, k, v, causal=True)
+    ref, _ = flash_attn_ref(q, k, v, causal=True)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_inputs_not_modified():
+    q, k, v = _qkv((1, 20, 30, 2, 1, 16, 16), torch.bfloat16)
+    copies = [t.clone() for t in (q, k, v)]
+    kernkit.flash_attn(q, k, v, causal=True)
+    assert all(torch.equal(a, b) for a, b in zip((q, k, v), copies))
+
+
+def test_opcheck():
+    from kernkit.attention import _attn_bwd, _attn_fwd
+
+    q, k, v = _qkv((1, 20, 30, 4, 2, 16, 8), torch.float32)
+    common = (None, None, None, 20, 30, 0.25, 0.0, 5, 0, 2, 0, None, 0.0, False)
+    torch.library.opcheck(_attn_fwd, (q, k, v) + common)
+    torch.library.opcheck(_attn_fwd, (q.requires_grad_(), k.requires_grad_(), v.requires_grad_()) + common)
+    bias = torch.randn(4, requires_grad=True)
+    sig = (None, None, None, 20, 30, 0.25, 3.0, -1, -1, 0, 1, bias, 0.0, False)
+    torch.library.opcheck(_attn_fwd, (q, k, v) + sig)
+    qv, kv, vv, cq, ck = _varlen_inputs([3, 0, 9], [4, 4, 12])
+    torch.library.opcheck(_attn_fwd, (qv, kv, vv, cq, ck, None, 9, 12, 0.2, 0.0, -1, 0, 0, 0, None, 0.0, False))
+    out, lse = _attn_fwd(q.detach(), k.detach(), v.detach(), *common)
+    torch.library.opcheck(_attn_bwd, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse)
+                          + common + (False,))
+
+
+def test_torch_compile_fullgraph():
+    q, k, v = _qkv((1, 40, 40, 4, 2, 32, 32), torch.float32)
+    args = [t.requires_grad_() for t in (q, k, v)]
+
+    def f(a, b, c):
+        return kernkit.flash_attn(a * 1.5, b, c, causal=True, window=(8, -1), sinks=2).square().sum()
+
+    cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+    g1 = torch.autograd.grad(cf(*args), args)
+    g2 = torch.autograd.grad(f(*args), args)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+    ci = torch.compile(lambda a, b, c: kernkit.flash_attn(a, b, c, activation="sigmoid") + 1, fullgraph=True)
+    torch.testing.assert_close(ci(q.detach(), k.detach(), v.detach()),
+                               kernkit.flash_attn(q.detach(), k.detach(), v.detach(), activation="sigmoid") + 1)
+
+
+def test_meta():
+    q = torch.empty(2, 10, 8, 64, device="meta", dtype=torch.bfloat16)
+    k = torch.empty(2, 12, 2, 64, device="meta", dtype=torch.bfloat16)
+    out, lse = kernkit.flash_attn(q, k, k, return_lse=True)
+    assert out.shape == (2, 10, 8, 64) and lse.shape == (2, 8, 10)
+
+
+# --------------------------------------------------------------------------- bad input
+
+def _ok():
+    return _qkv((1, 8, 8, 4, 2, 16, 16), torch.float32)
+
+
+BAD = [
+    ("dtype mix", lambda q, k, v: (q, k.to(torch.bfloat16), v), {}, TypeError, "k has dtype"),
+    ("int dtype", lambda q, k, v: (q.int(), k.int(), v.int()), {}, TypeError, "q has dtype int32"),
+    ("3-D q", lambda q, k, v: (q[0], k, v), {}, ValueError, "q must be 4-D"),
+    ("heads", lambda q, k, v: (q[:, :, :3], k, v), {}, ValueError, "multiple of k/v heads"),
+    ("head dim", lambda q, k, v: (q[..., :8], k, v), {}, ValueError, "head dim"),
+    ("D > 256", lambda q, k, v: (torch.randn(1, 4, 2, 300), torch.randn(1, 4, 2, 300), torch.randn(1, 4, 2, 300)),
+     {}, ValueError, "head dim must be in"),
+    ("batch", lambda q, k, v: (q.expand(2, -1, -1, -1), k, v), {}, ValueError, "batch mismatch"),
+    ("k/v len", lambda q, k, v: (q, k, v[:, :5]), {}, ValueError, "must agree"),
+    ("window < -1", lambda q, k, v: (q, k, v), dict(window=(-2, 0)), ValueError, "window"),
+    ("window type", lambda q, k, v: (q, k, v), dict(window=(1.5, 0)), TypeError, "window"),
+    ("window shape", lambda q, k, v: (q, k, v), dict(window=3), ValueError, "window"),
+    ("sinks < 0", lambda q, k, v: (q, k, v), dict(sinks=-1), ValueError, "sinks"),
+    ("softcap nan", lambda q, k, v: (q, k, v), dict(softcap=float("nan")), ValueError, "softcap"),
+    ("scale inf", lambda q, k, v: (q, k, v), dict(scale=float("inf")), ValueError, "scale"),
+    ("activation", lambda q, k, v: (q, k, v), dict(activation="relu"), ValueError, "activation"),
+    ("bias w/o sigmoid", lambda q, k, v: (q, k, v), dict(sigmoid_bias=1.0), ValueError, "sigmoid_bias"),
+    ("bias shape", lambda q, k, v: (q, k, v), dict(activation="sigmoid", sigmoid_bias=torch.zeros(3)), ValueError,
+     "sigmoid_bias"),
+    ("lse + sigmoid", lambda q, k, v: (q, k, v), dict(activation="sigmoid", return_lse=True), ValueError, "lse"),
+    ("causal type", lambda q, k, v: (q, k, v), dict(causal="yes"), TypeError, "causal"),
+]
+
+
+@pytest.mark.parametrize("name, make, kw, exc, match", BAD, ids=[b[0] for b in BAD])
+def test_bad_inputs(name, make, kw, exc, match):
+    q, k, v = make(*_ok())
+    with pytest.raises(exc, match=match):
+        kernkit.flash_attn(q, k, v, **kw)
+
+
+@pytest.mark.parametrize("cu_q, cu_k, exc, match", [
+    (torch.tensor([0, 3, 8]), torch.tensor([0, 4, 8], dtype=torch.int32), TypeError, "cu_seqlens_q"),
+    (torch.tensor([0, 3, 9], dtype=torch.int32), torch.tensor([0, 4, 8], dtype=torch.int32), ValueError, "end at 8"),
+    (torch.tensor([0, 5, 3, 8], dtype=torch.int32), torch.tensor([0, 4, 6, 8], dtype=torch.int32), ValueError,
+     "non-decreasing"),
+    (torch.tensor([1, 8], dtype=torch.int32), torch.tensor([0, 8], dtype=torch.int32), ValueError, "start at 0"),
+    (torch.tensor([0, 8], dtype=torch.int32), torch.tensor([0, 4, 8], dtype=torch.int32), ValueError, "same length"),
+])
+def test_bad_cu_seqlens(cu_q, cu_k, exc, match):
+    q = torch.randn(8, 2, 16)
+    with pytest.raises(exc, match=match):
+        kernkit.flash_attn_varlen(q, q, q, cu_q, cu_k, 8, 8)
+
+
+def test_bad_kvcache():
+    q, _, _ = _qkv((2, 1, 4, 4, 1, 16, 16), torch.float32)
+    kc = torch.zeros(2, 10, 1, 16)
+    with pytest.raises(ValueError, match="capacity"):
+        kernkit.flash_attn_with_kvcache(q, kc, kc.clone(), torch.tensor([5, 10], dtype=torch.int32),
+                                        k=torch.zeros(2, 1, 1, 16), v=torch.zeros(2, 1, 1, 16))
+    with pytest.raises(ValueError, match="both k and v"):
+        kernkit.flash_attn_with_kvcache(q, kc, kc.clone(), 3, k=torch.zeros(2, 1, 1, 16))
+    with pytest.raises(ValueError, match="shape"):
+        kernkit.flash_attn_with_kvcache(q, kc, kc.clone(), torch.tensor([1, 2, 3], dtype=torch.int32))
+    with pytest.raises(TypeError, match="cache_seqlens"):
+        kernkit.flash_attn_with_kvcache(q, kc, kc.clone(), 2.5)
