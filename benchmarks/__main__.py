@@ -12,10 +12,10 @@ import torch
 
 import kernkit
 
-from . import bench_norm
+from . import bench_attention, bench_norm
 from .common import print_table, rows_to_json, plot
 
-FAMILIES = {bench_norm.FAMILY: bench_norm}
+FAMILIES = {m.FAMILY: m for m in (bench_attention, bench_norm)}
 
 
 def _commit() -> str:

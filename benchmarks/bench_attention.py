@@ -1,0 +1,122 @@
+"""Attention: kernkit.flash_attn against torch's scaled_dot_product_attention
+(same dtype, same threads; with an explicit boolean mask where SDPA lacks the
+mask), forward, forward+backward, sliding window + sinks, KV-cache decode, and
+sigmoid against kernkit's own softmax."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import kernkit
+from kernkit.reference import attention_mask
+
+from .common import Row, bandwidth, dtype_name, flops_rate, time_pair
+
+FAMILY = "attention"
+
+
+def _bhsd(*ts):
+    return [t.transpose(1, 2) for t in ts]
+
+
+def _inputs(B, S, H, D, dtype, Sk=None, Hkv=None, grad=False):
+    g = torch.Generator().manual_seed(0)
+    Sk, Hkv = Sk or S, Hkv or H
+    mk = lambda *s: torch.randn(*s, generator=g).to(dtype).requires_grad_(grad)
+    return mk(B, S, H, D), mk(B, Sk, Hkv, D), mk(B, Sk, Hkv, D)
+
+
+def _fwd_rows(cases, quick):
+    rows = []
+    for dtype, S, D, causal in cases:
+        H = 2048 // D if not quick else 8
+        q, k, v = _inputs(1, S, H, D, dtype)
+        qt, kt, vt = _bhsd(q, k, v)
+        tk, tb = time_pair(lambda: kernkit.flash_attn(q, k, v, causal=causal),
+                           lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal), quick=quick)
+        flops = 4 * H * S * S * D / (2 if causal else 1)
+        rows.append(Row(FAMILY, "fwd causal" if causal else "fwd", f"B1 S{S} H{H} D{D}", dtype_name(dtype),
+                        tk * 1e6, "SDPA", tb * 1e6, flops_rate(flops, tk, dtype)))
+    return rows
+
+
+def _fwd_bwd_rows(cases, quick):
+    rows = []
+    for dtype, S, D in cases:
+        H = 8
+        q, k, v = _inputs(1, S, H, D, dtype, grad=True)
+        qt, kt, vt = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
+        do = torch.randn(1, S, H, D).to(dtype)
+        dot = do.transpose(1, 2)
+
+        def ours():
+            torch.autograd.grad(kernkit.flash_attn(q, k, v, causal=True), (q, k, v), do)
+
+        def sdpa():
+            torch.autograd.grad(F.scaled_dot_product_attention(qt, kt, vt, is_causal=True), (qt, kt, vt), dot)
+
+        tk, tb = time_pair(ours, sdpa, quick=quick)
+        flops = 3.5 * 4 * H * S * S * D / 2  # forward + backward (2.5x forward), causal
+        rows.append(Row(FAMILY, "fwd+bwd causal", f"B1 S{S} H{H} D{D}", dtype_name(dtype), tk * 1e6, "SDPA",
+                        tb * 1e6, flops_rate(flops, tk, dtype)))
+    return rows
+
+
+def _window_rows(quick):
+    S, H, D, W, sinks = (4096, 4, 64, 512, 4) if quick else (8192, 8, 64, 512, 4)
+    dtype = torch.bfloat16
+    q, k, v = _inputs(1, S, H, D, dtype)
+    qt, kt, vt = _bhsd(q, k, v)
+    mask = attention_mask(S, S, causal=True, window=(W, -1), sinks=sinks)
+    tk, tb = time_pair(lambda: kernkit.flash_attn(q, k, v, causal=True, window=(W, -1), sinks=sinks),
+                       lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask), quick=True)
+    pairs = float(mask.sum())
+    rows = [Row(FAMILY, f"window {W}+{sinks} sinks", f"B1 S{S} H{H} D{D}", dtype_name(dtype), tk * 1e6,
+                "SDPA + bool mask", tb * 1e6, flops_rate(4 * H * pairs * D, tk, dtype))]
+    # cost scaling: windowed time vs full causal time, against the ratio of visible pairs
+    tc, _ = time_pair(lambda: kernkit.flash_attn(q, k, v, causal=True), lambda: None, quick=True)
+    expect = pairs / (S * (S + 1) / 2)
+    rows.append(Row(FAMILY, "window cost vs S*window", f"S{S} W{W}", dtype_name(dtype), tk * 1e6,
+                    "causal time x pair ratio", tc * expect * 1e6,
+                    f"window/causal time {tk / tc:.3f}, visible pairs {expect:.3f}"))
+    return rows
+
+
+def _decode_rows(quick):
+    rows = []
+    Hq, Hkv, D, dtype = 32, 8, 128, torch.bfloat16
+    for L in ([4096] if quick else [4096, 16384, 32768]):
+        g = torch.Generator().manual_seed(0)
+        kc = torch.randn(1, L, Hkv, D, generator=g).to(dtype)
+        vc = torch.randn(1, L, Hkv, D, generator=g).to(dtype)
+        q = torch.randn(1, 1, Hq, D, generator=g).to(dtype)
+        qt, kt, vt = _bhsd(q, kc, vc)
+        tk, tb = time_pair(lambda: kernkit.flash_attn_with_kvcache(q, kc, vc, L),
+                           lambda: F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True), quick=quick)
+        rows.append(Row(FAMILY, "decode Sq=1", f"cache {L} Hq{Hq} Hkv{Hkv} D{D}", dtype_name(dtype), tk * 1e6,
+                        "SDPA (enable_gqa)", tb * 1e6, bandwidth(2 * L * Hkv * D * 2, tk)))
+    return rows
+
+
+def _sigmoid_rows(quick):
+    S, H, D, dtype = (1024, 8, 64, torch.bfloat16) if quick else (2048, 8, 64, torch.bfloat16)
+    q, k, v = _inputs(1, S, H, D, dtype)
+    tk, tb = time_pair(lambda: kernkit.flash_attn(q, k, v, activation="sigmoid"),
+                       lambda: kernkit.flash_attn(q, k, v), quick=quick)
+    return [Row(FAMILY, "sigmoid fwd", f"B1 S{S} H{H} D{D}", dtype_name(dtype), tk * 1e6, "kernkit softmax",
+                tb * 1e6, flops_rate(4 * H * S * S * D, tk, dtype))]
+
+
+def run(device: str = "cpu", quick: bool = False) -> list[Row]:
+    if device != "cpu":
+        return []  # CUDA attention kernels: a later issue
+    if quick:
+        fwd = [(torch.bfloat16, 1024, 64, False), (torch.bfloat16, 1024, 128, True), (torch.float32, 1024, 64, True)]
+        fb = [(torch.bfloat16, 1024, 64)]
+    else:
+        fwd = [(dt, S, D, c) for dt in (torch.bfloat16, torch.float32) for S in (1024, 4096) for D in (64, 128)
+               for c in (False, True)]
+        fb = [(dt, S, D) for dt in (torch.bfloat16, torch.float32) for S in (1024, 2048) for D in (64, 128)]
+    return (_fwd_rows(fwd, quick) + _fwd_bwd_rows(fb, quick) + _window_rows(quick) + _decode_rows(quick)
+            + _sigmoid_rows(quick))
