@@ -44,6 +44,11 @@ struct Vec {
   friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
   friend Vec operator/(Vec a, Vec b) { return {_mm512_div_ps(a.v, b.v)}; }
+  // 1/a to ~1 ulp: 14-bit estimate plus one Newton step (cheaper than a divide).
+  friend Vec recip(Vec a) {
+    const __m512 r = _mm512_rcp14_ps(a.v);
+    return {_mm512_mul_ps(r, _mm512_fnmadd_ps(a.v, r, _mm512_set1_ps(2.f)))};
+  }
   friend Vec max(Vec a, Vec b) { return {_mm512_max_ps(a.v, b.v)}; }
   friend Vec min(Vec a, Vec b) { return {_mm512_min_ps(a.v, b.v)}; }
   friend Vec abs(Vec a) { return {_mm512_abs_ps(a.v)}; }
@@ -106,6 +111,11 @@ struct Vec {
   friend Vec operator*(Vec a, Vec b) { return {_mm256_mul_ps(a.v, b.v)}; }
   friend Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
   friend Vec operator/(Vec a, Vec b) { return {_mm256_div_ps(a.v, b.v)}; }
+  friend Vec recip(Vec a) {  // 12-bit estimate plus two Newton steps
+    __m256 r = _mm256_rcp_ps(a.v);
+    r = _mm256_mul_ps(r, _mm256_fnmadd_ps(a.v, r, _mm256_set1_ps(2.f)));
+    return {_mm256_mul_ps(r, _mm256_fnmadd_ps(a.v, r, _mm256_set1_ps(2.f)))};
+  }
   friend Vec max(Vec a, Vec b) { return {_mm256_max_ps(a.v, b.v)}; }
   friend Vec min(Vec a, Vec b) { return {_mm256_min_ps(a.v, b.v)}; }
   friend Vec abs(Vec a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.f), a.v)}; }
@@ -138,6 +148,7 @@ struct Vec {
   // a*b+c, not std::fma: without hardware FMA that is a slow library call.
   friend Vec fma(Vec a, Vec b, Vec c) { return {a.v * b.v + c.v}; }
   friend Vec operator/(Vec a, Vec b) { return {a.v / b.v}; }
+  friend Vec recip(Vec a) { return {1.f / a.v}; }
   friend Vec max(Vec a, Vec b) { return {a.v > b.v ? a.v : b.v}; }
   friend Vec min(Vec a, Vec b) { return {a.v < b.v ? a.v : b.v}; }
   friend Vec abs(Vec a) { return {std::fabs(a.v)}; }
@@ -174,7 +185,7 @@ inline Vec tanh(Vec x) {
   return select_below(x, 0.f, Vec::zero() - t, t);
 }
 
-inline Vec sigmoid(Vec x) { return Vec::set1(1.f) / (Vec::set1(1.f) + exp(Vec::zero() - x)); }
+inline Vec sigmoid(Vec x) { return recip(Vec::set1(1.f) + exp(Vec::zero() - x)); }
 
 }  // namespace KK_ISA_NS
 }  // namespace kernkit

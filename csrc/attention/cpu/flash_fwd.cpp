@@ -1,6 +1,8 @@
 // CPU flash-attention forward: blocked online softmax (or sigmoid) over key
 // tiles, never materialising more than a BK x BQ score tile; fully masked key
 // tiles are skipped, so windowed cost grows with the window, not with S^2.
+// Two engines compute the two matmuls of a tile: fp32 FMAs (every ISA level and
+// dtype) and, for bf16 inputs at the avx512 level, AVX512_BF16 pair dot products.
 #include <memory>
 
 #include "attention/cpu/tiles.h"
@@ -11,67 +13,160 @@ namespace {
 
 using namespace attn;
 
-struct FwdScratch {
-  int D, Dv, Dvp;
-  Buf<float> qt, kb, vb, st, ot, m, l, bias, tmp;
-  FwdScratch(int D_, int Dv_)
-      : D(D_), Dv(Dv_), Dvp(round_up(Dv_, CR)),
-        qt(size_t(D_) * BQ), kb(size_t(BK) * D_), vb(size_t(BK) * round_up(Dv_, CR)), st(size_t(BK) * BQ),
-        ot(size_t(round_up(Dv_, CR)) * BQ), m(BQ), l(BQ), bias(BQ), tmp(size_t(std::max(D_, Dv_)) + 16) {}
+// Shared per-worker state: score tile, output accumulator, softmax statistics.
+struct FwdState {
+  int Dvp;
+  Buf<float> st, ot, m, l, bias, tmp;
+  FwdState(int D, int Dv)
+      : Dvp(round_up(Dv, CR)), st(size_t(BK) * BQ), ot(size_t(round_up(Dv, CR)) * BQ), m(BQ), l(BQ), bias(BQ),
+        tmp(size_t(std::max(D, Dv)) + 16) {}
 };
 
+// fp32 engine: inputs converted to fp32 tiles, q pre-scaled.
 template <typename T>
-void fwd_tile(const AttnFwdParams& p, const Seq& s, int hkv, int r0, FwdScratch& w) {
+struct F32Engine {
+  static constexpr float post_scale_of(float) { return 1.f; }
+  static constexpr bool has_fused_sigmoid = false;
+  void sigmoid_tile(const AttnFwdParams&, const Seq&, int, int, int, int, int, const float*, float*) {}
+  Buf<float> qt, kb, vb;
+  int D, Dv, Dvp;
+  F32Engine(int D_, int Dv_)
+      : qt(size_t(D_) * BQ), kb(size_t(BK) * D_), vb(size_t(BK) * round_up(Dv_, CR)), D(D_), Dv(Dv_),
+        Dvp(round_up(Dv_, CR)) {}
+  void pack_q(const AttnFwdParams& p, const Seq& s, int hkv, int group, int r0, float* tmp) {
+    pack_rows_t<T>(qt.p, nullptr, 0, p.q, s, hkv, group, r0, D, p.mask.scale, tmp);
+  }
+  void scores(const AttnFwdParams& p, const Seq& s, int hkv, int j0, int nk, float* st) {
+    load_tile<T>(kb.p, D, p.k, s, hkv, j0, nk, D);
+    load_tile<T>(vb.p, Dvp, p.v, s, hkv, j0, nk, Dv);
+    tile_scores(st, kb.p, D, qt.p, D, round_up(nk, JR));
+  }
+  void accumulate(float* ot, float* st, int nk) { tile_acc_t(ot, vb.p, Dvp, Dvp, st, nk); }
+};
+
+#if defined(KK_ISA_AVX512)
+// bf16 engine: bf16 operands straight from the inputs (q unscaled; the scale is
+// applied to the fp32 scores), probabilities rounded to bf16 for P.V as GPU
+// flash kernels do; fp32 accumulation throughout.
+struct Bf16Engine {
+  static float post_scale_of(float scale) { return scale; }
+  int D, Dv, Dh, ldk, ldv, Dvp;
+  Buf<uint32_t> qp, vp, pp;
+  Buf<uint16_t> kb, vb;
+  Bf16Engine(int D_, int Dv_)
+      : D(D_), Dv(Dv_), Dh((D_ + 1) / 2), ldk(round_up(D_, 32)), ldv(round_up(Dv_, 32)), Dvp(round_up(Dv_, CR)),
+        qp(size_t((D_ + 1) / 2) * BQ), vp(size_t(BK / 2) * round_up(Dv_, 32)), pp(size_t(BK / 2) * BQ),
+        kb(size_t(BK) * round_up(D_, 32)), vb(size_t(BK) * round_up(Dv_, 32)) {}
+  void pack_q(const AttnFwdParams& p, const Seq& s, int hkv, int group, int r0, float*) {
+    pack_rows_pairs(qp.p, Dh, p.q, s, hkv, group, r0, D);
+  }
+  void scores(const AttnFwdParams& p, const Seq& s, int hkv, int j0, int nk, float* st) {
+    load_tile_bf16(kb.p, ldk, p.k, s, hkv, j0, D);
+    load_tile_bf16(vb.p, ldv, p.v, s, hkv, j0, Dv);
+    pair_tile_rows(vp.p, vb.p, ldv, nk);
+    tile_scores_bf16(st, kb.p, ldk, qp.p, Dh, round_up(nk, JR));
+  }
+  void accumulate(float* ot, float* st, int nk) {
+    pack_prob_pairs(pp.p, st, nk);
+    tile_acc_t_bf16(ot, vp.p, ldv, Dvp, pp.p, (nk + 1) / 2);
+  }
+  // Sigmoid's own inner loop: no row statistics, so probabilities are made in
+  // registers straight from the score accumulators and stored as bf16 pairs
+  // (no fp32 score tile, no separate packing pass), then P.V.
+  static constexpr bool has_fused_sigmoid = true;
+  void sigmoid_tile(const AttnFwdParams& p, const Seq& s, int hkv, int group, int j0, int r0, int nk,
+                    const float* bias, float* ot) {
+    load_tile_bf16(kb.p, ldk, p.k, s, hkv, j0, D);
+    load_tile_bf16(vb.p, ldv, p.v, s, hkv, j0, Dv);
+    pair_tile_rows(vp.p, vb.p, ldv, nk);
+    const AttnMask& mk = p.mask;
+    const bool full = tile_fully_visible(mk, s, group, j0, r0, nk), cap = mk.softcap > 0.f;
+    const Vec sc = Vec::set1(mk.scale), c = Vec::set1(mk.softcap), inv_c = Vec::set1(cap ? 1.f / mk.softcap : 0.f);
+    const Vec b[QV] = {Vec::load(bias), Vec::load(bias + 16)};
+    tile_scores_bf16_with(kb.p, ldk, qp.p, Dh, round_up(nk, JR), [&](int jr, __m512 (&acc)[JR][QV]) {
+      __m256i half[JR][QV];
+      for (int r = 0; r < JR; ++r) {
+        const int jj = jr + r;
+        int lo = 0, hi = INT_MAX;
+        if (jj >= nk) hi = -1;
+        else if (!full) visible_rows(mk, s, group, j0 + jj, lo, hi);
+        for (int v = 0; v < QV; ++v) {
+          Vec z;
+          if (cap) z = c * tanh(Vec{acc[r][v]} * sc * inv_c) + b[v];
+          else z = fma(Vec{acc[r][v]}, sc, b[v]);
+          Vec P{sigmoid_bf16(z.v)};
+          if (!full || jj >= nk) P = keep_range(P, r0 + v * 16, lo, hi, 0.f);
+          half[r][v] = (__m256i)_mm512_cvtneps_pbh(P.v);
+        }
+      }
+      for (int r = 0; r < JR; r += 2)
+        for (int v = 0; v < QV; ++v)
+          _mm512_storeu_si512(pp.p + ((jr + r) / 2) * BQ + v * 16, interleave_halves(half[r][v], half[r + 1][v]));
+    });
+    tile_acc_t_bf16(ot, vp.p, ldv, Dvp, pp.p, (nk + 1) / 2);
+  }
+};
+#endif
+
+template <typename T, typename Engine>
+void fwd_tile(const AttnFwdParams& p, const Seq& s, int hkv, int r0, FwdState& w, Engine& e) {
   const AttnShape& sh = p.shape;
   const AttnMask& mk = p.mask;
-  const int group = sh.Hq / sh.Hkv, D = sh.D, Dv = sh.Dv, Dvp = w.Dvp;
+  const int group = sh.Hq / sh.Hkv, Dv = sh.Dv;
   const bool softmax = mk.activation == AttnActivation::softmax;
   const int r1 = std::min(r0 + BQ, s.q_len * group);
 
-  pack_rows_t<T>(w.qt.p, nullptr, 0, p.q, s, hkv, group, r0, D, mk.scale, w.tmp.p);
-  std::memset(w.ot.p, 0, sizeof(float) * Dvp * BQ);
+  e.pack_q(p, s, hkv, group, r0, w.tmp.p);
+  std::memset(w.ot.p, 0, sizeof(float) * w.Dvp * BQ);
   for (int rr = 0; rr < BQ; ++rr) { w.m[rr] = kNegInf; w.l[rr] = 0.f; }
   if (!softmax) sigmoid_bias_lanes(w.bias.p, mk, s, hkv, group, r0);
 
   for_each_key_tile(key_span(mk, s, group, r0, r1), [&](int kb) {
     const int j0 = kb * BK, nk = std::min(BK, s.k_len - j0);
-    load_tile<T>(w.kb.p, D, p.k, s, hkv, j0, nk, D);
-    load_tile<T>(w.vb.p, Dvp, p.v, s, hkv, j0, nk, Dv);
-    tile_scores(w.st.p, w.kb.p, D, w.qt.p, D, round_up(nk, JR));
+    if (!softmax && Engine::has_fused_sigmoid) {
+      e.sigmoid_tile(p, s, hkv, group, j0, r0, nk, w.bias.p, w.ot.p);
+      return;
+    }
+    e.scores(p, s, hkv, j0, nk, w.st.p);
+    // Scores still to be multiplied by `sc` (the bf16 engine leaves q unscaled): the
+    // scale folds into the activation's FMA unless softcap or a mask needs a pass first.
+    float sc = Engine::post_scale_of(mk.scale);
+    if (mk.softcap > 0.f || !tile_fully_visible(mk, s, group, j0, r0, nk)) {
+      cap_and_mask(w.st.p, nullptr, mk, s, group, j0, r0, nk, kNegInf, sc);
+      sc = 1.f;
+    }
+    const Vec vsc = Vec::set1(sc);
     if (softmax) {
-      cap_and_mask(w.st.p, nullptr, mk, s, group, j0, r0, nk, kNegInf);
       for (int v = 0; v < QV; ++v) {
         const int o = v * Vec::size;
         Vec mx = Vec::set1(kNegInf);
         for (int jj = 0; jj < nk; ++jj) mx = max(mx, Vec::load(w.st.p + jj * BQ + o));
-        const Vec m_old = Vec::load(w.m.p + o), m_new = max(m_old, mx);
+        const Vec m_old = Vec::load(w.m.p + o), m_new = max(m_old, mx * vsc);  // sc > 0
         // Rows with nothing visible yet keep m = -inf; subtract 0 instead so exp gives 0, not NaN.
         const Vec m_use = select_below(m_new, -3.0e38f, Vec::zero(), m_new);
         const Vec alpha = exp(m_old - m_use);
         Vec sum = Vec::zero();
         for (int jj = 0; jj < nk; ++jj) {
-          const Vec e = exp(Vec::load(w.st.p + jj * BQ + o) - m_use);
-          e.store(w.st.p + jj * BQ + o);
-          sum = sum + e;
+          const Vec x = exp(fma(Vec::load(w.st.p + jj * BQ + o), vsc, Vec::zero() - m_use));
+          x.store(w.st.p + jj * BQ + o);
+          sum = sum + x;
         }
         fma(Vec::load(w.l.p + o), alpha, sum).store(w.l.p + o);
         m_new.store(w.m.p + o);
         for (int c = 0; c < Dv; ++c) (Vec::load(w.ot.p + c * BQ + o) * alpha).store(w.ot.p + c * BQ + o);
       }
     } else {
-      cap_and_mask(w.st.p, nullptr, mk, s, group, j0, r0, nk, kNegInf);
       for (int jj = 0; jj < nk; ++jj)
         for (int v = 0; v < QV; ++v) {
           float* q = w.st.p + jj * BQ + v * Vec::size;
           const Vec x = Vec::load(q);  // masked scores are -inf: P must be exactly 0 there
-          select_below(x, -3.0e38f, Vec::zero(), sigmoid(x + Vec::load(w.bias.p + v * Vec::size))).store(q);
+          select_below(x, -3.0e38f, Vec::zero(), sigmoid(fma(x, vsc, Vec::load(w.bias.p + v * Vec::size)))).store(q);
         }
     }
-    tile_acc_t(w.ot.p, w.vb.p, Dvp, Dvp, w.st.p, nk);
+    e.accumulate(w.ot.p, w.st.p, nk);
   });
 
-  const int rows = r1 - r0;
-  for (int rr = 0; rr < rows; ++rr) {
+  for (int rr = 0; rr < r1 - r0; ++rr) {
     const int r = r0 + rr, i = r / group, h = hkv * group + r % group;
     float inv = 1.f;
     if (softmax) {
@@ -84,22 +179,25 @@ void fwd_tile(const AttnFwdParams& p, const Seq& s, int hkv, int r0, FwdScratch&
   }
 }
 
-template <typename T>
+template <typename T, typename Engine>
 void fwd(const AttnFwdParams& p) {
   const AttnShape& sh = p.shape;
   const int group = sh.Hq / sh.Hkv;
-  TaskMap map(sh.B, [&](int b) {
-    const Seq s = seq_of(sh, b);
-    return int64_t(sh.Hkv) * ((int64_t(s.q_len) * group + BQ - 1) / BQ);
-  });
-  run_tasks(map.total(), p.threads, [&] { return std::make_unique<FwdScratch>(sh.D, sh.Dv); },
-            [&](int64_t t, FwdScratch& w) {
+  auto row_tiles = [&](const Seq& s) { return (int64_t(s.q_len) * group + BQ - 1) / BQ; };
+  TaskMap map(sh.B, [&](int b) { return int64_t(sh.Hkv) * row_tiles(seq_of(sh, b)); });
+  struct Worker {
+    FwdState state;
+    Engine engine;
+    Worker(int D, int Dv) : state(D, Dv), engine(D, Dv) {}
+  };
+  run_tasks(map.total(), p.threads, [&] { return std::make_unique<Worker>(sh.D, sh.Dv); },
+            [&](int64_t t, Worker& w) {
               int b;
               int64_t local;
               map.locate(t, b, local);
               const Seq s = seq_of(sh, b);
-              const int64_t tiles = (int64_t(s.q_len) * group + BQ - 1) / BQ;
-              fwd_tile<T>(p, s, int(local / tiles), int(local % tiles) * BQ, w);
+              const int64_t tiles = row_tiles(s);
+              fwd_tile<T>(p, s, int(local / tiles), int(local % tiles) * BQ, w.state, w.engine);
             });
 }
 
@@ -107,9 +205,13 @@ void fwd(const AttnFwdParams& p) {
 
 void attention_fwd_cpu(const AttnFwdParams& p) {
   switch (p.dtype) {
-    case DType::f32: return fwd<float>(p);
-    case DType::bf16: return fwd<bf16_t>(p);
-    case DType::f16: return fwd<f16_t>(p);
+    case DType::f32: return fwd<float, F32Engine<float>>(p);
+#if defined(KK_ISA_AVX512)
+    case DType::bf16: return fwd<bf16_t, Bf16Engine>(p);
+#else
+    case DType::bf16: return fwd<bf16_t, F32Engine<bf16_t>>(p);
+#endif
+    case DType::f16: return fwd<f16_t, F32Engine<f16_t>>(p);
     default: throw std::invalid_argument("flash_attn: unsupported dtype");
   }
 }

@@ -80,6 +80,17 @@ inline void visible_rows(const AttnMask& m, const Seq& s, int group, int j, int&
   rhi = int(ihi * group + group - 1);
 }
 
+// Whether every key of the tile [j0, j0 + nk) is visible to every real row of [r0, r0 + BQ).
+inline bool tile_fully_visible(const AttnMask& m, const Seq& s, int group, int j0, int r0, int nk) {
+  const int r_last = std::min(r0 + BQ, s.q_len * group) - 1;
+  for (int jj = 0; jj < nk; ++jj) {
+    int lo, hi;
+    visible_rows(m, s, group, j0 + jj, lo, hi);
+    if (lo > r0 || hi < r_last) return false;
+  }
+  return true;
+}
+
 // Key range [jlo, jhi] and sink range [0, sink_hi] visible to query rows [r0, r1).
 struct KeySpan { int sink_hi, jlo, jhi; };
 
@@ -192,12 +203,15 @@ inline void tile_acc_n(float* C, const float* Pt, const float* B, int ncols, int
   }
 }
 
-// Softcap (keeping tanh for the backward when `tanh_out` is set) and the mask,
+// Scale (when the scores were computed from unscaled q), softcap (keeping tanh
+// for the backward when `tanh_out` is set) and the mask,
 // applied to a BK x BQ score tile whose rows start at key j0 and columns at row r0.
 // Invisible scores become `fill`.
 inline void cap_and_mask(float* St, float* tanh_out, const AttnMask& m, const Seq& s, int group, int j0, int r0,
-                         int nk, float fill) {
-  const bool cap = m.softcap > 0.f;
+                         int nk, float fill, float post_scale = 1.f) {
+  const bool cap = m.softcap > 0.f, rescale = post_scale != 1.f;
+  if (!cap && !rescale && tile_fully_visible(m, s, group, j0, r0, nk)) return;
+  const Vec ps = Vec::set1(post_scale);
   const Vec c = Vec::set1(m.softcap), inv_c = Vec::set1(cap ? 1.f / m.softcap : 0.f);
   for (int jj = 0; jj < nk; ++jj) {
     int rlo, rhi;
@@ -205,6 +219,7 @@ inline void cap_and_mask(float* St, float* tanh_out, const AttnMask& m, const Se
     for (int v = 0; v < QV; ++v) {
       float* p = St + jj * BQ + v * Vec::size;
       Vec x = Vec::load(p);
+      if (rescale) x = x * ps;
       if (cap) {
         const Vec t = tanh(x * inv_c);
         if (tanh_out) t.store(tanh_out + jj * BQ + v * Vec::size);
@@ -280,6 +295,147 @@ inline void run_tasks(int64_t n, int threads, const MakeScratch& make_scratch, c
     for (int64_t t; (t = take_task(&counter)) < n;) task(n - 1 - t, *scratch);
   });
 }
+
+#if defined(KK_ISA_AVX512)
+// ---------------------------------------------------------------------------
+// bf16 tiles (AVX512_BF16): vdpbf16ps multiplies bf16 *pairs* and adds both
+// products into an fp32 lane, so operands are laid out as pairs along the
+// reduction axis. Pair arrays are uint32 (two bf16) so one element = one pair.
+
+// 16 pairs (a[c], b[c]) from two vectors of 16 bf16.
+inline __m512i interleave_halves(__m256i a, __m256i b) {
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                       23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(idx, _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1));
+}
+
+inline __m512i interleave16(const uint16_t* a, const uint16_t* b) {
+  return interleave_halves(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)),
+                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)));
+}
+
+// Two fp32 rows of 16 lanes -> 16 bf16 pairs (round to nearest even).
+inline __m512i pack_pair_rows(const float* r0, const float* r1) {
+  return interleave_halves((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r0)),
+                           (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r1)));
+}
+
+// Qp[p][rr] = (q[r][2p], q[r][2p+1]) for the BQ rows at r0 (unscaled; zeros past the end).
+inline void pack_rows_pairs(uint32_t* Qp, int Dh, const AttnTensor& t, const Seq& s, int hkv, int group, int r0,
+                            int D) {
+  const int rows = s.q_len * group;
+  for (int rr = 0; rr < BQ; ++rr) {
+    const int r = r0 + rr;
+    if (r >= rows) {
+      for (int p = 0; p < Dh; ++p) Qp[p * BQ + rr] = 0;
+      continue;
+    }
+    const uint16_t* q = reinterpret_cast<const uint16_t*>(elem<const bf16_t>(t, s, r / group, s.q_row0, hkv * group + r % group));
+    for (int p = 0; p < Dh; ++p) {
+      const uint32_t lo = q[2 * p], hi = 2 * p + 1 < D ? q[2 * p + 1] : 0;
+      Qp[p * BQ + rr] = lo | (hi << 16);
+    }
+  }
+}
+
+// Keys [j0, j0 + BK) as bf16 rows of width ld (even, zero padded; zero rows past the end).
+inline void load_tile_bf16(uint16_t* dst, int ld, const AttnTensor& t, const Seq& s, int h, int j0, int width) {
+  for (int jj = 0; jj < BK; ++jj) {
+    uint16_t* d = dst + jj * ld;
+    const int j = j0 + jj;
+    if (j >= s.k_len) { std::memset(d, 0, 2 * size_t(ld)); continue; }
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(elem<const bf16_t>(t, s, j, s.k_row0, h));
+    for (int c = 0; c < ld; c += 32) {
+      const int n = std::min(32, width - c);
+      const __mmask32 m = n >= 32 ? __mmask32(0xffffffffu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1);
+      _mm512_storeu_si512(d + c, _mm512_maskz_loadu_epi16(m, src + c));
+    }
+  }
+}
+
+// Values as pairs over keys: Vp[jp][c] = (V[2jp][c], V[2jp+1][c]), ld columns (multiple of 16).
+inline void pair_tile_rows(uint32_t* Vp, const uint16_t* V, int ld, int nk) {
+  for (int jp = 0; jp < (nk + 1) / 2; ++jp) {
+    const uint16_t* a = V + (2 * jp) * ld;
+    const uint16_t* b = V + (2 * jp + 1) * ld;  // a zero row when 2jp+1 == nk (tiles are zero padded)
+    for (int c = 0; c < ld; c += 16) _mm512_storeu_si512(Vp + jp * ld + c, interleave16(a + c, b + c));
+  }
+}
+
+// For each group of JR keys at j0: acc[r][v] = sum_p Kb[j0+r][2p..2p+1] . Qp[p][16v..16v+16),
+// handed to epilogue(j0, acc) (nrows a multiple of JR).
+template <typename Epilogue>
+inline void tile_scores_bf16_with(const uint16_t* Kb, int ldk, const uint32_t* Qp, int Dh, int nrows,
+                                  const Epilogue& epilogue) {
+  for (int j0 = 0; j0 < nrows; j0 += JR) {
+    __m512 acc[JR][QV];
+    for (int r = 0; r < JR; ++r)
+      for (int v = 0; v < QV; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int p = 0; p < Dh; ++p) {
+      __m512bh b[QV];
+      for (int v = 0; v < QV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(Qp + p * BQ + v * 16);
+      for (int r = 0; r < JR; ++r) {
+        uint32_t pair;
+        std::memcpy(&pair, Kb + (j0 + r) * ldk + 2 * p, 4);
+        const __m512bh a = (__m512bh)_mm512_set1_epi32(int(pair));
+        for (int v = 0; v < QV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
+      }
+    }
+    epilogue(j0, acc);
+  }
+}
+
+// St[j][0..BQ) = sum_p Kb[j][2p..2p+1] . Qp[p][0..BQ) for j < nrows (a multiple of JR).
+inline void tile_scores_bf16(float* St, const uint16_t* Kb, int ldk, const uint32_t* Qp, int Dh, int nrows) {
+  tile_scores_bf16_with(Kb, ldk, Qp, Dh, nrows, [&](int j0, __m512 (&acc)[JR][QV]) {
+    for (int r = 0; r < JR; ++r)
+      for (int v = 0; v < QV; ++v) _mm512_storeu_ps(St + (j0 + r) * BQ + v * 16, acc[r][v]);
+  });
+}
+
+// Ct[c][0..BQ) += sum_jp Ap[jp][c] . Pp[jp][0..BQ) for c < ncols (a multiple of CR).
+inline void tile_acc_t_bf16(float* Ct, const uint32_t* Ap, int lda, int ncols, const uint32_t* Pp, int npairs) {
+  for (int c0 = 0; c0 < ncols; c0 += CR) {
+    __m512 acc[CR][QV];
+    for (int r = 0; r < CR; ++r)
+      for (int v = 0; v < QV; ++v) acc[r][v] = _mm512_loadu_ps(Ct + (c0 + r) * BQ + v * 16);
+    for (int jp = 0; jp < npairs; ++jp) {
+      __m512bh p[QV];
+      for (int v = 0; v < QV; ++v) p[v] = (__m512bh)_mm512_loadu_si512(Pp + jp * BQ + v * 16);
+      for (int r = 0; r < CR; ++r) {
+        const __m512bh a = (__m512bh)_mm512_set1_epi32(int(Ap[jp * lda + c0 + r]));
+        for (int v = 0; v < QV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, p[v]);
+      }
+    }
+    for (int r = 0; r < CR; ++r)
+      for (int v = 0; v < QV; ++v) _mm512_storeu_ps(Ct + (c0 + r) * BQ + v * 16, acc[r][v]);
+  }
+}
+
+// sigmoid(z) to ~1e-4 relative error, for probabilities about to be rounded to
+// bf16: z clamped to +-30 (where sigmoid is 0/1 to fp32 precision) so exp needs
+// no overflow handling; degree-3 exp polynomial scaled by 2^n with vscalefps;
+// the 14-bit reciprocal estimate without a Newton step.
+inline __m512 sigmoid_bf16(__m512 z) {
+  const __m512 t = _mm512_min_ps(_mm512_max_ps(z, _mm512_set1_ps(-30.f)), _mm512_set1_ps(30.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(t, _mm512_set1_ps(-1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147181f), _mm512_sub_ps(_mm512_setzero_ps(), t));
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.f / 6.f), r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_rcp14_ps(_mm512_add_ps(_mm512_scalef_ps(p, n), _mm512_set1_ps(1.f)));
+}
+
+// Score rows [0, nk) of an fp32 BK x BQ tile as pairs over keys (row nk.. treated as zero).
+inline void pack_prob_pairs(uint32_t* Pp, float* St, int nk) {
+  if (nk % 2) std::memset(St + nk * BQ, 0, sizeof(float) * BQ);
+  for (int jp = 0; jp < (nk + 1) / 2; ++jp)
+    for (int v = 0; v < QV; ++v)
+      _mm512_storeu_si512(Pp + jp * BQ + v * 16,
+                          pack_pair_rows(St + (2 * jp) * BQ + v * 16, St + (2 * jp + 1) * BQ + v * 16));
+}
+#endif  // KK_ISA_AVX512
 
 }  // namespace attn
 }  // namespace KK_ISA_NS
