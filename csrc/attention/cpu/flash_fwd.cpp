@@ -204,6 +204,7 @@ void fwd(const AttnFwdParams& p) {
 }  // namespace
 
 void attention_fwd_cpu(const AttnFwdParams& p) {
+  if (int64_t(p.shape.Sq) * (p.shape.Hq / p.shape.Hkv) <= kMaxDecodeRows) return decode_fwd(p);
   switch (p.dtype) {
     case DType::f32: return fwd<float, F32Engine<float>>(p);
 #if defined(KK_ISA_AVX512)

@@ -230,15 +230,38 @@ inline void cap_and_mask(float* St, float* tanh_out, const AttnMask& m, const Se
   }
 }
 
+inline float sigmoid_bias_of(const AttnMask& m, const Seq& s, int h) {
+  return m.sigmoid_bias ? m.sigmoid_bias[h]
+         : m.sigmoid_bias_default ? -std::log(float(std::max(s.k_len, 1)))
+                                  : m.sigmoid_bias_value;
+}
+
 // Per-row sigmoid bias (rows of one tile may belong to different heads).
 inline void sigmoid_bias_lanes(float* out, const AttnMask& m, const Seq& s, int hkv, int group, int r0) {
-  for (int rr = 0; rr < BQ; ++rr) {
-    const int h = hkv * group + (r0 + rr) % group;
-    out[rr] = m.sigmoid_bias ? m.sigmoid_bias[h]
-              : m.sigmoid_bias_default ? -std::log(float(std::max(s.k_len, 1)))
-                                       : m.sigmoid_bias_value;
+  for (int rr = 0; rr < BQ; ++rr) out[rr] = sigmoid_bias_of(m, s, hkv * group + (r0 + rr) % group);
+}
+
+// Merges partial attention results over disjoint key sets, R rows of
+// [unnormalised output (Dv), running max m, sum l]: b is folded into a.
+inline void merge_partial(float* a, const float* b, int R, int Dv, bool softmax) {
+  for (int r = 0; r < R; ++r) {
+    float* x = a + size_t(r) * (Dv + 2);
+    const float* y = b + size_t(r) * (Dv + 2);
+    float ea = 1.f, eb = 1.f;
+    if (softmax) {
+      const float m = std::max(x[Dv], y[Dv]);
+      if (m == kNegInf) continue;
+      ea = std::exp(x[Dv] - m);
+      eb = std::exp(y[Dv] - m);
+      x[Dv] = m;
+      x[Dv + 1] = ea * x[Dv + 1] + eb * y[Dv + 1];
+    }
+    for (int c = 0; c < Dv; ++c) x[c] = ea * x[c] + eb * y[c];
   }
 }
+
+void decode_fwd(const AttnFwdParams& p);  // flash_decode.cpp
+constexpr int kMaxDecodeRows = 8;         // Sq * group at or below this: decode path
 
 // Qt[d][rr] = scale * q[row r0+rr][d] (zeros past the sequence); optional natural
 // copy Qn[rr][0..ldn) for the backward.

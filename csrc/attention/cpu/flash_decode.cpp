@@ -1,0 +1,217 @@
+// CPU attention forward for few query rows per KV head (decode: Sq * group
+// small). The tile kernels vectorise over query rows and would leave most lanes
+// idle here; this path vectorises along the head dimension instead. A task owns
+// a chunk of keys for all KV heads, so it streams one contiguous stretch of the
+// (batch, seq, head, dim) cache, and reads every K/V row once for all the query
+// rows of its head. The chunking comes from the shape only (results do not
+// depend on the thread count); partial outputs merge through their log-sum-exps.
+#include <memory>
+
+#include "attention/cpu/tiles.h"
+
+namespace kernkit {
+namespace KK_ISA_NS {
+namespace attn {
+namespace {
+
+constexpr int kChunkKeys = 512;   // keys per split
+constexpr int KB = 16;            // keys per softmax step
+
+struct DecodeWorker {
+  // per (kv head, row): q (scaled), output accumulator, m, l, bias; one key block of K/V; scores
+  int Dvp;
+  Buf<float> q, o, m, l, bias, k, v, s;
+  DecodeWorker(int rows, int D, int Dv)
+      : Dvp(round_up(Dv, Vec::size)), q(size_t(rows) * D), o(size_t(rows) * round_up(Dv, Vec::size)), m(rows),
+        l(rows), bias(rows), k(size_t(KB) * D), v(size_t(KB) * round_up(Dv, Vec::size)), s(KB) {}
+};
+
+template <typename T>
+inline void prefetch_row(const T* row, int n) {
+  const char* c = reinterpret_cast<const char*>(row);
+  for (int off = 0; off < int(n * sizeof(T)); off += 64) __builtin_prefetch(c + off, 0, 2);
+}
+
+inline float dot(const float* a, const float* b, int n) {
+  Vec acc0 = Vec::zero(), acc1 = Vec::zero();
+  int i = 0;
+  for (; i + 2 * Vec::size <= n; i += 2 * Vec::size) {
+    acc0 = fma(Vec::load(a + i), Vec::load(b + i), acc0);
+    acc1 = fma(Vec::load(a + i + Vec::size), Vec::load(b + i + Vec::size), acc1);
+  }
+  for (; i + Vec::size <= n; i += Vec::size) acc0 = fma(Vec::load(a + i), Vec::load(b + i), acc0);
+  float r = (acc0 + acc1).sum();
+  for (; i < n; ++i) r += a[i] * b[i];
+  return r;
+}
+
+// o[0..Dvp) = o * alpha + sum_{j<nk} p[j] * V[j][0..Dvp), a few vectors at a time in registers.
+inline void scale_and_accumulate(float* o, float alpha, const float* p, const float* V, int ldv, int nk) {
+  constexpr int NV = 4;
+  const Vec va = Vec::set1(alpha);
+  int c = 0;
+  for (; c + NV * Vec::size <= ldv; c += NV * Vec::size) {
+    Vec acc[NV];
+    for (int u = 0; u < NV; ++u) acc[u] = Vec::load(o + c + u * Vec::size) * va;
+    for (int j = 0; j < nk; ++j) {
+      const Vec pj = Vec::set1(p[j]);
+      for (int u = 0; u < NV; ++u) acc[u] = fma(pj, Vec::load(V + j * ldv + c + u * Vec::size), acc[u]);
+    }
+    for (int u = 0; u < NV; ++u) acc[u].store(o + c + u * Vec::size);
+  }
+  for (; c < ldv; c += Vec::size) {
+    Vec acc = Vec::load(o + c) * va;
+    for (int j = 0; j < nk; ++j) acc = fma(Vec::set1(p[j]), Vec::load(V + j * ldv + c), acc);
+    acc.store(o + c);
+  }
+}
+
+// Partial results of every (kv head, row) over the keys in up to two ranges
+// [ranges[2i], ranges[2i+1]): the unnormalised output, running max m and sum l
+// (softmax), written to part[Hkv x R x (Dv + 2)].
+template <typename T>
+void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], DecodeWorker& w, float* part) {
+  const AttnShape& sh = p.shape;
+  const AttnMask& mk = p.mask;
+  const int group = sh.Hq / sh.Hkv, R = s.q_len * group, D = sh.D, Dv = sh.Dv, Dvp = w.Dvp;
+  const bool softmax = mk.activation == AttnActivation::softmax, cap = mk.softcap > 0.f;
+  for (int hkv = 0; hkv < sh.Hkv; ++hkv)
+    for (int r = 0; r < R; ++r) {
+      const int x = hkv * R + r, h = hkv * group + r % group;
+      load_row(w.q.p + size_t(x) * D, elem<const T>(p.q, s, r / group, s.q_row0, h), D, D);
+      for (int d = 0; d < D; ++d) w.q[size_t(x) * D + d] *= mk.scale;
+      w.bias[x] = softmax ? 0.f : sigmoid_bias_of(mk, s, h);
+      w.m[x] = kNegInf;
+      w.l[x] = 0.f;
+    }
+  std::memset(w.o.p, 0, sizeof(float) * sh.Hkv * R * Dvp);
+  float* sr = w.s.p;
+  for (int rg = 0; rg < 2; ++rg)
+    for (int j0 = ranges[2 * rg]; j0 < ranges[2 * rg + 1]; j0 += KB) {
+      const int nk = std::min(KB, ranges[2 * rg + 1] - j0);
+      const bool full = tile_fully_visible(mk, s, group, j0, 0, nk);
+      const int next_end = std::min(ranges[2 * rg + 1], j0 + 2 * KB);
+      for (int hkv = 0; hkv < sh.Hkv; ++hkv) {
+        // The (key, head) rows are scattered (head-interleaved layout): fetch the
+        // next block's rows of this head into L2 while this one is computed.
+        for (int j = j0 + KB; j < next_end; ++j) {
+          prefetch_row(elem<const T>(p.k, s, j, s.k_row0, hkv), D);
+          prefetch_row(elem<const T>(p.v, s, j, s.k_row0, hkv), Dv);
+        }
+        for (int jj = 0; jj < nk; ++jj) {
+          load_row(w.k.p + jj * D, elem<const T>(p.k, s, j0 + jj, s.k_row0, hkv), D, D);
+          load_row(w.v.p + jj * Dvp, elem<const T>(p.v, s, j0 + jj, s.k_row0, hkv), Dv, Dvp);
+        }
+        for (int r = 0; r < R; ++r) {
+          const int x = hkv * R + r;
+          for (int jj = 0; jj < nk; ++jj) sr[jj] = dot(w.q.p + size_t(x) * D, w.k.p + jj * D, D);
+          for (int jj = nk; jj < KB; ++jj) sr[jj] = kNegInf;
+          if (cap)
+            for (int jj = 0; jj < nk; ++jj) sr[jj] = mk.softcap * std::tanh(sr[jj] / mk.softcap);
+          if (!full)
+            for (int jj = 0; jj < nk; ++jj) {
+              int rlo, rhi;
+              visible_rows(mk, s, group, j0 + jj, rlo, rhi);
+              if (r < rlo || r > rhi) sr[jj] = kNegInf;
+            }
+          float alpha = 1.f;
+          if (softmax) {
+            float mnew = w.m[x];
+            for (int jj = 0; jj < nk; ++jj) mnew = std::max(mnew, sr[jj]);
+            const float m_use = mnew == kNegInf ? 0.f : mnew;
+            alpha = std::exp(w.m[x] - m_use);
+            Vec sum = Vec::zero();
+            for (int jj = 0; jj < KB; jj += Vec::size) {
+              const Vec e = exp(Vec::load(sr + jj) - Vec::set1(m_use));
+              e.store(sr + jj);
+              sum = sum + e;
+            }
+            w.l[x] = w.l[x] * alpha + sum.sum();
+            w.m[x] = mnew;
+          } else {
+            for (int jj = 0; jj < KB; jj += Vec::size) {
+              const Vec v = Vec::load(sr + jj);
+              select_below(v, -3.0e38f, Vec::zero(), sigmoid(v + Vec::set1(w.bias[x]))).store(sr + jj);
+            }
+          }
+          scale_and_accumulate(w.o.p + size_t(x) * Dvp, alpha, sr, w.v.p, Dvp, nk);
+        }
+      }
+    }
+  for (int x = 0; x < sh.Hkv * R; ++x) {
+    float* out = part + size_t(x) * (Dv + 2);
+    std::memcpy(out, w.o.p + size_t(x) * Dvp, sizeof(float) * Dv);
+    out[Dv] = w.m[x];
+    out[Dv + 1] = w.l[x];
+  }
+}
+
+template <typename T>
+void decode(const AttnFwdParams& p) {
+  const AttnShape& sh = p.shape;
+  const int group = sh.Hq / sh.Hkv, Dv = sh.Dv, R = sh.Sq * group;
+  const bool softmax = p.mask.activation == AttnActivation::softmax;
+  const size_t head_stride = size_t(R) * (Dv + 2), task_stride = head_stride * sh.Hkv;
+  auto splits = [&](const Seq& s) { return std::max(1, (s.k_len + kChunkKeys - 1) / kChunkKeys); };
+  TaskMap map(sh.B, [&](int b) { return int64_t(splits(seq_of(sh, b))); });
+  const int64_t ntasks = map.total();
+  Buf<float> parts(std::max<size_t>(1, size_t(ntasks) * task_stride));
+  run_tasks(ntasks, p.threads, [&] { return std::make_unique<DecodeWorker>(sh.Hkv * R, sh.D, Dv); },
+            [&](int64_t t, DecodeWorker& w) {
+              int b;
+              int64_t split;
+              map.locate(t, b, split);
+              const Seq s = seq_of(sh, b);
+              float* part = parts.p + size_t(t) * task_stride;
+              for (size_t x = 0; x < task_stride; x += Dv + 2) {  // empty partials
+                std::memset(part + x, 0, sizeof(float) * Dv);
+                part[x + Dv] = kNegInf;
+                part[x + Dv + 1] = 0.f;
+              }
+              if (s.q_len == 0) return;
+              // Only keys some row may see: the sinks, then the window band (each once).
+              const KeySpan ks = key_span(p.mask, s, group, 0, s.q_len * group);
+              const int jbeg = int(split) * kChunkKeys, jend = std::min(s.k_len, jbeg + kChunkKeys);
+              const int sink_end = std::min(jend, ks.sink_hi + 1);
+              const int band_lo = std::max(std::max(jbeg, ks.jlo), sink_end), band_hi = std::min(jend, ks.jhi + 1);
+              const int ranges[4] = {jbeg, std::max(jbeg, sink_end), band_lo, std::max(band_lo, band_hi)};
+              decode_chunk<T>(p, s, ranges, w, part);
+            });
+  // Merge each (batch, kv head)'s splits in split order and write its rows.
+  parallel_for(int64_t(sh.B) * sh.Hkv, p.threads, 1, [&](int64_t t0, int64_t t1) {
+    Buf<float> acc(head_stride);
+    Buf<float> tmp(size_t(Dv) + 16);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int b = int(t / sh.Hkv), hkv = int(t % sh.Hkv);
+      const Seq s = seq_of(sh, b);
+      const float* first = parts.p + size_t(map.start[b]) * task_stride + hkv * head_stride;
+      std::memcpy(acc.p, first, sizeof(float) * head_stride);
+      for (int sp = 1; sp < splits(s); ++sp) merge_partial(acc.p, first + sp * task_stride, R, Dv, softmax);
+      for (int r = 0; r < s.q_len * group; ++r) {
+        const float* a = acc.p + size_t(r) * (Dv + 2);
+        const int i = r / group, h = hkv * group + r % group;
+        const float l = a[Dv + 1];
+        const float inv = softmax ? (l > 0.f ? 1.f / l : 0.f) : 1.f;
+        for (int c = 0; c < Dv; ++c) tmp[c] = a[c] * inv;
+        store_row(elem<T>(p.o, s, i, s.q_row0, h), tmp.p, Dv);
+        if (softmax && p.lse)
+          p.lse[s.b * sh.stat_bs + h * sh.stat_hs + s.q_row0 + i] = l > 0.f ? a[Dv] + std::log(l) : kNegInf;
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void decode_fwd(const AttnFwdParams& p) {
+  switch (p.dtype) {
+    case DType::f32: return decode<float>(p);
+    case DType::bf16: return decode<bf16_t>(p);
+    case DType::f16: return decode<f16_t>(p);
+    default: throw std::invalid_argument("flash_attn: unsupported dtype");
+  }
+}
+
+}  // namespace attn
+}  // namespace KK_ISA_NS
+}  // namespace kernkit
