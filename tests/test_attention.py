@@ -17,6 +17,7 @@ SHAPES = [
     (2, 127, 59, 4, 2, 64, 48),      # Sq > Sk, Dv != D
     (1, 1, 300, 8, 2, 128, 128),     # decode-shaped
     (1, 200, 200, 2, 2, 96, 96),
+    (2, 2, 77, 4, 1, 64, 64),        # 8 rows per KV head: the decode path with per-row masks
 ]
 
 MASKS = [
@@ -208,6 +209,24 @@ def test_kvcache_append_and_decode(isa, sq, kw):
         ref, _ = flash_attn_ref(q[b:b + 1].double(), k_cache[b:b + 1, :n + sq].double(),
                                 v_cache[b:b + 1, :n + sq].double(), **kw)
         torch.testing.assert_close(out[b:b + 1].double(), ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(causal=True, window=(700, -1), sinks=5), dict(window=(100, 0), sinks=600),
+                                dict(activation="sigmoid", window=(900, -1)), dict(softcap=3.0, causal=True)], ids=str)
+def test_decode_long_cache_splits(isa, kw):
+    # caches longer than one key chunk: partial results merged across chunks
+    g = torch.Generator().manual_seed(5)
+    B, L, Hq, Hkv, D = 2, 1500, 8, 2, 64
+    kc = torch.randn(B, L, Hkv, D, generator=g).to(torch.bfloat16)
+    vc = torch.randn(B, L, Hkv, D, generator=g).to(torch.bfloat16)
+    q = torch.randn(B, 1, Hq, D, generator=g).to(torch.bfloat16)
+    lens = torch.tensor([1500, 1100], dtype=torch.int32)
+    out = kernkit.flash_attn_with_kvcache(q, kc, vc, lens, **kw)
+    for b in range(B):
+        n = int(lens[b])
+        exact, _ = flash_attn_ref(q[b:b + 1].double(), kc[b:b + 1, :n].double(), vc[b:b + 1, :n].double(), **kw)
+        same, _ = flash_attn_ref(q[b:b + 1], kc[b:b + 1, :n], vc[b:b + 1, :n], **kw)
+        assert_within_ref_error(out[b:b + 1], exact, same)
 
 
 def test_kvcache_without_append():

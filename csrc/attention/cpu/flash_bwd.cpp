@@ -2,6 +2,9 @@
 // Two passes, both parallel and free of races, so gradients are bitwise
 // reproducible for any thread count: pass 1 owns a key tile and sums dK, dV over
 // the query rows that see it; pass 2 owns a query tile and sums dQ over its keys.
+// As in the forward, an fp32 engine serves every level and dtype and an
+// AVX512_BF16 engine takes bf16 inputs at the avx512 level (P and dS are rounded
+// to bf16 for their matmuls, as GPU flash kernels do; accumulation is fp32).
 #include <memory>
 
 #include "attention/cpu/tiles.h"
@@ -12,19 +15,88 @@ namespace {
 
 using namespace attn;
 
-struct BwdScratch {
-  int Dp, Dvp;  // feature widths padded for the tile kernels
-  Buf<float> qt, qn, dot_, don, kb, vb, st, tanh_, dpt, acc_k, acc_v, lse, delta, bias, tmp;
-  BwdScratch(int D, int Dv)
-      : Dp(round_up(D, NR * Vec::size)), Dvp(round_up(Dv, NR * Vec::size)),
-        qt(size_t(D) * BQ), qn(size_t(BQ) * Dp), dot_(size_t(Dv) * BQ), don(size_t(BQ) * Dvp),
-        kb(size_t(BK) * Dp), vb(size_t(BK) * Dvp), st(size_t(BK) * BQ), tanh_(size_t(BK) * BQ),
-        dpt(size_t(BK) * BQ), acc_k(size_t(std::max(BK * Dp, Dp * BQ))), acc_v(size_t(BK) * Dvp),
-        lse(BQ), delta(BQ), bias(BQ), tmp(size_t(std::max(D, Dv)) + 16) {}
+// Engine-independent per-worker state.
+struct BwdState {
+  int Dp, Dvp;  // feature widths padded for tile_acc_n (multiples of NR * Vec::size and 16)
+  Buf<float> st, tanh_, dpt, acc_k, acc_v, lse, delta, bias, tmp;
+  BwdState(int D, int Dv)
+      : Dp(round_up(D, NR * 16)), Dvp(round_up(Dv, NR * 16)), st(size_t(BK) * BQ), tanh_(size_t(BK) * BQ),
+        dpt(size_t(BK) * BQ), acc_k(size_t(std::max(BK, BQ)) * round_up(D, NR * 16)),
+        acc_v(size_t(BK) * round_up(Dv, NR * 16)), lse(BQ), delta(BQ), bias(BQ), tmp(size_t(std::max(D, Dv)) + 16) {}
 };
 
+template <typename T>
+struct F32BwdEngine {
+  static constexpr bool scaled_q = true;  // q packed pre-multiplied by the scale
+  int D, Dv, Dp, Dvp;
+  Buf<float> qt, qn, dot_, don, kb, vb;
+  F32BwdEngine(int D_, int Dv_, const BwdState& w)
+      : D(D_), Dv(Dv_), Dp(w.Dp), Dvp(w.Dvp), qt(size_t(D_) * BQ), qn(size_t(BQ) * w.Dp), dot_(size_t(Dv_) * BQ),
+        don(size_t(BQ) * w.Dvp), kb(size_t(BK) * w.Dp), vb(size_t(BK) * w.Dvp) {}
+  // Packs q and dout of rows [r0, r0 + BQ); `natural` also packs the copies pass 1 needs.
+  void pack_rows(const AttnBwdParams& p, const Seq& s, int hkv, int group, int r0, bool natural, float* tmp) {
+    pack_rows_t<T>(qt.p, natural ? qn.p : nullptr, Dp, p.q, s, hkv, group, r0, D, p.mask.scale, tmp);
+    pack_rows_t<T>(dot_.p, natural ? don.p : nullptr, Dvp, p.dout, s, hkv, group, r0, Dv, 1.f, tmp);
+  }
+  void load_keys(const AttnBwdParams& p, const Seq& s, int hkv, int j0, int nk) {
+    load_tile<T>(kb.p, Dp, p.k, s, hkv, j0, nk, D);
+    load_tile<T>(vb.p, Dvp, p.v, s, hkv, j0, nk, Dv);
+  }
+  void scores(float* st, float* dpt, int nkr) {
+    tile_scores(st, kb.p, Dp, qt.p, D, nkr);
+    tile_scores(dpt, vb.p, Dvp, dot_.p, Dv, nkr);
+  }
+  void acc_dkdv(float* acc_k, float* acc_v, const float* P, const float* dS, int nk) {
+    tile_acc_n(acc_v, P, don.p, Dvp, round_up(nk, 4));   // dV += P^T dO
+    tile_acc_n(acc_k, dS, qn.p, Dp, round_up(nk, 4));    // dK += dS^T (scale q)
+  }
+  void acc_dq(float* dqt, const float* dS, int nk) { tile_acc_t(dqt, kb.p, Dp, round_up(D, CR), dS, nk); }
+};
+
+#if defined(KK_ISA_AVX512)
+struct Bf16BwdEngine {
+  static constexpr bool scaled_q = false;
+  int D, Dv, Dp, Dvp, Dh, Dvh;
+  Buf<uint32_t> qp, dop, qr, dor, kp, dsp;
+  Buf<uint16_t> kb, vb, p16, ds16;
+  Bf16BwdEngine(int D_, int Dv_, const BwdState& w)
+      : D(D_), Dv(Dv_), Dp(w.Dp), Dvp(w.Dvp), Dh((D_ + 1) / 2), Dvh((Dv_ + 1) / 2), qp(size_t(Dh) * BQ),
+        dop(size_t(Dvh) * BQ), qr(size_t(BQ / 2) * w.Dp), dor(size_t(BQ / 2) * w.Dvp), kp(size_t(BK / 2) * w.Dp),
+        dsp(size_t(BK / 2) * BQ), kb(size_t(BK) * w.Dp), vb(size_t(BK) * w.Dvp), p16(size_t(BK) * BQ),
+        ds16(size_t(BK) * BQ) {}
+  void pack_rows(const AttnBwdParams& p, const Seq& s, int hkv, int group, int r0, bool natural, float*) {
+    pack_rows_pairs(qp.p, Dh, p.q, s, hkv, group, r0, D);
+    pack_rows_pairs(dop.p, Dvh, p.dout, s, hkv, group, r0, Dv);
+    if (natural) {
+      pack_row_pairs(qr.p, Dp, p.q, s, hkv, group, r0, D);
+      pack_row_pairs(dor.p, Dvp, p.dout, s, hkv, group, r0, Dv);
+    }
+  }
+  void load_keys(const AttnBwdParams& p, const Seq& s, int hkv, int j0, int nk) {
+    load_tile_bf16(kb.p, Dp, p.k, s, hkv, j0, D);
+    load_tile_bf16(vb.p, Dvp, p.v, s, hkv, j0, Dv);
+    pair_tile_rows(kp.p, kb.p, Dp, nk);
+  }
+  void scores(float* st, float* dpt, int nkr) {
+    tile_scores_bf16(st, kb.p, Dp, qp.p, Dh, nkr);
+    tile_scores_bf16(dpt, vb.p, Dvp, dop.p, Dvh, nkr);
+  }
+  void acc_dkdv(float* acc_k, float* acc_v, const float* P, const float* dS, int nk) {
+    const int nkr = round_up(nk, 4);
+    tile_to_bf16(p16.p, P, nkr);
+    tile_to_bf16(ds16.p, dS, nkr);
+    tile_acc_n_bf16(acc_v, p16.p, dor.p, Dvp, nkr);   // dV += P^T dO
+    tile_acc_n_bf16(acc_k, ds16.p, qr.p, Dp, nkr);    // dK += dS^T q (scaled on store)
+  }
+  void acc_dq(float* dqt, float* dS, int nk) {
+    pack_prob_pairs(dsp.p, dS, nk);
+    tile_acc_t_bf16(dqt, kp.p, Dp, round_up(D, CR), dsp.p, (nk + 1) / 2);
+  }
+};
+#endif
+
 // Loads the per-row softmax statistics (or sigmoid biases) of rows [r0, r0 + BQ).
-void load_row_stats(const AttnBwdParams& p, const Seq& s, int hkv, int group, int r0, BwdScratch& w) {
+void load_row_stats(const AttnBwdParams& p, const Seq& s, int hkv, int group, int r0, BwdState& w) {
   const AttnShape& sh = p.shape;
   if (p.mask.activation == AttnActivation::sigmoid) {
     sigmoid_bias_lanes(w.bias.p, p.mask, s, hkv, group, r0);
@@ -44,19 +116,19 @@ void load_row_stats(const AttnBwdParams& p, const Seq& s, int hkv, int group, in
   }
 }
 
-// For the key tile at j0 and query rows at r0 (stats and packed Q/dO loaded):
-// st <- P, dpt <- dS (gradient w.r.t. the scaled, pre-softcap scores). With
+// For the key tile at j0 and the packed rows at r0: st <- P, dpt <- dS (gradient
+// w.r.t. the scaled, pre-softcap scores); rows nk.. of both are zeroed. With
 // bias_grad set, adds each row's gradient w.r.t. the sigmoid bias (taken before
 // the softcap factor: the bias is added after the cap).
-template <typename T>
-void probs_and_dscores(const AttnBwdParams& p, const Seq& s, int group, int j0, int r0, int nk, BwdScratch& w,
-                       float* bias_grad = nullptr) {
+template <typename Engine>
+void probs_and_dscores(const AttnBwdParams& p, const Seq& s, int group, int j0, int r0, int nk, BwdState& w,
+                       Engine& e, float* bias_grad) {
   const AttnMask& mk = p.mask;
   const bool softmax = mk.activation == AttnActivation::softmax, cap = mk.softcap > 0.f;
   const int nkr = round_up(nk, JR);
-  tile_scores(w.st.p, w.kb.p, w.Dp, w.qt.p, p.shape.D, nkr);
-  cap_and_mask(w.st.p, cap ? w.tanh_.p : nullptr, mk, s, group, j0, r0, nk, kNegInf);
-  tile_scores(w.dpt.p, w.vb.p, w.Dvp, w.dot_.p, p.shape.Dv, nkr);
+  e.scores(w.st.p, w.dpt.p, nkr);
+  cap_and_mask(w.st.p, cap ? w.tanh_.p : nullptr, mk, s, group, j0, r0, nk, kNegInf,
+               Engine::scaled_q ? 1.f : mk.scale);
   for (int jj = 0; jj < nk; ++jj)
     for (int v = 0; v < QV; ++v) {
       const int o = jj * BQ + v * Vec::size;
@@ -82,18 +154,12 @@ void probs_and_dscores(const AttnBwdParams& p, const Seq& s, int group, int j0, 
     for (int rr = 0; rr < BQ; ++rr) w.st[jj * BQ + rr] = w.dpt[jj * BQ + rr] = 0.f;
 }
 
-template <typename T>
-void pack_dout(const AttnBwdParams& p, const Seq& s, int hkv, int group, int r0, BwdScratch& w) {
-  pack_rows_t<T>(w.dot_.p, w.don.p, w.Dvp, p.dout, s, hkv, group, r0, p.shape.Dv, 1.f, w.tmp.p);
-}
-
 // Pass 1: dK, dV of one key tile.
-template <typename T>
-void dkdv_tile(const AttnBwdParams& p, const Seq& s, int hkv, int kb, BwdScratch& w) {
+template <typename T, typename Engine>
+void dkdv_tile(const AttnBwdParams& p, const Seq& s, int hkv, int kb, BwdState& w, Engine& e) {
   const AttnShape& sh = p.shape;
   const int group = sh.Hq / sh.Hkv, j0 = kb * BK, nk = std::min(BK, s.k_len - j0);
-  load_tile<T>(w.kb.p, w.Dp, p.k, s, hkv, j0, nk, sh.D);
-  load_tile<T>(w.vb.p, w.Dvp, p.v, s, hkv, j0, nk, sh.Dv);
+  e.load_keys(p, s, hkv, j0, nk);
   std::memset(w.acc_k.p, 0, sizeof(float) * BK * w.Dp);
   std::memset(w.acc_v.p, 0, sizeof(float) * BK * w.Dvp);
   int rlo = INT_MAX, rhi = -1;
@@ -102,38 +168,37 @@ void dkdv_tile(const AttnBwdParams& p, const Seq& s, int hkv, int kb, BwdScratch
     visible_rows(p.mask, s, group, j0 + jj, lo, hi);
     if (lo <= hi) { rlo = std::min(rlo, lo); rhi = std::max(rhi, hi); }
   }
-  const int nkr = round_up(nk, 4);
-  for (int r0 = rlo >= 0 && rhi >= rlo ? rlo / BQ * BQ : 1; r0 <= rhi; r0 += BQ) {
-    pack_rows_t<T>(w.qt.p, w.qn.p, w.Dp, p.q, s, hkv, group, r0, sh.D, p.mask.scale, w.tmp.p);
-    pack_dout<T>(p, s, hkv, group, r0, w);
+  for (int r0 = rhi >= rlo ? rlo / BQ * BQ : 1; r0 <= rhi; r0 += BQ) {
+    e.pack_rows(p, s, hkv, group, r0, true, w.tmp.p);
     load_row_stats(p, s, hkv, group, r0, w);
-    probs_and_dscores<T>(p, s, group, j0, r0, nk, w);
-    tile_acc_n(w.acc_v.p, w.st.p, w.don.p, w.Dvp, nkr);   // dV += P^T dO
-    tile_acc_n(w.acc_k.p, w.dpt.p, w.qn.p, w.Dp, nkr);    // dK += dS^T (scale Q)
+    probs_and_dscores(p, s, group, j0, r0, nk, w, e, nullptr);
+    e.acc_dkdv(w.acc_k.p, w.acc_v.p, w.st.p, w.dpt.p, nk);
   }
+  const float kscale = Engine::scaled_q ? 1.f : p.mask.scale;
   for (int jj = 0; jj < nk; ++jj) {
-    store_row(elem<T>(p.dk, s, j0 + jj, s.k_row0, hkv), w.acc_k.p + jj * w.Dp, sh.D);
+    float* ak = w.acc_k.p + jj * w.Dp;
+    if (kscale != 1.f)
+      for (int d = 0; d < sh.D; ++d) ak[d] *= kscale;
+    store_row(elem<T>(p.dk, s, j0 + jj, s.k_row0, hkv), ak, sh.D);
     store_row(elem<T>(p.dv, s, j0 + jj, s.k_row0, hkv), w.acc_v.p + jj * w.Dvp, sh.Dv);
   }
 }
 
 // Pass 2: dQ of one query tile (and its share of the sigmoid-bias gradient).
-template <typename T>
-void dq_tile(const AttnBwdParams& p, const Seq& s, int hkv, int r0, BwdScratch& w, float* dbias_part) {
+template <typename T, typename Engine>
+void dq_tile(const AttnBwdParams& p, const Seq& s, int hkv, int r0, BwdState& w, Engine& e, float* dbias_part) {
   const AttnShape& sh = p.shape;
   const int group = sh.Hq / sh.Hkv, r1 = std::min(r0 + BQ, s.q_len * group);
-  pack_rows_t<T>(w.qt.p, nullptr, 0, p.q, s, hkv, group, r0, sh.D, p.mask.scale, w.tmp.p);
-  pack_dout<T>(p, s, hkv, group, r0, w);
+  e.pack_rows(p, s, hkv, group, r0, false, w.tmp.p);
   load_row_stats(p, s, hkv, group, r0, w);
-  float* dqt = w.acc_k.p;  // Dp x BQ
+  float* dqt = w.acc_k.p;  // round_up(D, CR) x BQ
   std::memset(dqt, 0, sizeof(float) * w.Dp * BQ);
   alignas(64) float lane_bias_grad[BQ] = {};
   for_each_key_tile(key_span(p.mask, s, group, r0, r1), [&](int kb) {
     const int j0 = kb * BK, nk = std::min(BK, s.k_len - j0);
-    load_tile<T>(w.kb.p, w.Dp, p.k, s, hkv, j0, nk, sh.D);
-    load_tile<T>(w.vb.p, w.Dvp, p.v, s, hkv, j0, nk, sh.Dv);
-    probs_and_dscores<T>(p, s, group, j0, r0, nk, w, dbias_part ? lane_bias_grad : nullptr);
-    tile_acc_t(dqt, w.kb.p, w.Dp, round_up(sh.D, CR), w.dpt.p, nk);  // dQ^T += K^T dS
+    e.load_keys(p, s, hkv, j0, nk);
+    probs_and_dscores(p, s, group, j0, r0, nk, w, e, dbias_part ? lane_bias_grad : nullptr);
+    e.acc_dq(dqt, w.dpt.p, nk);  // dQ^T += K^T dS
   });
   for (int r = r0; r < r1; ++r) {
     const int rr = r - r0, h = hkv * group + r % group;
@@ -143,36 +208,41 @@ void dq_tile(const AttnBwdParams& p, const Seq& s, int hkv, int r0, BwdScratch& 
   }
 }
 
-template <typename T>
+template <typename T, typename Engine>
 void bwd(const AttnBwdParams& p) {
   const AttnShape& sh = p.shape;
   const int group = sh.Hq / sh.Hkv;
-  auto scratch = [&] { return std::make_unique<BwdScratch>(sh.D, sh.Dv); };
+  struct Worker {
+    BwdState state;
+    Engine engine;
+    Worker(int D, int Dv) : state(D, Dv), engine(D, Dv, state) {}
+  };
+  auto scratch = [&] { return std::make_unique<Worker>(sh.D, sh.Dv); };
 
   TaskMap kmap(sh.B, [&](int b) { return int64_t(sh.Hkv) * ((seq_of(sh, b).k_len + BK - 1) / BK); });
-  run_tasks(kmap.total(), p.threads, scratch, [&](int64_t t, BwdScratch& w) {
+  run_tasks(kmap.total(), p.threads, scratch, [&](int64_t t, Worker& w) {
     int b;
     int64_t local;
     kmap.locate(t, b, local);
     const Seq s = seq_of(sh, b);
     const int64_t tiles = (s.k_len + BK - 1) / BK;
-    dkdv_tile<T>(p, s, int(local / tiles), int(local % tiles), w);
+    dkdv_tile<T>(p, s, int(local / tiles), int(local % tiles), w.state, w.engine);
   });
 
-  TaskMap qmap(sh.B, [&](int b) {
-    return int64_t(sh.Hkv) * ((int64_t(seq_of(sh, b).q_len) * group + BQ - 1) / BQ);
-  });
+  auto row_tiles = [&](const Seq& s) { return (int64_t(s.q_len) * group + BQ - 1) / BQ; };
+  TaskMap qmap(sh.B, [&](int b) { return int64_t(sh.Hkv) * row_tiles(seq_of(sh, b)); });
   const int64_t nq = qmap.total();
   // Sigmoid-bias gradient: one partial per (task, head in group), summed in task order.
   Buf<float> part(p.dbias ? size_t(std::max<int64_t>(nq, 1)) * group : 1);
   if (p.dbias) std::memset(part.p, 0, sizeof(float) * nq * group);
-  run_tasks(nq, p.threads, scratch, [&](int64_t t, BwdScratch& w) {
+  run_tasks(nq, p.threads, scratch, [&](int64_t t, Worker& w) {
     int b;
     int64_t local;
     qmap.locate(t, b, local);
     const Seq s = seq_of(sh, b);
-    const int64_t tiles = (int64_t(s.q_len) * group + BQ - 1) / BQ;
-    dq_tile<T>(p, s, int(local / tiles), int(local % tiles) * BQ, w, p.dbias ? part.p + t * group : nullptr);
+    const int64_t tiles = row_tiles(s);
+    dq_tile<T>(p, s, int(local / tiles), int(local % tiles) * BQ, w.state, w.engine,
+               p.dbias ? part.p + t * group : nullptr);
   });
   if (p.dbias) {
     for (int h = 0; h < sh.Hq; ++h) p.dbias[h] = 0.f;
@@ -180,9 +250,7 @@ void bwd(const AttnBwdParams& p) {
       int b;
       int64_t local;
       qmap.locate(t, b, local);
-      const Seq s = seq_of(sh, b);
-      const int64_t tiles = (int64_t(s.q_len) * group + BQ - 1) / BQ;
-      const int hkv = int(local / tiles);
+      const int hkv = int(local / row_tiles(seq_of(sh, b)));
       for (int g = 0; g < group; ++g) p.dbias[hkv * group + g] += part[t * group + g];
     }
   }
@@ -192,9 +260,13 @@ void bwd(const AttnBwdParams& p) {
 
 void attention_bwd_cpu(const AttnBwdParams& p) {
   switch (p.dtype) {
-    case DType::f32: return bwd<float>(p);
-    case DType::bf16: return bwd<bf16_t>(p);
-    case DType::f16: return bwd<f16_t>(p);
+    case DType::f32: return bwd<float, F32BwdEngine<float>>(p);
+#if defined(KK_ISA_AVX512)
+    case DType::bf16: return bwd<bf16_t, Bf16BwdEngine>(p);
+#else
+    case DType::bf16: return bwd<bf16_t, F32BwdEngine<bf16_t>>(p);
+#endif
+    case DType::f16: return bwd<f16_t, F32BwdEngine<f16_t>>(p);
     default: throw std::invalid_argument("flash_attn backward: unsupported dtype");
   }
 }

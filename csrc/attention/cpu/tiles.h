@@ -343,6 +343,58 @@ inline __m512i pack_pair_rows(const float* r0, const float* r1) {
                            (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r1)));
 }
 
+// Pairs over rows: Rp[rp][c] = (x[r0+2rp][c], x[r0+2rp+1][c]) for c < ld (a multiple of 16),
+// zeros past the width and past the last row.
+inline void pack_row_pairs(uint32_t* Rp, int ld, const AttnTensor& t, const Seq& s, int hkv, int group, int r0,
+                           int width) {
+  const int rows = s.q_len * group;
+  auto row = [&](int r) -> const uint16_t* {
+    if (r >= rows) return nullptr;
+    return reinterpret_cast<const uint16_t*>(elem<const bf16_t>(t, s, r / group, s.q_row0, hkv * group + r % group));
+  };
+  for (int rp = 0; rp < BQ / 2; ++rp) {
+    const uint16_t* a = row(r0 + 2 * rp);
+    const uint16_t* b = row(r0 + 2 * rp + 1);
+    for (int c = 0; c < ld; c += 16) {
+      const int n = std::max(0, std::min(16, width - c));
+      const __mmask16 m = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+      const __m256i va = a ? _mm256_maskz_loadu_epi16(m, a + c) : _mm256_setzero_si256();
+      const __m256i vb = b ? _mm256_maskz_loadu_epi16(m, b + c) : _mm256_setzero_si256();
+      _mm512_storeu_si512(Rp + rp * ld + c, interleave_halves(va, vb));
+    }
+  }
+}
+
+// fp32 BK x BQ tile rows [0, nk) -> bf16, same layout (pairs along rows r are adjacent).
+inline void tile_to_bf16(uint16_t* dst, const float* src, int nk) {
+  for (int i = 0; i < nk * BQ; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+}
+
+// C[j][0..ncols) += sum_rp P[j][2rp..2rp+1] . Bp[rp][0..ncols) for j < nk (rounded up to 4);
+// P is bf16 [BK][BQ], Bp pairs over rows [BQ/2][ncols], ncols a multiple of NR * 16.
+inline void tile_acc_n_bf16(float* C, const uint16_t* P, const uint32_t* Bp, int ncols, int nk) {
+  constexpr int JB = 4;
+  for (int j0 = 0; j0 < nk; j0 += JB)
+    for (int c0 = 0; c0 < ncols; c0 += NR * 16) {
+      __m512 acc[JB][NR];
+      for (int r = 0; r < JB; ++r)
+        for (int v = 0; v < NR; ++v) acc[r][v] = _mm512_loadu_ps(C + (j0 + r) * ncols + c0 + v * 16);
+      for (int rp = 0; rp < BQ / 2; ++rp) {
+        __m512bh b[NR];
+        for (int v = 0; v < NR; ++v) b[v] = (__m512bh)_mm512_loadu_si512(Bp + rp * ncols + c0 + v * 16);
+        for (int r = 0; r < JB; ++r) {
+          uint32_t pair;
+          std::memcpy(&pair, P + (j0 + r) * BQ + 2 * rp, 4);
+          const __m512bh a = (__m512bh)_mm512_set1_epi32(int(pair));
+          for (int v = 0; v < NR; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
+        }
+      }
+      for (int r = 0; r < JB; ++r)
+        for (int v = 0; v < NR; ++v) _mm512_storeu_ps(C + (j0 + r) * ncols + c0 + v * 16, acc[r][v]);
+    }
+}
+
 // Qp[p][rr] = (q[r][2p], q[r][2p+1]) for the BQ rows at r0 (unscaled; zeros past the end).
 inline void pack_rows_pairs(uint32_t* Qp, int Dh, const AttnTensor& t, const Seq& s, int hkv, int group, int r0,
                             int D) {
