@@ -74,6 +74,8 @@ def _window_rows(quick):
     pairs = float(mask.sum())
     rows = [Row(FAMILY, f"window {W}+{sinks} sinks", f"B1 S{S} H{H} D{D}", dtype_name(dtype), tk * 1e6,
                 "SDPA + bool mask", tb * 1e6, flops_rate(4 * H * pairs * D, tk, dtype))]
+    if not quick:
+        rows.append(_flex_row(q, k, v, S, H, D, W, sinks, tk, pairs))
     # cost scaling: windowed time vs full causal time, against the ratio of visible pairs
     tc, _ = time_pair(lambda: kernkit.flash_attn(q, k, v, causal=True), lambda: None, quick=True)
     expect = pairs / (S * (S + 1) / 2)
@@ -81,6 +83,21 @@ def _window_rows(quick):
                     "causal time x pair ratio", tc * expect * 1e6,
                     f"window/causal time {tk / tc:.3f}, visible pairs {expect:.3f}"))
     return rows
+
+
+def _flex_row(q, k, v, S, H, D, W, sinks, t_ours, pairs):
+    """FlexAttention (torch.compile + block mask) supports sinks + window on CPU (forward only)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def mask_mod(b, h, qi, kj):
+        return (kj <= qi) & ((qi - kj <= W) | (kj < sinks))
+
+    block_mask = create_block_mask(mask_mod, None, None, S, S, device="cpu")
+    flex = torch.compile(flex_attention)
+    qt, kt, vt = _bhsd(q, k, v)
+    _, tb = time_pair(lambda: None, lambda: flex(qt, kt, vt, block_mask=block_mask), quick=True)
+    return Row(FAMILY, f"window {W}+{sinks} sinks", f"B1 S{S} H{H} D{D}", dtype_name(q.dtype), t_ours * 1e6,
+               "FlexAttention (compiled)", tb * 1e6, flops_rate(4 * H * pairs * D, t_ours, q.dtype))
 
 
 def _decode_rows(quick):

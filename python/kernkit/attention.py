@@ -145,6 +145,9 @@ _attn_fwd = define_op(
 def _check_qkv(fn, q, k, v, ndim):
     for name, t in (("q", q), ("k", k), ("v", v)):
         chk.tensor(fn, name, t)
+        if t.device.type == "cuda":
+            raise RuntimeError(f"{fn}: {name} is a CUDA tensor; kernkit's attention kernels run on CPU only so far "
+                               "(the CUDA kernels are not implemented yet)")
         if t.dim() != ndim:
             layout = "(batch, seqlen, heads, head_dim)" if ndim == 4 else "(total_tokens, heads, head_dim)"
             raise ValueError(f"{fn}: {name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}")

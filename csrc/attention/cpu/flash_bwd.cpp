@@ -73,8 +73,8 @@ struct Bf16BwdEngine {
     }
   }
   void load_keys(const AttnBwdParams& p, const Seq& s, int hkv, int j0, int nk) {
-    load_tile_bf16(kb.p, Dp, p.k, s, hkv, j0, D);
-    load_tile_bf16(vb.p, Dvp, p.v, s, hkv, j0, Dv);
+    load_tile_bf16(kb.p, Dp, p.k, s, hkv, j0, nk, D);
+    load_tile_bf16(vb.p, Dvp, p.v, s, hkv, j0, nk, Dv);
     pair_tile_rows(kp.p, kb.p, Dp, nk);
   }
   void scores(float* st, float* dpt, int nkr) {
@@ -194,8 +194,7 @@ void dq_tile(const AttnBwdParams& p, const Seq& s, int hkv, int r0, BwdState& w,
   float* dqt = w.acc_k.p;  // round_up(D, CR) x BQ
   std::memset(dqt, 0, sizeof(float) * w.Dp * BQ);
   alignas(64) float lane_bias_grad[BQ] = {};
-  for_each_key_tile(key_span(p.mask, s, group, r0, r1), [&](int kb) {
-    const int j0 = kb * BK, nk = std::min(BK, s.k_len - j0);
+  for_each_key_tile(key_span(p.mask, s, group, r0, r1), [&](int j0, int nk) {
     e.load_keys(p, s, hkv, j0, nk);
     probs_and_dscores(p, s, group, j0, r0, nk, w, e, dbias_part ? lane_bias_grad : nullptr);
     e.acc_dq(dqt, w.dpt.p, nk);  // dQ^T += K^T dS

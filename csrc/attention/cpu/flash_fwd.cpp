@@ -61,8 +61,8 @@ struct Bf16Engine {
     pack_rows_pairs(qp.p, Dh, p.q, s, hkv, group, r0, D);
   }
   void scores(const AttnFwdParams& p, const Seq& s, int hkv, int j0, int nk, float* st) {
-    load_tile_bf16(kb.p, ldk, p.k, s, hkv, j0, D);
-    load_tile_bf16(vb.p, ldv, p.v, s, hkv, j0, Dv);
+    load_tile_bf16(kb.p, ldk, p.k, s, hkv, j0, nk, D);
+    load_tile_bf16(vb.p, ldv, p.v, s, hkv, j0, nk, Dv);
     pair_tile_rows(vp.p, vb.p, ldv, nk);
     tile_scores_bf16(st, kb.p, ldk, qp.p, Dh, round_up(nk, JR));
   }
@@ -76,8 +76,8 @@ struct Bf16Engine {
   static constexpr bool has_fused_sigmoid = true;
   void sigmoid_tile(const AttnFwdParams& p, const Seq& s, int hkv, int group, int j0, int r0, int nk,
                     const float* bias, float* ot) {
-    load_tile_bf16(kb.p, ldk, p.k, s, hkv, j0, D);
-    load_tile_bf16(vb.p, ldv, p.v, s, hkv, j0, Dv);
+    load_tile_bf16(kb.p, ldk, p.k, s, hkv, j0, nk, D);
+    load_tile_bf16(vb.p, ldv, p.v, s, hkv, j0, nk, Dv);
     pair_tile_rows(vp.p, vb.p, ldv, nk);
     const AttnMask& mk = p.mask;
     const bool full = tile_fully_visible(mk, s, group, j0, r0, nk), cap = mk.softcap > 0.f;
@@ -121,8 +121,7 @@ void fwd_tile(const AttnFwdParams& p, const Seq& s, int hkv, int r0, FwdState& w
   for (int rr = 0; rr < BQ; ++rr) { w.m[rr] = kNegInf; w.l[rr] = 0.f; }
   if (!softmax) sigmoid_bias_lanes(w.bias.p, mk, s, hkv, group, r0);
 
-  for_each_key_tile(key_span(mk, s, group, r0, r1), [&](int kb) {
-    const int j0 = kb * BK, nk = std::min(BK, s.k_len - j0);
+  for_each_key_tile(key_span(mk, s, group, r0, r1), [&](int j0, int nk) {
     if (!softmax && Engine::has_fused_sigmoid) {
       e.sigmoid_tile(p, s, hkv, group, j0, r0, nk, w.bias.p, w.ot.p);
       return;

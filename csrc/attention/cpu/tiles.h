@@ -103,14 +103,16 @@ inline KeySpan key_span(const AttnMask& m, const Seq& s, int group, int r0, int 
   return {int(sink_hi), int(jlo), int(jhi)};
 }
 
-// Calls f(kb) for every key tile that holds a key visible to rows [r0, r1), in order.
+// Calls f(j0, nk) for key tiles [j0, j0 + nk), nk <= BK, covering exactly the sink
+// range and then the window band visible to some row of [r0, r1), in order and each
+// key once. Tiles start where the visible keys start (not at multiples of BK), so a
+// window or a handful of sinks does not drag in a whole tile of masked keys.
 template <typename F>
 inline void for_each_key_tile(const KeySpan& ks, const F& f) {
-  int next = 0;
-  if (ks.sink_hi >= 0)
-    for (; next <= ks.sink_hi / BK; ++next) f(next);
-  if (ks.jhi >= ks.jlo)
-    for (int kb = std::max(next, ks.jlo / BK); kb <= ks.jhi / BK; ++kb) f(kb);
+  const int sink_end = ks.sink_hi + 1;  // 0 when there are no sinks
+  for (int j0 = 0; j0 < sink_end; j0 += BK) f(j0, std::min(BK, sink_end - j0));
+  const int band_end = ks.jhi + 1;
+  for (int j0 = std::max(ks.jlo, sink_end); j0 < band_end; j0 += BK) f(j0, std::min(BK, band_end - j0));
 }
 
 // dst[0..n) = float(src[0..n)), then zeros up to `padded`.
@@ -129,15 +131,13 @@ inline void store_row(T* dst, const float* src, int n) {
   for (; i < n; ++i) dst[i] = from_float<T>(src[i]);
 }
 
-// Loads keys [j0, j0 + BK) of one KV head into a BK x ld fp32 tile (zero rows past the end).
+// Loads keys [j0, j0 + n) of one KV head into a BK x ld fp32 tile (zero rows after).
 template <typename T>
 inline void load_tile(float* dst, int ld, const AttnTensor& t, const Seq& s, int h, int j0, int n, int width) {
   for (int jj = 0; jj < BK; ++jj) {
-    const int j = j0 + jj;
-    if (j < s.k_len) load_row(dst + jj * ld, elem<const T>(t, s, j, s.k_row0, h), width, ld);
+    if (jj < n) load_row(dst + jj * ld, elem<const T>(t, s, j0 + jj, s.k_row0, h), width, ld);
     else std::memset(dst + jj * ld, 0, sizeof(float) * ld);
   }
-  (void)n;
 }
 
 // C[j][0..BQ) = sum_{d<D} A[j][d] * Bt[d][0..BQ) for j < nrows (rounded up to JR).
@@ -413,13 +413,13 @@ inline void pack_rows_pairs(uint32_t* Qp, int Dh, const AttnTensor& t, const Seq
   }
 }
 
-// Keys [j0, j0 + BK) as bf16 rows of width ld (even, zero padded; zero rows past the end).
-inline void load_tile_bf16(uint16_t* dst, int ld, const AttnTensor& t, const Seq& s, int h, int j0, int width) {
+// Keys [j0, j0 + n) as bf16 rows of width ld (a multiple of 32, zero padded; zero rows after).
+inline void load_tile_bf16(uint16_t* dst, int ld, const AttnTensor& t, const Seq& s, int h, int j0, int n,
+                           int width) {
   for (int jj = 0; jj < BK; ++jj) {
     uint16_t* d = dst + jj * ld;
-    const int j = j0 + jj;
-    if (j >= s.k_len) { std::memset(d, 0, 2 * size_t(ld)); continue; }
-    const uint16_t* src = reinterpret_cast<const uint16_t*>(elem<const bf16_t>(t, s, j, s.k_row0, h));
+    if (jj >= n) { std::memset(d, 0, 2 * size_t(ld)); continue; }
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(elem<const bf16_t>(t, s, j0 + jj, s.k_row0, h));
     for (int c = 0; c < ld; c += 32) {
       const int n = std::min(32, width - c);
       const __mmask32 m = n >= 32 ? __mmask32(0xffffffffu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1);
