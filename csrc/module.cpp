@@ -11,6 +11,7 @@
 #include "common/parallel.h"
 #include "attention/attention.h"
 #include "norm/rms_norm.h"
+#include "scan/scan.h"
 
 #ifdef KK_WITH_CUDA
 #include <cuda_runtime.h>
@@ -150,6 +151,60 @@ void attention_bwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v
   else KK_CPU_KERNEL(attention_bwd_cpu)(p);
 }
 
+void require_cpu(int device, const char* fn) {
+  if (device >= 0) throw std::runtime_error(std::string(fn) + ": CUDA kernels are not implemented yet (CPU only for now)");
+}
+
+ScanOperand scan_operand(uintptr_t p, const Strides& st) {
+  require(st[2] == 0 || st[2] == 1, "linear_scan: channel stride must be 0 or 1");
+  return ScanOperand{ptr(p), st[0], st[1], st[2]};
+}
+
+void linear_scan(uintptr_t a, Strides as, uintptr_t b, Strides bs, uintptr_t h, uintptr_t h0, int64_t B, int64_t T,
+                 int64_t C, bool reverse, int dtype, int threads, int device, intptr_t stream) {
+  LinearScanParams p{scan_operand(a, as), scan_operand(b, bs), ptr(h), ptr(h0), B, T, C, reverse,
+                     dtype_from_code(dtype, "a"), threads};
+  require(B >= 0 && T >= 0 && C >= 0, "linear_scan: negative size");
+  if (B == 0 || T == 0 || C == 0) return;
+  require(a && b && h, "linear_scan: null data pointer");
+  require_cpu(device, "linear_scan");
+  py::gil_scoped_release nogil;
+  KK_CPU_KERNEL(linear_scan_cpu)(p);
+}
+
+CausalConvParams conv_params(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init, uintptr_t y,
+                             uintptr_t final_state, int64_t B, int64_t D, int64_t L, int64_t W, bool silu, int dtype,
+                             int threads) {
+  require(B >= 0 && D >= 0 && L >= 0 && W >= 1 && W <= 64, "causal_conv1d: sizes out of range (1 <= W <= 64)");
+  return CausalConvParams{ptr(x), ptr(w), ptr(bias), ptr(init), ptr(y), ptr(final_state), B, D, L, W, silu,
+                          dtype_from_code(dtype, "x"), threads};
+}
+
+void causal_conv1d_fwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init, uintptr_t y, uintptr_t final_state,
+                       int64_t B, int64_t D, int64_t L, int64_t W, bool silu, int dtype, int threads, int device,
+                       intptr_t stream) {
+  const CausalConvParams p = conv_params(x, w, bias, init, y, final_state, B, D, L, W, silu, dtype, threads);
+  if (B == 0 || D == 0) return;
+  require(x && w && y, "causal_conv1d: null data pointer");
+  require_cpu(device, "causal_conv1d");
+  py::gil_scoped_release nogil;
+  if (p.dtype == DType::f64) causal_conv1d_fwd_f64(p);
+  else KK_CPU_KERNEL(causal_conv1d_fwd_cpu)(p);
+}
+
+void causal_conv1d_bwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init, uintptr_t dy, uintptr_t dfinal,
+                       uintptr_t dx, uintptr_t dw, uintptr_t dbias, uintptr_t dinit, int64_t B, int64_t D, int64_t L,
+                       int64_t W, bool silu, int dtype, int threads, int device, intptr_t stream) {
+  const CausalConvBwdParams p{conv_params(x, w, bias, init, 0, 0, B, D, L, W, silu, dtype, threads), ptr(dy),
+                              ptr(dfinal), ptr(dx), ptr(dw), ptr(dbias), ptr(dinit)};
+  if (D == 0) return;
+  require(w && dw && (B == 0 || (x && dy && dx)), "causal_conv1d_backward: null data pointer");
+  require_cpu(device, "causal_conv1d");
+  py::gil_scoped_release nogil;
+  if (p.fwd.dtype == DType::f64) causal_conv1d_bwd_f64(p);
+  else KK_CPU_KERNEL(causal_conv1d_bwd_cpu)(p);
+}
+
 }  // namespace
 
 #ifndef KK_WITH_CUDA
@@ -172,4 +227,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("rms_norm_bwd", &rms_norm_bwd);
   m.def("attention_fwd", &attention_fwd);
   m.def("attention_bwd", &attention_bwd);
+  m.def("linear_scan", &linear_scan);
+  m.def("causal_conv1d_fwd", &causal_conv1d_fwd);
+  m.def("causal_conv1d_bwd", &causal_conv1d_bwd);
 }

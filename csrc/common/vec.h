@@ -4,6 +4,7 @@
 // sources (KK_ISA_NS defined); everything here lives in that ISA's namespace.
 #pragma once
 #include <cmath>
+#include <cstdlib>
 
 #include "dtype.h"
 
@@ -156,6 +157,19 @@ struct Vec {
   friend Vec keep_range(Vec a, int base, int lo, int hi, float fill) { return {base >= lo && base <= hi ? a.v : fill}; }
 };
 #endif
+
+// 64-byte aligned scratch, freed on scope exit (a per-ISA type, like everything here).
+template <typename T>
+struct Buf {
+  T* p;
+  explicit Buf(size_t n) : p(static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64))) {
+    if (!p) std::abort();
+  }
+  ~Buf() { std::free(p); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  T& operator[](size_t i) { return p[i]; }
+};
 
 // exp(x) in fp32 to ~2 ulp; exactly 0 for x < -87.3 (so exp(-inf) = 0, which
 // masked attention scores rely on); large x saturates at exp(88.7).

@@ -33,19 +33,6 @@ constexpr float kNegInf = -INFINITY;
 
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-// 64-byte aligned scratch, freed on scope exit.
-template <typename T>
-struct Buf {
-  T* p;
-  explicit Buf(size_t n) : p(static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64))) {
-    if (!p) std::abort();
-  }
-  ~Buf() { std::free(p); }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-  T& operator[](size_t i) { return p[i]; }
-};
-
 // One sequence of the batch: lengths, global row offsets (varlen), diagonal offset.
 struct Seq {
   int b, q_len, k_len, off;

@@ -1,0 +1,162 @@
+// Causal depthwise conv1d on CPU: y[t] = bias + sum_k w[k] * ext[t + k], where
+// ext = [initial state (W-1 inputs) | x] of one (batch, channel) row, optional
+// SiLU. Vectorised along time over an fp32 copy of ext; parallel over rows.
+// The backward recomputes the pre-activation, and sums the weight and bias
+// gradients per channel over (batch, time) in a fixed order (one task per
+// channel): deterministic for any thread count.
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "common/parallel.h"
+#include "common/vec.h"
+#include "scan/scan.h"
+
+namespace kernkit {
+namespace KK_ISA_NS {
+namespace {
+
+constexpr int kMaxW = 64;
+
+template <typename T>
+inline void widen(float* dst, const T* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + Vec::size <= n; i += Vec::size) Vec::load(src + i).store(dst + i);
+  for (; i < n; ++i) dst[i] = to_float(src[i]);
+}
+
+// ext = [init | x] for row (b, d) as fp32, ext has L + W - 1 entries (+ padding).
+template <typename T>
+void load_ext(const CausalConvParams& p, int64_t b, int64_t d, float* ext) {
+  const int64_t W1 = p.W - 1;
+  if (p.init) widen(ext, static_cast<const T*>(p.init) + (b * p.D + d) * W1, W1);
+  else std::memset(ext, 0, sizeof(float) * W1);
+  widen(ext + W1, static_cast<const T*>(p.x) + (b * p.D + d) * p.L, p.L);
+  std::memset(ext + W1 + p.L, 0, sizeof(float) * Vec::size);
+}
+
+// pre[t] = bias + sum_k w[k] ext[t + k] for t < L (pre has L + Vec::size room).
+inline void conv_row(const float* ext, const float* w, int64_t W, float bias, int64_t L, float* pre) {
+  for (int64_t t = 0; t < L; t += Vec::size) {
+    Vec acc = Vec::set1(bias);
+    for (int64_t k = 0; k < W; ++k) acc = fma(Vec::set1(w[k]), Vec::load(ext + t + k), acc);
+    acc.store(pre + t);
+  }
+}
+
+inline Vec sigmoid_exact(Vec x) { return Vec::set1(1.f) / (Vec::set1(1.f) + exp(Vec::zero() - x)); }
+
+template <typename T>
+void fwd(const CausalConvParams& p) {
+  const int64_t W = p.W, W1 = W - 1, L = p.L;
+  parallel_for(p.B * p.D, p.threads, std::max<int64_t>(1, 8192 / std::max<int64_t>(L, 1)), [&](int64_t r0, int64_t r1) {
+    Buf<float> ext(size_t(L + W + 2 * Vec::size)), pre(size_t(L + Vec::size));
+    float w[kMaxW];
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / p.D, d = r % p.D;
+      load_ext<T>(p, b, d, ext.p);
+      widen(w, static_cast<const T*>(p.w) + d * W, W);
+      const float bias = p.bias ? to_float(static_cast<const T*>(p.bias)[d]) : 0.f;
+      conv_row(ext.p, w, W, bias, L, pre.p);
+      if (p.silu)
+        for (int64_t t = 0; t < L; t += Vec::size) {
+          const Vec x = Vec::load(pre.p + t);
+          (x * sigmoid_exact(x)).store(pre.p + t);
+        }
+      T* y = static_cast<T*>(p.y) + r * L;
+      int64_t t = 0;
+      for (; t + Vec::size <= L; t += Vec::size) Vec::load(pre.p + t).store(y + t);
+      for (; t < L; ++t) y[t] = from_float<T>(pre[t]);
+      if (p.final_state) {
+        T* f = static_cast<T*>(p.final_state) + r * W1;
+        for (int64_t i = 0; i < W1; ++i) f[i] = from_float<T>(ext[L + i]);
+      }
+    }
+  });
+}
+
+template <typename T>
+void bwd(const CausalConvBwdParams& q) {
+  const CausalConvParams& p = q.fwd;
+  const int64_t W = p.W, W1 = W - 1, L = p.L, E = L + W1;
+  parallel_for(p.D, p.threads, 1, [&](int64_t d0, int64_t d1) {
+    Buf<float> ext(size_t(E + 2 * Vec::size)), g(size_t(L + 2 * W + 2 * Vec::size)), dext(size_t(E + Vec::size));
+    float w[kMaxW];
+    double dw[kMaxW];
+    for (int64_t d = d0; d < d1; ++d) {
+      widen(w, static_cast<const T*>(p.w) + d * W, W);
+      const float bias = p.bias ? to_float(static_cast<const T*>(p.bias)[d]) : 0.f;
+      std::fill(dw, dw + W, 0.0);
+      double dbias = 0.0;
+      for (int64_t b = 0; b < p.B; ++b) {
+        const int64_t r = b * p.D + d;
+        load_ext<T>(p, b, d, ext.p);
+        // g = dL/dpre, stored at offset W1 with W1 zeros on both sides so that
+        // dext[j] = sum_k w[k] g[j - k] is a plain correlation.
+        float* gp = g.p + W1;
+        std::memset(g.p, 0, sizeof(float) * W1);
+        widen(gp, static_cast<const T*>(q.dy) + r * L, L);
+        std::memset(gp + L, 0, sizeof(float) * (W1 + Vec::size));
+        if (p.silu) {
+          conv_row(ext.p, w, W, bias, L, dext.p);  // dext as scratch for the pre-activation
+          for (int64_t t = 0; t < L; t += Vec::size) {
+            const Vec x = Vec::load(dext.p + t), s = sigmoid_exact(x);
+            (Vec::load(gp + t) * s * (Vec::set1(1.f) + x * (Vec::set1(1.f) - s))).store(gp + t);
+          }
+          std::memset(gp + L, 0, sizeof(float) * (W1 + Vec::size));
+        }
+        for (int64_t t = 0; t < L; ++t) dbias += gp[t];
+        for (int64_t k = 0; k < W; ++k) {
+          Vec acc = Vec::zero();
+          int64_t t = 0;
+          for (; t + Vec::size <= L; t += Vec::size) acc = fma(Vec::load(gp + t), Vec::load(ext.p + t + k), acc);
+          float s = acc.sum();
+          for (; t < L; ++t) s += gp[t] * ext[t + k];
+          dw[k] += s;
+        }
+        // dext[j] = sum_k w[k] g[j - k], j in [0, E)
+        for (int64_t j = 0; j < E; j += Vec::size) {
+          Vec acc = Vec::zero();
+          for (int64_t k = 0; k < W; ++k) acc = fma(Vec::set1(w[k]), Vec::load(g.p + W1 + j - k), acc);
+          acc.store(dext.p + j);
+        }
+        if (q.dfinal) {
+          const T* df = static_cast<const T*>(q.dfinal) + r * W1;
+          for (int64_t i = 0; i < W1; ++i) dext[L + i] += to_float(df[i]);
+        }
+        T* dx = static_cast<T*>(q.dx) + r * L;
+        for (int64_t t = 0; t < L; ++t) dx[t] = from_float<T>(dext[W1 + t]);
+        if (q.dinit) {
+          T* di = static_cast<T*>(q.dinit) + r * W1;
+          for (int64_t i = 0; i < W1; ++i) di[i] = from_float<T>(dext[i]);
+        }
+      }
+      T* dwo = static_cast<T*>(q.dw) + d * W;
+      for (int64_t k = 0; k < W; ++k) dwo[k] = from_float<T>(float(dw[k]));
+      if (q.dbias) static_cast<T*>(q.dbias)[d] = from_float<T>(float(dbias));
+    }
+  });
+}
+
+}  // namespace
+
+void causal_conv1d_fwd_cpu(const CausalConvParams& p) {
+  switch (p.dtype) {
+    case DType::f32: return fwd<float>(p);
+    case DType::bf16: return fwd<bf16_t>(p);
+    case DType::f16: return fwd<f16_t>(p);
+    default: throw std::invalid_argument("causal_conv1d: fp64 runs the exact path");
+  }
+}
+
+void causal_conv1d_bwd_cpu(const CausalConvBwdParams& p) {
+  switch (p.fwd.dtype) {
+    case DType::f32: return bwd<float>(p);
+    case DType::bf16: return bwd<bf16_t>(p);
+    case DType::f16: return bwd<f16_t>(p);
+    default: throw std::invalid_argument("causal_conv1d: fp64 runs the exact path");
+  }
+}
+
+}  // namespace KK_ISA_NS
+}  // namespace kernkit

@@ -1,0 +1,62 @@
+// Recurrences along time: the generic first-order linear scan
+// h_t = a_t * h_{t-1} + b_t, Mamba's selective scan, and the causal depthwise
+// conv1d that precedes it in Mamba blocks. Plain parameter structs filled by
+// module.cpp; see python/kernkit/scan.py for the semantics.
+#pragma once
+#include <cstdint>
+
+#include "common/cpu_isa.h"
+#include "common/dtype.h"
+
+namespace kernkit {
+
+// (B, T, C) views with element strides; a channel stride is 0 (broadcast) or 1.
+struct ScanOperand {
+  const void* ptr;
+  int64_t bs, ts, cs;
+};
+
+struct LinearScanParams {
+  ScanOperand a, b;
+  void* h;             // (B, T, C) contiguous output
+  const void* h0;      // (B, C) contiguous initial state, or null (zeros)
+  int64_t B, T, C;
+  bool reverse;        // scan from t = T-1 down to 0
+  DType dtype;
+  int threads;
+};
+
+struct CausalConvParams {
+  const void* x;        // (B, D, L) contiguous
+  const void* w;        // (D, W) contiguous
+  const void* bias;     // (D,) or null
+  const void* init;     // (B, D, W-1) or null: the W-1 inputs before x
+  void* y;              // (B, D, L)
+  void* final_state;    // (B, D, W-1) or null
+  int64_t B, D, L, W;
+  bool silu;
+  DType dtype;
+  int threads;
+};
+
+struct CausalConvBwdParams {
+  CausalConvParams fwd;    // y / final_state unused
+  const void* dy;          // (B, D, L)
+  const void* dfinal;      // (B, D, W-1) or null
+  void* dx;                // (B, D, L)
+  void* dw;                // (D, W)
+  void* dbias;             // (D,) or null
+  void* dinit;             // (B, D, W-1) or null
+};
+
+}  // namespace kernkit
+
+KK_DECLARE_CPU_KERNEL(void, linear_scan_cpu, (const ::kernkit::LinearScanParams&))
+KK_DECLARE_CPU_KERNEL(void, causal_conv1d_fwd_cpu, (const ::kernkit::CausalConvParams&))
+KK_DECLARE_CPU_KERNEL(void, causal_conv1d_bwd_cpu, (const ::kernkit::CausalConvBwdParams&))
+
+namespace kernkit {
+// fp64 paths (compiled once, plain loops): exist for gradcheck.
+void causal_conv1d_fwd_f64(const CausalConvParams& p);
+void causal_conv1d_bwd_f64(const CausalConvBwdParams& p);
+}  // namespace kernkit
