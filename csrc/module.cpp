@@ -205,6 +205,48 @@ void causal_conv1d_bwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init,
   else KK_CPU_KERNEL(causal_conv1d_bwd_cpu)(p);
 }
 
+SelectiveScanParams ss_params(uintptr_t u, uintptr_t delta, uintptr_t z, uintptr_t Bm, uintptr_t Cm, bool b_var,
+                              bool c_var, int64_t G, uintptr_t A, uintptr_t Dskip, uintptr_t delta_bias, bool softplus,
+                              uintptr_t h0, uintptr_t out, uintptr_t last, int64_t Bsz, int64_t D, int64_t N,
+                              int64_t L, int dtype, int threads) {
+  require(Bsz >= 0 && D >= 0 && L >= 0 && N >= 1 && N <= 256, "selective_scan: sizes out of range (1 <= N <= 256)");
+  require(G >= 1 && D % G == 0, "selective_scan: channels must be a multiple of the B/C groups");
+  return SelectiveScanParams{ptr(u), ptr(delta), ptr(z), ptr(Bm), ptr(Cm), b_var, c_var, G, ptr(A), ptr(Dskip),
+                             ptr(delta_bias), softplus, ptr(h0), ptr(out), ptr(last), Bsz, D, N, L,
+                             dtype_from_code(dtype, "u"), threads};
+}
+
+void selective_scan_fwd(uintptr_t u, uintptr_t delta, uintptr_t z, uintptr_t Bm, uintptr_t Cm, bool b_var, bool c_var,
+                        int64_t G, uintptr_t A, uintptr_t Dskip, uintptr_t delta_bias, bool softplus, uintptr_t h0,
+                        uintptr_t out, uintptr_t last, int64_t Bsz, int64_t D, int64_t N, int64_t L, int dtype,
+                        int threads, int device, intptr_t stream) {
+  const SelectiveScanParams p = ss_params(u, delta, z, Bm, Cm, b_var, c_var, G, A, Dskip, delta_bias, softplus, h0,
+                                          out, last, Bsz, D, N, L, dtype, threads);
+  if (Bsz == 0 || D == 0) return;
+  require(u && delta && Bm && Cm && A && out, "selective_scan: null data pointer");
+  require_cpu(device, "selective_scan");
+  py::gil_scoped_release nogil;
+  KK_CPU_KERNEL(selective_scan_fwd_cpu)(p);
+}
+
+void selective_scan_bwd(uintptr_t u, uintptr_t delta, uintptr_t z, uintptr_t Bm, uintptr_t Cm, bool b_var, bool c_var,
+                        int64_t G, uintptr_t A, uintptr_t Dskip, uintptr_t delta_bias, bool softplus, uintptr_t h0,
+                        uintptr_t dout, uintptr_t dlast, uintptr_t du, uintptr_t ddelta, uintptr_t dz, uintptr_t dA,
+                        uintptr_t dB, uintptr_t dC, uintptr_t dD, uintptr_t ddelta_bias, uintptr_t dh0, int64_t Bsz,
+                        int64_t D, int64_t N, int64_t L, int dtype, int threads, int device, intptr_t stream) {
+  const SelectiveScanBwdParams p{ss_params(u, delta, z, Bm, Cm, b_var, c_var, G, A, Dskip, delta_bias, softplus, h0,
+                                           0, 0, Bsz, D, N, L, dtype, threads),
+                                 ptr(dout), ptr(dlast), ptr(du), ptr(ddelta), ptr(dz), ptr(dA), ptr(dB), ptr(dC),
+                                 ptr(dD), ptr(ddelta_bias), ptr(dh0)};
+  if (D == 0) return;
+  require(A && dA && dB && dC, "selective_scan_backward: null data pointer");
+  require(Bsz == 0 || (u && delta && Bm && Cm && dout && du && ddelta), "selective_scan_backward: null data pointer");
+  require(!z || dz, "selective_scan_backward: dz needed with z");
+  require_cpu(device, "selective_scan");
+  py::gil_scoped_release nogil;
+  KK_CPU_KERNEL(selective_scan_bwd_cpu)(p);
+}
+
 }  // namespace
 
 #ifndef KK_WITH_CUDA
@@ -230,4 +272,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear_scan", &linear_scan);
   m.def("causal_conv1d_fwd", &causal_conv1d_fwd);
   m.def("causal_conv1d_bwd", &causal_conv1d_bwd);
+  m.def("selective_scan_fwd", &selective_scan_fwd);
+  m.def("selective_scan_bwd", &selective_scan_bwd);
 }

@@ -70,6 +70,14 @@ struct Vec {
     return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127)), 23))};
   }
   static Vec round(Vec a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+  // x = m * 2^e with m in [1, 2), for finite x > 0
+  static void frexp1(Vec x, Vec& m, Vec& e) {
+    m = {_mm512_getmant_ps(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src)};
+    e = {_mm512_getexp_ps(x.v)};
+  }
+  friend Vec select_gt(Vec test, Vec limit, Vec above, Vec a) {
+    return {_mm512_mask_mov_ps(a.v, _mm512_cmp_ps_mask(test.v, limit.v, _CMP_GT_OQ), above.v)};
+  }
 };
 #elif defined(KK_ISA_AVX2)
 struct Vec {
@@ -133,6 +141,15 @@ struct Vec {
     return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23))};
   }
   static Vec round(Vec a) { return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+  static void frexp1(Vec x, Vec& m, Vec& e) {
+    const __m256i bits = _mm256_castps_si256(x.v);
+    e = {_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)))};
+    m = {_mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)),
+                                             _mm256_set1_epi32(0x3f800000)))};
+  }
+  friend Vec select_gt(Vec test, Vec limit, Vec above, Vec a) {
+    return {_mm256_blendv_ps(a.v, above.v, _mm256_cmp_ps(test.v, limit.v, _CMP_GT_OQ))};
+  }
 };
 #else
 struct Vec {
@@ -155,6 +172,7 @@ struct Vec {
   friend Vec abs(Vec a) { return {std::fabs(a.v)}; }
   friend Vec select_below(Vec test, float limit, Vec below, Vec a) { return {test.v < limit ? below.v : a.v}; }
   friend Vec keep_range(Vec a, int base, int lo, int hi, float fill) { return {base >= lo && base <= hi ? a.v : fill}; }
+  friend Vec select_gt(Vec test, Vec limit, Vec above, Vec a) { return {test.v > limit.v ? above.v : a.v}; }
 };
 #endif
 
@@ -190,6 +208,40 @@ inline Vec exp(Vec x) {
 #else
   return {std::exp(x.v)};
 #endif
+}
+
+// log(x) for x > 0 (normal, finite) to ~2 ulp: mantissa in [sqrt(1/2), sqrt(2))
+// and the Cephes logf polynomial.
+inline Vec log(Vec x) {
+#if defined(KK_ISA_AVX512) || defined(KK_ISA_AVX2)
+  Vec m, e;
+  Vec::frexp1(x, m, e);
+  const Vec big = Vec::set1(1.41421356f);
+  e = select_gt(m, big, e + Vec::set1(1.f), e);
+  m = select_gt(m, big, m * Vec::set1(0.5f), m);
+  const Vec f = m - Vec::set1(1.f), z = f * f;
+  Vec p = Vec::set1(7.0376836292e-2f);
+  p = fma(p, f, Vec::set1(-1.1514610310e-1f));
+  p = fma(p, f, Vec::set1(1.1676998740e-1f));
+  p = fma(p, f, Vec::set1(-1.2420140846e-1f));
+  p = fma(p, f, Vec::set1(1.4249322787e-1f));
+  p = fma(p, f, Vec::set1(-1.6668057665e-1f));
+  p = fma(p, f, Vec::set1(2.0000714765e-1f));
+  p = fma(p, f, Vec::set1(-2.4999993993e-1f));
+  p = fma(p, f, Vec::set1(3.3333331174e-1f));
+  Vec y = f * z * p;
+  y = fma(e, Vec::set1(-2.12194440e-4f), y);
+  y = fma(z, Vec::set1(-0.5f), y);
+  return fma(e, Vec::set1(0.693359375f), f + y);
+#else
+  return {std::log(x.v)};
+#endif
+}
+
+// softplus(x) = log(1 + exp(x)), = x above 20 (where the two agree in fp32).
+inline Vec softplus(Vec x) {
+  const Vec lim = Vec::set1(20.f);
+  return select_gt(x, lim, x, log(Vec::set1(1.f) + exp(min(x, lim))));
 }
 
 // tanh(x) = sign(x) * (1 - 2 / (exp(2|x|) + 1)): absolute error ~1e-7.

@@ -49,8 +49,45 @@ struct CausalConvBwdParams {
   void* dinit;             // (B, D, W-1) or null
 };
 
+// Mamba's selective scan, per (batch b, channel d), state x of N entries:
+//   dt_t = softplus?(delta_t + delta_bias);  x_t = exp(dt_t A) * x_{t-1} + dt_t u_t B_t
+//   y_t = C_t . x_t + D u_t;  out_t = y_t * silu(z_t) (if z)
+// u, delta, z, out and variable B/C are in `dtype`; A, D, delta_bias, initial and
+// last states and time-invariant B/C are in the accumulation type (fp64 for fp64
+// inputs, else fp32).
+struct SelectiveScanParams {
+  const void *u, *delta, *z;   // (B, D, L) contiguous; z may be null
+  const void *Bm, *Cm;         // variable: (B, G, N, L) contiguous; invariant: (D, N)
+  bool b_var, c_var;
+  int64_t G;                   // groups of channels sharing variable B/C
+  const void* A;               // (D, N)
+  const void* Dskip;           // (D,) or null
+  const void* delta_bias;      // (D,) or null
+  bool softplus;
+  const void* h0;              // (B, D, N) or null
+  void* out;                   // (B, D, L)
+  void* last_state;            // (B, D, N) or null
+  int64_t Bsz, D, N, L;
+  DType dtype;
+  int threads;
+};
+
+struct SelectiveScanBwdParams {
+  SelectiveScanParams fwd;     // out / last_state unused
+  const void* dout;            // (B, D, L)
+  const void* dlast;           // (B, D, N) or null
+  void *du, *ddelta, *dz;      // like u (dz null without z)
+  void *dA;                    // (D, N)
+  void *dB, *dC;               // like B / C
+  void *dD, *ddelta_bias;      // (D,) or null
+  void* dh0;                   // (B, D, N) or null
+};
+
+
 }  // namespace kernkit
 
+KK_DECLARE_CPU_KERNEL(void, selective_scan_fwd_cpu, (const ::kernkit::SelectiveScanParams&))
+KK_DECLARE_CPU_KERNEL(void, selective_scan_bwd_cpu, (const ::kernkit::SelectiveScanBwdParams&))
 KK_DECLARE_CPU_KERNEL(void, linear_scan_cpu, (const ::kernkit::LinearScanParams&))
 KK_DECLARE_CPU_KERNEL(void, causal_conv1d_fwd_cpu, (const ::kernkit::CausalConvParams&))
 KK_DECLARE_CPU_KERNEL(void, causal_conv1d_bwd_cpu, (const ::kernkit::CausalConvBwdParams&))

@@ -9,7 +9,7 @@ import torch  # noqa: F401  (loads torch's OpenMP runtime before _C looks for it
 from ._native import cpu_isa, info, set_cpu_isa
 from .attention import flash_attn, flash_attn_varlen, flash_attn_with_kvcache
 from .norm import rms_norm
-from .scan import causal_conv1d, linear_scan
+from .scan import causal_conv1d, linear_scan, selective_scan
 from . import reference
 
 __version__ = info()["version"]
@@ -17,5 +17,5 @@ __version__ = info()["version"]
 __all__ = [
     "__version__", "info", "cpu_isa", "set_cpu_isa",
     "flash_attn", "flash_attn_varlen", "flash_attn_with_kvcache",
-    "rms_norm", "linear_scan", "causal_conv1d", "reference",
+    "rms_norm", "linear_scan", "causal_conv1d", "selective_scan", "reference",
 ]

@@ -239,3 +239,182 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                         None if initial_state is None else initial_state.contiguous(), activation is not None,
                         return_final_state)
     return (y, final) if return_final_state else y
+
+
+# --------------------------------------------------------------------------- selective_scan
+
+def _acc(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _ss_geometry(u, B, C):
+    Bsz, Dm, L = u.shape
+    var = [m.dim() == 4 for m in (B, C)]
+    G = B.shape[1] if var[0] else (C.shape[1] if var[1] else 1)
+    return Bsz, Dm, L, var, G
+
+
+def _ss_fwd_impl(u, delta, A, B, C, D, z, delta_bias, softplus, h0, want_last):
+    Bsz, Dm, L, var, G = _ss_geometry(u, B, C)
+    N = A.shape[1]
+    out = torch.empty_like(u)
+    last = torch.empty((Bsz, Dm, N) if want_last else (0,), dtype=_acc(u), device=u.device)
+    _C.selective_scan_fwd(ptr(u), ptr(delta), ptr(z), ptr(B), ptr(C), var[0], var[1], G, ptr(A), ptr(D),
+                          ptr(delta_bias), softplus, ptr(h0), ptr(out), ptr(last) if want_last else 0,
+                          Bsz, Dm, N, L, dtype_code(u), *launch_args(u))
+    return out, last
+
+
+def _ss_fwd_fake(u, delta, A, B, C, D, z, delta_bias, softplus, h0, want_last):
+    Bsz, Dm, _ = u.shape
+    return torch.empty_like(u), u.new_empty((Bsz, Dm, A.shape[1]) if want_last else (0,), dtype=_acc(u))
+
+
+def _opt_like(t, want):
+    return torch.empty_like(t) if (t is not None and want) else None
+
+
+def _ss_bwd_impl(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, h0):
+    Bsz, Dm, L, var, G = _ss_geometry(u, B, C)
+    N = A.shape[1]
+    dout = dout.contiguous()
+    dlast = None if dlast is None else dlast.contiguous()
+    du, ddelta, dA, dB, dC = (torch.empty_like(t) for t in (u, delta, A, B, C))
+    dD, dz, dbias, dh0 = (_opt_like(t, True) for t in (D, z, delta_bias, h0))
+    _C.selective_scan_bwd(ptr(u), ptr(delta), ptr(z), ptr(B), ptr(C), var[0], var[1], G, ptr(A), ptr(D),
+                          ptr(delta_bias), softplus, ptr(h0), ptr(dout), ptr(dlast), ptr(du), ptr(ddelta), ptr(dz),
+                          ptr(dA), ptr(dB), ptr(dC), ptr(dD), ptr(dbias), ptr(dh0), Bsz, Dm, N, L, dtype_code(u),
+                          *launch_args(u))
+    empty = u.new_empty(0)
+    return tuple(empty if t is None else t for t in (du, ddelta, dA, dB, dC, dD, dz, dbias, dh0))
+
+
+def _ss_bwd_fake(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, h0):
+    outs = [torch.empty_like(t) for t in (u, delta, A, B, C)]
+    outs += [torch.empty_like(t) if t is not None else u.new_empty(0) for t in (D, z, delta_bias, h0)]
+    return tuple(outs)
+
+
+_ss_bwd_op = define_op(
+    "selective_scan_bwd(Tensor dout, Tensor? dlast, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, "
+    "Tensor? D, Tensor? z, Tensor? delta_bias, bool softplus, Tensor? h0) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    impl=_ss_bwd_impl,
+    fake=_ss_bwd_fake,
+)
+
+
+def _ss_setup(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, softplus, h0, want_last = inputs
+    ctx.softplus, ctx.want_last = softplus, want_last
+    ctx.present = [t is not None for t in (D, z, delta_bias, h0)]
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0)
+
+
+def _ss_backward(ctx, dout, dlast):
+    u, delta, A, B, C, D, z, delta_bias, h0 = ctx.saved_tensors
+    grads = _ss_bwd_op(dout, dlast if ctx.want_last else None, u, delta, A, B, C, D, z, delta_bias, ctx.softplus, h0)
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = grads
+    opt = [g if present else None for g, present in zip((dD, dz, dbias, dh0), ctx.present)]
+    return du, ddelta, dA, dB, dC, opt[0], opt[1], opt[2], None, opt[3], None
+
+
+_ss_op = define_op(
+    "selective_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
+    "Tensor? delta_bias, bool softplus, Tensor? h0, bool want_last) -> (Tensor, Tensor)",
+    impl=_ss_fwd_impl,
+    fake=_ss_fwd_fake,
+    backward=_ss_backward,
+    setup_context=_ss_setup,
+)
+
+
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
+                   delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
+                   initial_state: Optional[torch.Tensor] = None, return_last_state: bool = False):
+    """Mamba's selective scan (mamba-ssm ``selective_scan_fn`` semantics and layout), with an initial state.
+
+    Per batch b and channel d, with state ``x`` of N entries::
+
+        dt_t = softplus(delta_t + delta_bias)   (softplus only if delta_softplus)
+        x_t  = exp(dt_t * A) * x_{t-1} + dt_t * u_t * B_t,   x_{-1} = initial_state (or 0)
+        y_t  = C_t . x_t + D * u_t;   out_t = y_t * silu(z_t)  (if z)
+
+    Args:
+        u, delta: ``(B, D, L)``; z: ``(B, D, L)`` gate; all one dtype (fp32, fp64, bf16, fp16).
+        A: ``(D, N)`` (N <= 256); D, delta_bias: ``(D,)``; these and time-invariant B/C run in fp32
+            (fp64 for fp64 inputs).
+        B, C: time-invariant ``(D, N)``, or variable ``(B, N, L)``, or grouped ``(B, G, N, L)``
+            (channel d uses group ``d // (D / G)``).
+        initial_state: ``(B, D, N)``.
+
+    Returns ``out`` ``(B, D, L)`` in u's dtype, or ``(out, last_state)`` with ``return_last_state``
+    (``(B, D, N)``, fp32/fp64). Gradients flow to every floating input, deterministically.
+    """
+    fn = "selective_scan"
+    chk.tensor(fn, "u", u)
+    _no_cuda(fn, "u", u)
+    if u.dim() != 3:
+        raise ValueError(f"{fn}: u must be (batch, dim, seqlen), got shape {tuple(u.shape)}")
+    Bsz, Dm, L = u.shape
+    chk.tensor(fn, "delta", delta)
+    if delta.shape != u.shape:
+        raise ValueError(f"{fn}: delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    if delta.dtype != u.dtype:
+        raise TypeError(f"{fn}: delta dtype {delta.dtype} must match u ({u.dtype})")
+    chk.tensor(fn, "A", A)
+    if A.dim() != 2 or A.shape[0] != Dm or not 1 <= A.shape[1] <= 256:
+        raise ValueError(f"{fn}: A must be ({Dm}, N) with 1 <= N <= 256, got {tuple(A.shape)}")
+    N = A.shape[1]
+    acc = _acc(u)
+    groups = None
+    mats = []
+    for name, m in (("B", B), ("C", C)):
+        chk.tensor(fn, name, m)
+        chk.same_device(fn, name, m, "u", u)
+        if m.dim() == 2:
+            if m.shape != (Dm, N):
+                raise ValueError(f"{fn}: time-invariant {name} must be ({Dm}, {N}), got {tuple(m.shape)}")
+            mats.append(m.to(acc).contiguous())
+            continue
+        if m.dim() == 3:
+            m = m.unsqueeze(1)
+        if m.dim() != 4 or m.shape[0] != Bsz or m.shape[2] != N or m.shape[3] != L:
+            raise ValueError(f"{fn}: variable {name} must be ({Bsz}, {N}, {L}) or ({Bsz}, G, {N}, {L}), "
+                             f"got {tuple(m.shape)}")
+        G = m.shape[1]
+        if G < 1 or Dm % G:
+            raise ValueError(f"{fn}: {name} has {G} groups, which must divide the {Dm} channels")
+        if groups is not None and groups != G:
+            raise ValueError(f"{fn}: B and C must have the same number of groups")
+        groups = G
+        mats.append(m.to(u.dtype).contiguous())
+    vecs = []
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is None:
+            vecs.append(None)
+            continue
+        chk.tensor(fn, name, t)
+        chk.same_device(fn, name, t, "u", u)
+        if t.shape != (Dm,):
+            raise ValueError(f"{fn}: {name} must have shape ({Dm},), got {tuple(t.shape)}")
+        vecs.append(t.to(acc).contiguous())
+    if z is not None:
+        chk.tensor(fn, "z", z)
+        if z.shape != u.shape or z.dtype != u.dtype:
+            raise ValueError(f"{fn}: z must match u's shape {tuple(u.shape)} and dtype, got {tuple(z.shape)} {z.dtype}")
+        z = z.contiguous()
+    h0 = None
+    if initial_state is not None:
+        chk.tensor(fn, "initial_state", initial_state)
+        chk.same_device(fn, "initial_state", initial_state, "u", u)
+        if initial_state.shape != (Bsz, Dm, N):
+            raise ValueError(f"{fn}: initial_state must have shape {(Bsz, Dm, N)}, got {tuple(initial_state.shape)}")
+        h0 = initial_state.to(acc).contiguous()
+    for name, flag in (("delta_softplus", delta_softplus), ("return_last_state", return_last_state)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{fn}: {name} must be a bool")
+    out, last = _ss_op(u.contiguous(), delta.contiguous(), A.to(acc).contiguous(), mats[0], mats[1], vecs[0], z,
+                       vecs[1], delta_softplus, h0, return_last_state)
+    return (out, last) if return_last_state else out

@@ -3,6 +3,6 @@ the tests and benchmarks to check and time the kernels."""
 
 from .attention import attention_mask, flash_attn_ref, flash_attn_varlen_ref
 from .norm import rms_norm_ref
-from .scan import causal_conv1d_ref, linear_scan_ref
+from .scan import causal_conv1d_ref, linear_scan_ref, selective_scan_ref
 
-__all__ = ["attention_mask", "flash_attn_ref", "flash_attn_varlen_ref", "rms_norm_ref", "linear_scan_ref", "causal_conv1d_ref"]
+__all__ = ["attention_mask", "flash_attn_ref", "flash_attn_varlen_ref", "rms_norm_ref", "linear_scan_ref", "causal_conv1d_ref", "selective_scan_ref"]

@@ -37,3 +37,48 @@ def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     if return_final_state:
         return y, ext[..., ext.shape[-1] - (W - 1):]
     return y
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       initial_state=None, return_last_state=False):
+    """mamba-ssm's ``selective_scan_ref`` semantics (plus an initial state), as a sequential loop
+    over time with ``unbind`` slices. u, delta (B, D, L); A (D, N); B, C (D, N), (B, N, L) or
+    (B, G, N, L); D (D,); z (B, D, L); delta_bias (D,); initial_state (B, D, N)."""
+    dtype_in = u.dtype
+    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta = u.to(ct), delta.to(ct)
+    A = A.to(ct)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(ct)[..., None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim, L = u.shape
+    N = A.shape[1]
+
+    def expand(m):  # -> (batch, dim, N, L) or (dim, N)
+        m = m.to(ct)
+        if m.dim() == 2:
+            return m
+        if m.dim() == 3:
+            m = m.unsqueeze(1)
+        return m.repeat_interleave(dim // m.shape[1], dim=1)
+
+    Bx, Cx = expand(B), expand(C)
+    x = u.new_zeros(batch, dim, N) if initial_state is None else initial_state.to(ct)
+    dA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    if Bx.dim() == 2:
+        dBu = torch.einsum("bdl,dn,bdl->bdln", delta, Bx, u)
+    else:
+        dBu = torch.einsum("bdl,bdnl,bdl->bdln", delta, Bx, u)
+    ys = []
+    Ct = Cx.unbind(-1) if Cx.dim() == 4 else None
+    for t, (dA_t, dBu_t) in enumerate(zip(dA.unbind(2), dBu.unbind(2))):
+        x = dA_t * x + dBu_t
+        c = Ct[t] if Ct is not None else Cx
+        ys.append((x * c).sum(-1))
+    y = torch.stack(ys, dim=2) if ys else u.new_zeros(batch, dim, 0)
+    out = y if D is None else y + u * D.to(ct)[..., None]
+    if z is not None:
+        out = out * F.silu(z.to(ct))
+    out = out.to(dtype_in)
+    return (out, x) if return_last_state else out
