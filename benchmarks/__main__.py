@@ -12,10 +12,10 @@ import torch
 
 import kernkit
 
-from . import bench_attention, bench_norm
+from . import bench_attention, bench_norm, bench_scan
 from .common import print_table, rows_to_json, plot
 
-FAMILIES = {m.FAMILY: m for m in (bench_attention, bench_norm)}
+FAMILIES = {m.FAMILY: m for m in (bench_attention, bench_norm, bench_scan)}
 
 
 def _commit() -> str:

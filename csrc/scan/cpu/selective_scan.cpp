@@ -58,6 +58,37 @@ inline void widen_row(Acc* dst, const T* src, int64_t n) {
 
 constexpr int64_t kChunk = 256;  // backward checkpoint interval (time steps)
 
+// z[t] <- silu(z[t]) and, with s set, s[t] <- sigmoid(z[t]) (before the overwrite).
+template <typename Acc>
+void silu_row(Acc* z, int64_t L, Acc* s = nullptr) {
+  using V = typename Lane<Acc>::V;
+  int64_t t = 0;
+  for (; t + V::size <= L; t += V::size) {
+    const V zv = V::load(z + t), sg = sigmoid_exact(zv);
+    if (s) sg.store(s + t);
+    (zv * sg).store(z + t);
+  }
+  for (; t < L; ++t) {
+    const Acc sg = Acc(1) / (Acc(1) + Acc(std::exp(double(-z[t]))));
+    if (s) s[t] = sg;
+    z[t] *= sg;
+  }
+}
+
+// out[t] = (y[t] + D u[t]) * gate[t] (gate null: 1), converted to T.
+template <typename T, typename Acc>
+void finish_row(const Acc* y, const Acc* u, Acc Dv, const Acc* gate, T* out, int64_t L) {
+  using V = typename Lane<Acc>::V;
+  int64_t t = 0;
+  if constexpr (std::is_same_v<Acc, float>)
+    for (; t + V::size <= L; t += V::size) {
+      V r = fma(V::set1(Dv), V::load(u + t), V::load(y + t));
+      if (gate) r = r * V::load(gate + t);
+      r.store(out + t);
+    }
+  for (; t < L; ++t) out[t] = back<T, Acc>((y[t] + Dv * u[t]) * (gate ? gate[t] : Acc(1)));
+}
+
 template <typename T, typename Acc>
 struct Geometry {
   using V = typename Lane<Acc>::V;
@@ -153,16 +184,11 @@ void fwd(const SelectiveScanParams& p) {
       }
       // y += D u, then the gate; vectorised over time
       const Acc Dv = p.Dskip ? static_cast<const Acc*>(p.Dskip)[d] : Acc(0);
-      const T* z = p.z ? static_cast<const T*>(p.z) + g.row(b, d) : nullptr;
-      T* out = static_cast<T*>(p.out) + g.row(b, d);
-      for (int64_t t = 0; t < L; ++t) {
-        Acc yt = y[t] + Dv * u[t];
-        if (z) {
-          const Acc zt = cvt<T, Acc>(z[t]);
-          yt *= zt / (Acc(1) + Acc(std::exp(double(-zt))));
-        }
-        out[t] = back<T, Acc>(yt);
+      if (p.z) {
+        widen_row<T, Acc>(dt.p, static_cast<const T*>(p.z) + g.row(b, d), L);  // dt no longer needed
+        silu_row(dt.p, L);
       }
+      finish_row<T, Acc>(y.p, u.p, Dv, p.z ? dt.p : nullptr, static_cast<T*>(p.out) + g.row(b, d), L);
       if (p.last_state)
         for (int64_t v = 0; v < NV; ++v) {
           Acc tmp[64];
@@ -199,7 +225,8 @@ void bwd(const SelectiveScanBwdParams& q) {
   parallel_for(p.Bsz * nblk, p.threads, 1, [&](int64_t k0, int64_t k1) {
     const int64_t nck = (L + kChunk - 1) / kChunk;
     Buf<Acc> dt(size_t(L) + 16), u(size_t(L) + 16), vecs(size_t(Np) * 8), ckpt(size_t(nck + 1) * Np),
-        xs(size_t(kChunk + 1) * Np), ddt(size_t(L) + 16), du(size_t(L) + 16);
+        xs(size_t(kChunk + 1) * Np), das(size_t(kChunk) * Np), ddt(size_t(L) + 16), du(size_t(L) + 16),
+        zsilu(size_t(L) + 16), zsig(size_t(L) + 16);
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t b = k / nblk, blk = k % nblk;
       Acc* dBt = dbt ? dbt->p + (b * nblk + blk) * L * Np : nullptr;
@@ -243,7 +270,11 @@ void bwd(const SelectiveScanBwdParams& q) {
         }
         // reverse pass
         const Acc Dv = p.Dskip ? static_cast<const Acc*>(p.Dskip)[d] : Acc(0);
-        const T* z = p.z ? static_cast<const T*>(p.z) + g.row(b, d) : nullptr;
+        const bool gated = p.z != nullptr;
+        if (gated) {
+          widen_row<T, Acc>(zsilu.p, static_cast<const T*>(p.z) + g.row(b, d), L);
+          silu_row(zsilu.p, L, zsig.p);
+        }
         const T* dout = static_cast<const T*>(q.dout) + g.row(b, d);
         V dx[MAXV];
         for (int64_t v = 0; v < NV; ++v) dx[v] = V::zero();
@@ -261,7 +292,9 @@ void bwd(const SelectiveScanBwdParams& q) {
           for (int64_t t = t0; t < t1; ++t) {
             const V dtv = V::set1(dt[t]), dbu = V::set1(dt[t] * u[t]);
             for (int64_t v = 0; v < NV; ++v) {
-              x[v] = fma(exp(dtv * av[v]), x[v], dbu * V::load(bvec(t) + v * V::size));
+              const V e = exp(dtv * av[v]);
+              e.store(das.p + (t - t0) * Np + v * V::size);
+              x[v] = fma(e, x[v], dbu * V::load(bvec(t) + v * V::size));
               x[v].store(xs.p + (t - t0 + 1) * Np + v * V::size);
             }
           }
@@ -271,14 +304,12 @@ void bwd(const SelectiveScanBwdParams& q) {
             const Acc* bn = bvec(t);
             const Acc* cn = cvec(t);
             Acc gt = cvt<T, Acc>(dout[t]);
-            if (z) {  // out = y * silu(z)
+            if (gated) {  // out = y * silu(z): dz = g y silu'(z), silu' = s (1 + z (1 - s)) = s + silu (1 - s)
               V yv = V::zero();
               for (int64_t v = 0; v < NV; ++v) yv = fma(V::load(cn + v * V::size), V::load(xt + v * V::size), yv);
-              const Acc y = yv.sum() + Dv * u[t];
-              const Acc zt = cvt<T, Acc>(z[t]);
-              const Acc s = Acc(1) / (Acc(1) + Acc(std::exp(double(-zt))));
-              static_cast<T*>(q.dz)[g.row(b, d) + t] = back<T, Acc>(gt * y * s * (Acc(1) + zt * (Acc(1) - s)));
-              gt *= zt * s;
+              const Acc y = yv.sum() + Dv * u[t], s = zsig[t], sl = zsilu[t];
+              static_cast<T*>(q.dz)[g.row(b, d) + t] = back<T, Acc>(gt * y * (s + sl * (Acc(1) - s)));
+              gt *= sl;
             }
             dDsum += gt * u[t];
             const V gv = V::set1(gt), dtv = V::set1(dt[t]), uv = V::set1(u[t]);
@@ -290,7 +321,7 @@ void bwd(const SelectiveScanBwdParams& q) {
               if (dCt) fma(gv, xv, V::load(dCt + t * Np + o)).store(dCt + t * Np + o);
               else fma(gv, xv, V::load(dCi + o)).store(dCi + o);
               dx[v] = fma(gv, cv, dx[v]);
-              const V dA_t = exp(dtv * av[v]);
+              const V dA_t = V::load(das.p + (t - t0) * Np + o);
               const V d_dA = dx[v] * xpv * dA_t;           // d(exp(dt A)) * exp(dt A)
               ddt_acc = fma(d_dA, av[v], ddt_acc);
               ddt_acc = fma(dx[v] * bv, uv, ddt_acc);
@@ -310,13 +341,14 @@ void bwd(const SelectiveScanBwdParams& q) {
         T* ddo = static_cast<T*>(q.ddelta) + g.row(b, d);
         const T* delta = static_cast<const T*>(p.delta) + g.row(b, d);
         const Acc bias = p.delta_bias ? static_cast<const Acc*>(p.delta_bias)[d] : Acc(0);
+        if (p.softplus) {  // d softplus(pre) = sigmoid(pre)
+          widen_row<T, Acc>(zsig.p, delta, L);
+          for (int64_t t = 0; t < L; ++t) zsig[t] += bias;
+          silu_row(zsig.p, L, zsilu.p);  // zsilu <- sigmoid(pre)
+        }
         Acc dbias = 0;
         for (int64_t t = 0; t < L; ++t) {
-          Acc dd = ddt[t];
-          if (p.softplus) {
-            const Acc pre = cvt<T, Acc>(delta[t]) + bias;
-            dd *= Acc(1) / (Acc(1) + Acc(std::exp(double(-pre))));
-          }
+          const Acc dd = p.softplus ? ddt[t] * zsilu[t] : ddt[t];
           ddo[t] = back<T, Acc>(dd);
           duo[t] = back<T, Acc>(du[t]);
           dbias += dd;

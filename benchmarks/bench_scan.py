@@ -1,0 +1,96 @@
+"""Scans: kernkit.selective_scan against the sequential PyTorch reference
+(selective_scan_ref's algorithm, `unbind` slices), kernkit.linear_scan against a
+PyTorch loop and the cumsum log-space trick, kernkit.causal_conv1d against
+F.conv1d (groups=D, padded) + slice."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import kernkit
+from kernkit.reference import linear_scan_ref, selective_scan_ref
+
+from .common import Row, bandwidth, dtype_name, time_pair
+
+FAMILY = "scan"
+
+
+def _selective_rows(quick):
+    rows = []
+    Bsz, Dm, N, L = (1, 256, 16, 1024) if quick else (1, 1536, 16, 2048)
+    for dtype in (torch.float32, torch.bfloat16):
+        g = torch.Generator().manual_seed(0)
+        u = torch.randn(Bsz, Dm, L, generator=g).to(dtype)
+        delta = (torch.rand(Bsz, Dm, L, generator=g) * 0.5).to(dtype)
+        A = -torch.rand(Dm, N, generator=g)
+        B = torch.randn(Bsz, N, L, generator=g).to(dtype)
+        C = torch.randn(Bsz, N, L, generator=g).to(dtype)
+        Dv = torch.randn(Dm, generator=g)
+        z = torch.randn(Bsz, Dm, L, generator=g).to(dtype)
+        kw = dict(D=Dv, z=z, delta_softplus=True)
+        nbytes = 4 * u.numel() * u.element_size() + 2 * B.numel() * B.element_size()  # u, delta, z, out, B, C
+        tk, tb = time_pair(lambda: kernkit.selective_scan(u, delta, A, B, C, **kw),
+                           lambda: selective_scan_ref(u, delta, A, B, C, **kw), quick=True)
+        shape = f"B{Bsz} D{Dm} N{N} L{L}"
+        rows.append(Row(FAMILY, "selective_scan fwd", shape, dtype_name(dtype), tk * 1e6, "PyTorch sequential ref",
+                        tb * 1e6, bandwidth(nbytes, tk)))
+        leaves = [t.clone().requires_grad_() for t in (u, delta, A, B, C)]
+        dout = torch.randn_like(u)
+
+        def fb(fn):
+            return lambda: torch.autograd.grad(fn(*leaves, **kw), leaves, dout)
+
+        tk, tb = time_pair(fb(kernkit.selective_scan), fb(selective_scan_ref), quick=True)
+        rows.append(Row(FAMILY, "selective_scan fwd+bwd", shape, dtype_name(dtype), tk * 1e6,
+                        "PyTorch sequential ref", tb * 1e6, bandwidth(3 * nbytes, tk)))
+    return rows
+
+
+def _linear_scan_rows(quick):
+    rows = []
+    Bsz, T, C = (2, 1024, 512) if quick else (4, 4096, 1024)
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(Bsz, T, C, generator=g) * 0.5 + 0.5
+    b = torch.randn(Bsz, T, C, generator=g)
+    nbytes = 3 * a.numel() * 4
+    tk, tb = time_pair(lambda: kernkit.linear_scan(a, b), lambda: linear_scan_ref(a, b), quick=True)
+    rows.append(Row(FAMILY, "linear_scan", f"B{Bsz} T{T} C{C}", "float32", tk * 1e6, "PyTorch loop", tb * 1e6,
+                    bandwidth(nbytes, tk)))
+
+    def log_space():  # the usual workaround: h = exp(cumsum log a) * cumsum(b * exp(-cumsum log a))
+        a_star = torch.cumsum(torch.log(a), 1)
+        return torch.exp(a_star) * torch.cumsum(b * torch.exp(-a_star), 1)
+
+    tk, tb = time_pair(lambda: kernkit.linear_scan(a, b), log_space, quick=quick)
+    rows.append(Row(FAMILY, "linear_scan", f"B{Bsz} T{T} C{C}", "float32", tk * 1e6, "cumsum log-space trick",
+                    tb * 1e6, bandwidth(nbytes, tk)))
+    # few channels, long sequence: the time-chunked path
+    a1, b1 = a[:1, :, :8].repeat(1, 64, 1).contiguous(), b[:1, :, :8].repeat(1, 64, 1).contiguous()
+    tk, tb = time_pair(lambda: kernkit.linear_scan(a1, b1), lambda: linear_scan_ref(a1, b1), quick=True)
+    rows.append(Row(FAMILY, "linear_scan (time-chunked)", f"B1 T{a1.shape[1]} C8", "float32", tk * 1e6,
+                    "PyTorch loop", tb * 1e6, bandwidth(3 * a1.numel() * 4, tk)))
+    return rows
+
+
+def _conv_rows(quick):
+    rows = []
+    Bsz, Dm, L = (2, 512, 1024) if quick else (4, 1536, 2048)
+    for dtype in (torch.float32, torch.bfloat16):
+        for W in (4,):
+            g = torch.Generator().manual_seed(2)
+            x = torch.randn(Bsz, Dm, L, generator=g).to(dtype)
+            w = torch.randn(Dm, W, generator=g).to(dtype)
+            bias = torch.randn(Dm, generator=g).to(dtype)
+            tk, tb = time_pair(lambda: kernkit.causal_conv1d(x, w, bias, activation="silu"),
+                               lambda: F.silu(F.conv1d(x, w.unsqueeze(1), bias, padding=W - 1, groups=Dm)[..., :L]),
+                               quick=quick)
+            rows.append(Row(FAMILY, f"causal_conv1d W{W} silu", f"B{Bsz} D{Dm} L{L}", dtype_name(dtype), tk * 1e6,
+                            "F.conv1d + slice", tb * 1e6, bandwidth(2 * x.numel() * x.element_size(), tk)))
+    return rows
+
+
+def run(device: str = "cpu", quick: bool = False) -> list[Row]:
+    if device != "cpu":
+        return []  # CUDA scan kernels: a later step
+    return _selective_rows(quick) + _linear_scan_rows(quick) + _conv_rows(quick)
