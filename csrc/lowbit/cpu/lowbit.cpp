@@ -1,0 +1,338 @@
+// Ternary and binary weight matmuls on CPU, compiled per ISA level.
+//  - ternary, int8 activations: per-row absmax quantisation (round half to even,
+//    clamp [-128, 127]), then exact integer dot products of the 2-bit codes
+//    (w + 1, unsigned) with x_q (signed), corrected by -sum(x_q). avx512:
+//    vpdpbusd (VNNI); avx2: vpmaddubsw + vpmaddwd (the pair sums are at most
+//    2 * 2 * 128 = 512, so the int16 step cannot saturate) into int32 lanes;
+//    int32 lanes are flushed to int64 every 2^20 weights, so no K overflows.
+//  - float activations (ternary act_bits=None, binary without binarize_input):
+//    each weight row is expanded once to fp32 {-1, 0, 1} and dotted with every
+//    activation row.
+//  - binary with binarize_input: sign bits of x, XNOR via XOR + popcount
+//    (avx512: vpopcntq).
+// Work is split over output features, so every thread streams its own weights.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "common/parallel.h"
+#include "common/vec.h"
+#include "lowbit/lowbit.h"
+
+namespace kernkit {
+namespace KK_ISA_NS {
+namespace {
+
+#if defined(KK_ISA_AVX512)
+constexpr int64_t kXChunk = 256;  // x_q arranged for two 32-byte blocks per 64-byte register
+#else
+constexpr int64_t kXChunk = 128;
+#endif
+constexpr int64_t kFlushChunks = 4096;  // chunks between int32 -> int64 flushes (<= 2^20 weights)
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+template <typename T>
+inline void row_to_float(float* dst, const T* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + Vec::size <= n; i += Vec::size) Vec::load(src + i).store(dst + i);
+  for (; i < n; ++i) dst[i] = to_float(src[i]);
+}
+
+inline float absmax(const float* x, int64_t n) {
+  Vec m = Vec::zero();
+  int64_t i = 0;
+  for (; i + Vec::size <= n; i += Vec::size) m = max(m, abs(Vec::load(x + i)));
+  alignas(64) float lanes[Vec::size];
+  m.store(lanes);
+  float r = 0.f;
+  for (int j = 0; j < Vec::size; ++j) r = std::max(r, lanes[j]);
+  for (; i < n; ++i) r = std::max(r, std::fabs(x[i]));
+  return r;
+}
+
+// ----------------------------------------------------------------------------- int8 activations
+
+struct QuantRows {
+  Buf<int8_t> q;      // M x Kx, arranged for the dot kernel
+  Buf<float> inv_s;   // 1 / s per row (s = 127 / absmax)
+  Buf<float> s;
+  Buf<int64_t> sum;   // sum of x_q per row
+  int64_t Kx;
+  QuantRows(int64_t M, int64_t Kp) : q(size_t(M * round_up(Kp, kXChunk))), inv_s(M), s(M), sum(M),
+                                     Kx(round_up(Kp, kXChunk)) {}
+};
+
+// Offset of weight k in the arranged row: avx512 pairs block 2c (low half) with
+// 2c+1 (high half) so that one 64-byte code register serves both.
+inline int64_t arranged(int64_t k) {
+#if defined(KK_ISA_AVX512)
+  const int64_t c = k / 256, kk = k % 256, half = kk / 128, jj = kk % 128;
+  return c * 256 + (jj / 32) * 64 + half * 32 + jj % 32;
+#else
+  return k;
+#endif
+}
+
+template <typename T>
+void quantize_rows(const LowbitParams& p, QuantRows& qr) {
+  parallel_for(p.M, p.threads, 4, [&](int64_t m0, int64_t m1) {
+    Buf<float> xf(size_t(p.K) + 64);
+    for (int64_t m = m0; m < m1; ++m) {
+      row_to_float(xf.p, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
+      const float s = 127.f / std::max(absmax(xf.p, p.K), 1e-5f);
+      qr.s[m] = s;
+      qr.inv_s[m] = 1.f / s;
+      int8_t* q = qr.q.p + m * qr.Kx;
+      std::memset(q, 0, size_t(qr.Kx));
+      int64_t sum = 0;
+      for (int64_t k0 = 0; k0 < p.K; k0 += 32) {  // runs of 32 stay contiguous in every arrangement
+        const int64_t n = std::min<int64_t>(32, p.K - k0);
+        int8_t* dst = q + arranged(k0);
+        for (int64_t i = 0; i < n; ++i) {
+          const float v = std::nearbyint(xf[k0 + i] * s);
+          const int iv = int(std::min(127.f, std::max(-128.f, v)));
+          dst[i] = int8_t(iv);
+          sum += iv;
+        }
+      }
+      qr.sum[m] = sum;
+    }
+  });
+}
+
+// acc[m][n] = sum_k code[n][k] * x_q[m][k] for MB x NB rows.
+template <int MB, int NB>
+void int_dot_tile(const uint8_t* const* wrow, const int8_t* const* xrow, int64_t Kp, int64_t (&out)[MB][NB]) {
+  for (int a = 0; a < MB; ++a)
+    for (int b = 0; b < NB; ++b) out[a][b] = 0;
+#if defined(KK_ISA_AVX512)
+  const int64_t nblk = Kp / 128, nfull = nblk / 2;
+  const __m512i lo2 = _mm512_set1_epi8(3);
+  for (int64_t c0 = 0; c0 < (nblk + 1) / 2; c0 += kFlushChunks) {
+    __m512i acc[MB][NB];
+    for (int a = 0; a < MB; ++a)
+      for (int b = 0; b < NB; ++b) acc[a][b] = _mm512_setzero_si512();
+    const int64_t c1 = std::min((nblk + 1) / 2, c0 + kFlushChunks);
+    for (int64_t c = c0; c < c1; ++c) {
+      __m512i pk[NB];
+      for (int b = 0; b < NB; ++b)
+        pk[b] = c < nfull ? _mm512_loadu_si512(wrow[b] + c * 64)
+                          : _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow[b] + c * 64)));
+      if (c >= nfull)  // odd last block: the high half must be zero codes
+        for (int b = 0; b < NB; ++b) pk[b] = _mm512_inserti64x4(pk[b], _mm256_setzero_si256(), 1);
+      for (int j = 0; j < 4; ++j) {
+        __m512i code[NB];
+        for (int b = 0; b < NB; ++b) code[b] = _mm512_and_si512(_mm512_srli_epi16(pk[b], 2 * j), lo2);
+        for (int a = 0; a < MB; ++a) {
+          const __m512i xv = _mm512_loadu_si512(xrow[a] + c * 256 + j * 64);
+          for (int b = 0; b < NB; ++b) acc[a][b] = _mm512_dpbusd_epi32(acc[a][b], code[b], xv);
+        }
+      }
+    }
+    for (int a = 0; a < MB; ++a)
+      for (int b = 0; b < NB; ++b) out[a][b] += _mm512_reduce_add_epi32(acc[a][b]);
+  }
+#elif defined(KK_ISA_AVX2)
+  const int64_t nblk = Kp / 128;
+  const __m256i lo2 = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+  for (int64_t q0 = 0; q0 < nblk; q0 += kFlushChunks) {
+    __m256i acc[MB][NB];
+    for (int a = 0; a < MB; ++a)
+      for (int b = 0; b < NB; ++b) acc[a][b] = _mm256_setzero_si256();
+    for (int64_t q = q0; q < std::min(nblk, q0 + kFlushChunks); ++q) {
+      __m256i pk[NB];
+      for (int b = 0; b < NB; ++b) pk[b] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow[b] + q * 32));
+      for (int j = 0; j < 4; ++j) {
+        __m256i code[NB];
+        for (int b = 0; b < NB; ++b) code[b] = _mm256_and_si256(_mm256_srli_epi16(pk[b], 2 * j), lo2);
+        for (int a = 0; a < MB; ++a) {
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xrow[a] + q * 128 + j * 32));
+          for (int b = 0; b < NB; ++b)
+            acc[a][b] = _mm256_add_epi32(acc[a][b], _mm256_madd_epi16(_mm256_maddubs_epi16(code[b], xv), ones));
+        }
+      }
+    }
+    for (int a = 0; a < MB; ++a)
+      for (int b = 0; b < NB; ++b) {
+        alignas(32) int32_t l[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(l), acc[a][b]);
+        for (int i = 0; i < 8; ++i) out[a][b] += l[i];
+      }
+  }
+#else
+  for (int64_t q = 0; q < Kp / 128; ++q)
+    for (int j = 0; j < 32; ++j)
+      for (int i = 0; i < 4; ++i) {
+        const int64_t k = q * 128 + 32 * i + j;
+        for (int b = 0; b < NB; ++b) {
+          const int code = (wrow[b][q * 32 + j] >> (2 * i)) & 3;
+          for (int a = 0; a < MB; ++a) out[a][b] += code * xrow[a][k];
+        }
+      }
+#endif
+}
+
+template <typename T>
+void store_out(const LowbitParams& p, int64_t m, int64_t n, float v) {
+  if (p.bias) v += p.bias[n];
+  static_cast<T*>(p.y)[m * p.N + n] = from_float<T>(v);
+}
+
+template <int MB, int NB, typename T>
+void int8_tile(const LowbitParams& p, const QuantRows& qr, int64_t m0, int64_t n0) {
+  const int64_t wbytes = p.Kp / 4;
+  const uint8_t* wrow[NB];
+  const int8_t* xrow[MB];
+  for (int b = 0; b < NB; ++b) wrow[b] = p.packed + (n0 + b) * wbytes;
+  for (int a = 0; a < MB; ++a) xrow[a] = qr.q.p + (m0 + a) * qr.Kx;
+  int64_t acc[MB][NB];
+  int_dot_tile<MB, NB>(wrow, xrow, p.Kp, acc);
+  for (int a = 0; a < MB; ++a)
+    for (int b = 0; b < NB; ++b) {
+      const float sw = p.scale[p.per_row_scale ? n0 + b : 0];
+      const int64_t dot = acc[a][b] - qr.sum[m0 + a];  // codes are w + 1
+      store_out<T>(p, m0 + a, n0 + b, float(dot) / qr.s[m0 + a] * sw);
+    }
+}
+
+template <typename T, int MB>
+void int8_rows(const LowbitParams& p, const QuantRows& qr, int64_t m0, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) int8_tile<MB, 4, T>(p, qr, m0, n);
+  for (; n < n1; ++n) int8_tile<MB, 1, T>(p, qr, m0, n);
+}
+
+template <typename T>
+void ternary_int8(const LowbitParams& p) {
+  QuantRows qr(p.M, p.Kp);
+  quantize_rows<T>(p, qr);
+  // split over output features in groups of 4 rows
+  const int64_t groups = (p.N + 3) / 4;
+  parallel_for(groups, p.threads, 1, [&](int64_t g0, int64_t g1) {
+    const int64_t n0 = g0 * 4, n1 = std::min(p.N, g1 * 4);
+    int64_t m = 0;
+    for (; m + 4 <= p.M; m += 4) int8_rows<T, 4>(p, qr, m, n0, n1);
+    for (; m < p.M; ++m) int8_rows<T, 1>(p, qr, m, n0, n1);
+  });
+}
+
+// ----------------------------------------------------------------------------- float activations
+
+// Expands one ternary row to fp32 {-1, 0, 1} (Kp entries).
+inline void expand_ternary(const uint8_t* w, int64_t Kp, float* out) {
+  for (int64_t q = 0; q < Kp / 128; ++q)
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 32; ++j) out[q * 128 + 32 * i + j] = float(int((w[q * 32 + j] >> (2 * i)) & 3) - 1);
+}
+
+// Expands one binary row to fp32 {-1, 1} (Kp entries).
+inline void expand_binary(const uint8_t* w, int64_t Kp, float* out) {
+  for (int64_t k = 0; k < Kp; ++k) out[k] = (w[k >> 3] >> (k & 7)) & 1 ? 1.f : -1.f;
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  Vec a0 = Vec::zero(), a1 = Vec::zero();
+  int64_t i = 0;
+  for (; i + 2 * Vec::size <= n; i += 2 * Vec::size) {
+    a0 = fma(Vec::load(a + i), Vec::load(b + i), a0);
+    a1 = fma(Vec::load(a + i + Vec::size), Vec::load(b + i + Vec::size), a1);
+  }
+  float r = (a0 + a1).sum();
+  for (; i < n; ++i) r += a[i] * b[i];
+  return r;
+}
+
+template <typename T, bool Binary>
+void float_path(const LowbitParams& p) {
+  Buf<float> xf(size_t(p.M * p.K) + 64);
+  parallel_for(p.M, p.threads, 16, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) row_to_float(xf.p + m * p.K, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
+  });
+  const int64_t wbytes = Binary ? p.Kp / 8 : p.Kp / 4;
+  parallel_for(p.N, p.threads, 4, [&](int64_t n0, int64_t n1) {
+    Buf<float> w(size_t(p.Kp) + 64);
+    for (int64_t n = n0; n < n1; ++n) {
+      if (Binary) expand_binary(p.packed + n * wbytes, p.Kp, w.p);
+      else expand_ternary(p.packed + n * wbytes, p.Kp, w.p);
+      const float sw = p.scale[(Binary || p.per_row_scale) ? n : 0];
+      for (int64_t m = 0; m < p.M; ++m) store_out<T>(p, m, n, dot(w.p, xf.p + m * p.K, p.K) * sw);
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------- binary XNOR
+
+inline int64_t popcount_xor(const uint64_t* a, const uint64_t* b, int64_t words) {
+  int64_t i = 0, total = 0;
+#if defined(KK_ISA_AVX512)
+  __m512i acc = _mm512_setzero_si512();
+  for (; i + 8 <= words; i += 8)
+    acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(a + i), _mm512_loadu_si512(b + i))));
+  if (i < words) {
+    const __mmask8 m = __mmask8((1u << (words - i)) - 1);
+    acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_maskz_loadu_epi64(m, a + i),
+                                                                     _mm512_maskz_loadu_epi64(m, b + i))));
+    i = words;
+  }
+  total = _mm512_reduce_add_epi64(acc);
+#endif
+  for (; i < words; ++i) total += __builtin_popcountll(a[i] ^ b[i]);
+  return total;
+}
+
+template <typename T>
+void binary_xnor(const LowbitParams& p) {
+  const int64_t words = p.Kp / 64;
+  Buf<uint64_t> xb(size_t(p.M * words) + 8);
+  Buf<float> beta(size_t(p.M));
+  parallel_for(p.M, p.threads, 4, [&](int64_t m0, int64_t m1) {
+    Buf<float> xf(size_t(p.K) + 64);
+    for (int64_t m = m0; m < m1; ++m) {
+      row_to_float(xf.p, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
+      uint64_t* bits = xb.p + m * words;
+      std::memset(bits, 0, sizeof(uint64_t) * words);
+      double s = 0;
+      for (int64_t k = 0; k < p.K; ++k) {
+        s += std::fabs(xf[k]);
+        if (xf[k] >= 0.f) bits[k >> 6] |= uint64_t(1) << (k & 63);
+      }
+      beta[m] = float(s / double(p.K));
+    }
+  });
+  parallel_for(p.N, p.threads, 4, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint64_t* w = reinterpret_cast<const uint64_t*>(p.packed + n * (p.Kp / 8));
+      for (int64_t m = 0; m < p.M; ++m) {
+        const int64_t agree = p.K - 2 * popcount_xor(xb.p + m * words, w, words);  // padding bits are 0 in both
+        store_out<T>(p, m, n, float(agree) * beta[m] * p.scale[n]);
+      }
+    }
+  });
+}
+
+template <template <typename> class Fn>
+void by_dtype(const LowbitParams& p) {
+  switch (p.dtype) {
+    case DType::f32: return Fn<float>::run(p);
+    case DType::bf16: return Fn<bf16_t>::run(p);
+    case DType::f16: return Fn<f16_t>::run(p);
+    default: throw std::invalid_argument("low-bit linear: x must be float32, bfloat16 or float16");
+  }
+}
+
+template <typename T> struct TernaryRun {
+  static void run(const LowbitParams& p) { p.act_bits == 8 ? ternary_int8<T>(p) : float_path<T, false>(p); }
+};
+template <typename T> struct BinaryRun {
+  static void run(const LowbitParams& p) { p.binarize_input ? binary_xnor<T>(p) : float_path<T, true>(p); }
+};
+
+}  // namespace
+
+void ternary_linear_cpu(const LowbitParams& p) { by_dtype<TernaryRun>(p); }
+void binary_linear_cpu(const LowbitParams& p) { by_dtype<BinaryRun>(p); }
+
+}  // namespace KK_ISA_NS
+}  // namespace kernkit
