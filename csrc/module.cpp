@@ -10,6 +10,7 @@
 #include "common/cpu_isa.h"
 #include "common/parallel.h"
 #include "attention/attention.h"
+#include "lowbit/lowbit.h"
 #include "norm/rms_norm.h"
 #include "scan/scan.h"
 
@@ -247,6 +248,41 @@ void selective_scan_bwd(uintptr_t u, uintptr_t delta, uintptr_t z, uintptr_t Bm,
   KK_CPU_KERNEL(selective_scan_bwd_cpu)(p);
 }
 
+LowbitParams lowbit_params(uintptr_t x, int64_t x_rs, uintptr_t packed, uintptr_t scale, bool per_row,
+                           uintptr_t bias, uintptr_t y, int64_t M, int64_t N, int64_t K, int64_t Kp, int act_bits,
+                           bool binarize, int dtype, int threads, int64_t block) {
+  require(M >= 0 && N >= 0 && K >= 1 && Kp >= K && Kp % block == 0 && Kp - K < block,
+          "low-bit linear: inconsistent sizes");
+  return LowbitParams{ptr(x), x_rs, ptr<const uint8_t>(packed), ptr<const float>(scale), per_row,
+                      ptr<const float>(bias), ptr(y), M, N, K, Kp, act_bits, binarize,
+                      dtype_from_code(dtype, "x"), threads};
+}
+
+void ternary_linear(uintptr_t x, int64_t x_rs, uintptr_t packed, uintptr_t scale, bool per_row, uintptr_t bias,
+                    uintptr_t y, int64_t M, int64_t N, int64_t K, int64_t Kp, int act_bits, int dtype, int threads,
+                    int device, intptr_t stream) {
+  const LowbitParams p = lowbit_params(x, x_rs, packed, scale, per_row, bias, y, M, N, K, Kp, act_bits, false, dtype,
+                                       threads, kTernaryBlock);
+  require(act_bits == 8 || act_bits == 0, "ternary_linear: act_bits must be 8 or None");
+  if (M == 0 || N == 0) return;
+  require(x && packed && scale && y, "ternary_linear: null data pointer");
+  require_cpu(device, "ternary_linear");
+  py::gil_scoped_release nogil;
+  KK_CPU_KERNEL(ternary_linear_cpu)(p);
+}
+
+void binary_linear(uintptr_t x, int64_t x_rs, uintptr_t packed, uintptr_t alpha, uintptr_t bias, uintptr_t y,
+                   int64_t M, int64_t N, int64_t K, int64_t Kp, bool binarize, int dtype, int threads, int device,
+                   intptr_t stream) {
+  const LowbitParams p = lowbit_params(x, x_rs, packed, alpha, true, bias, y, M, N, K, Kp, 0, binarize, dtype,
+                                       threads, kBinaryBlock);
+  if (M == 0 || N == 0) return;
+  require(x && packed && alpha && y, "binary_linear: null data pointer");
+  require_cpu(device, "binary_linear");
+  py::gil_scoped_release nogil;
+  KK_CPU_KERNEL(binary_linear_cpu)(p);
+}
+
 }  // namespace
 
 #ifndef KK_WITH_CUDA
@@ -274,4 +310,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("causal_conv1d_bwd", &causal_conv1d_bwd);
   m.def("selective_scan_fwd", &selective_scan_fwd);
   m.def("selective_scan_bwd", &selective_scan_bwd);
+  m.def("ternary_linear", &ternary_linear);
+  m.def("binary_linear", &binary_linear);
 }

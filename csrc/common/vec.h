@@ -187,6 +187,7 @@ struct Buf {
   Buf(const Buf&) = delete;
   Buf& operator=(const Buf&) = delete;
   T& operator[](size_t i) { return p[i]; }
+  const T& operator[](size_t i) const { return p[i]; }
 };
 
 // exp(x) in fp32 to ~2 ulp; exactly 0 for x < -87.3 (so exp(-inf) = 0, which

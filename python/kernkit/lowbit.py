@@ -1,0 +1,250 @@
+"""Low-bit weight matmuls: BitNet b1.58 ternary (2-bit packed) and binary (1-bit
+packed) weights, with int8 or floating-point activations, on CPU (AVX-512 VNNI /
+VPOPCNTDQ, AVX2, scalar). Formats (stable across versions):
+
+* ternary ``packed`` ``(N, Kp/4)`` uint8, Kp = K rounded up to 128: code = w + 1 (2 bits);
+  per 128-weight block of 32 bytes, byte j holds weights ``32*i + j`` in bits ``2i..2i+1``
+  (i = 0..3); padding codes are 1 (w = 0).
+* binary ``packed`` ``(N, Kp/8)`` uint8, Kp = K rounded up to 64: bit = (w >= 0), weight k is
+  bit ``k % 8`` of byte ``k // 8`` (little-endian); padding bits are 0.
+
+Both are plain uint8 tensors: they save with ``state_dict`` / safetensors.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from . import _C
+from . import _checks as chk
+from ._native import dtype_code, launch_args, ptr
+from ._ops import define_op
+from .reference.lowbit import act_quant_ref
+
+TERNARY_BLOCK, BINARY_BLOCK = 128, 64
+_ACT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+# --------------------------------------------------------------------------- packing
+
+def ternary_pack(w_q: torch.Tensor) -> torch.Tensor:
+    """Pack integer weights in {-1, 0, 1} of shape (N, K) into the ternary format."""
+    N, K = w_q.shape
+    Kp = _round_up(max(K, 1), TERNARY_BLOCK)
+    codes = torch.ones(N, Kp, dtype=torch.uint8, device=w_q.device)
+    codes[:, :K] = (w_q.to(torch.int16) + 1).to(torch.uint8)
+    c = codes.view(N, Kp // 128, 4, 32)
+    packed = c[:, :, 0] | (c[:, :, 1] << 2) | (c[:, :, 2] << 4) | (c[:, :, 3] << 6)
+    return packed.reshape(N, Kp // 4).contiguous()
+
+
+def ternary_unpack(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Exact inverse of the packing: (N, K) int8 weights in {-1, 0, 1}."""
+    N, K = shape
+    _check_packed("ternary_unpack", packed, N, K, 4, TERNARY_BLOCK)
+    p = packed.view(N, -1, 1, 32)
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=packed.device).view(1, 1, 4, 1)
+    codes = ((p >> shifts) & 3).reshape(N, -1)[:, :K]
+    return codes.to(torch.int8) - 1
+
+
+def ternary_quantize(w: torch.Tensor, per_row: bool = False):
+    """BitNet b1.58 absmean quantisation and packing: ``scale = mean|W|`` (per tensor, or per
+    output row with ``per_row``), ``W_q = clamp(round(W / scale), -1, 1)``.
+    Returns ``(packed uint8, scale fp32)``; ``W ~ ternary_unpack(packed, W.shape) * scale``."""
+    chk.tensor("ternary_quantize", "w", w)
+    if w.dim() != 2 or w.shape[1] == 0:
+        raise ValueError(f"ternary_quantize: w must be (out_features, in_features), got {tuple(w.shape)}")
+    wf = w.detach().float()
+    scale = (wf.abs().mean(dim=1) if per_row else wf.abs().mean()).clamp(min=1e-5)
+    w_q = (wf / (scale[:, None] if per_row else scale)).round().clamp(-1, 1).to(torch.int8)
+    return ternary_pack(w_q), scale
+
+
+def binary_pack(signs: torch.Tensor) -> torch.Tensor:
+    """Pack (N, K) signs (>= 0 means +1) into the binary format."""
+    N, K = signs.shape
+    Kp = _round_up(max(K, 1), BINARY_BLOCK)
+    bits = torch.zeros(N, Kp, dtype=torch.uint8, device=signs.device)
+    bits[:, :K] = (signs >= 0).to(torch.uint8)
+    weights = (1 << torch.arange(8, dtype=torch.uint8, device=signs.device))
+    return (bits.view(N, Kp // 8, 8) * weights).sum(-1, dtype=torch.uint8).contiguous()
+
+
+def binary_unpack(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """(N, K) int8 signs in {-1, 1} from the binary format."""
+    N, K = shape
+    _check_packed("binary_unpack", packed, N, K, 8, BINARY_BLOCK)
+    bits = (packed.view(N, -1, 1) >> torch.arange(8, dtype=torch.uint8, device=packed.device)) & 1
+    return bits.reshape(N, -1)[:, :K].to(torch.int8) * 2 - 1
+
+
+def binary_quantize(w: torch.Tensor):
+    """``sign(W)`` (sign(0) = +1), 1 bit per weight, and ``alpha = mean|W|`` per output row.
+    Returns ``(packed uint8, alpha fp32 (N,))``."""
+    chk.tensor("binary_quantize", "w", w)
+    if w.dim() != 2 or w.shape[1] == 0:
+        raise ValueError(f"binary_quantize: w must be (out_features, in_features), got {tuple(w.shape)}")
+    wf = w.detach().float()
+    return binary_pack(wf), wf.abs().mean(dim=1)
+
+
+def _check_packed(fn, packed, N, K, per_byte, block):
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
+        raise TypeError(f"{fn}: packed must be a uint8 tensor, got "
+                        f"{packed.dtype if isinstance(packed, torch.Tensor) else type(packed).__name__}")
+    want = (N, _round_up(max(K, 1), block) // per_byte)
+    if tuple(packed.shape) != want:
+        raise ValueError(f"{fn}: packed has shape {tuple(packed.shape)}, expected {want} for {K} input features "
+                         f"({per_byte} weights per byte, rows padded to {block})")
+
+
+# --------------------------------------------------------------------------- kernels as ops
+
+def _rows(x):
+    K = x.shape[-1]
+    x2 = x.reshape(-1, K)
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def _ternary_impl(x, packed, scale, bias, act_bits):
+    x2 = _rows(x)
+    M, K = x2.shape
+    N = packed.shape[0]
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    _C.ternary_linear(ptr(x2), x2.stride(0), ptr(packed), ptr(scale), scale.numel() > 1, ptr(bias), ptr(y), M, N, K,
+                      packed.shape[1] * 4, act_bits, dtype_code(x), *launch_args(x))
+    return y.reshape(*x.shape[:-1], N)
+
+
+def _ternary_fake(x, packed, scale, bias, act_bits):
+    return x.new_empty(*x.shape[:-1], packed.shape[0])
+
+
+def _ternary_setup(ctx, inputs, output):
+    x, packed, scale, bias, act_bits = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(packed, scale)
+    ctx.K, ctx.dtype = x.shape[-1], x.dtype
+
+
+def _ternary_backward(ctx, dy):
+    # straight-through estimator: dX = dY @ (W_q * scale); the activation quantiser passes gradients through
+    packed, scale = ctx.saved_tensors
+    w = ternary_unpack(packed, (packed.shape[0], ctx.K)).float()
+    w = w * (scale[:, None] if scale.numel() > 1 else scale)
+    dx = (dy.float() @ w).to(ctx.dtype)
+    dbias = dy.float().reshape(-1, dy.shape[-1]).sum(0) if ctx.has_bias else None
+    return dx, None, None, dbias, None
+
+
+_ternary_op = define_op(
+    "ternary_linear(Tensor x, Tensor packed, Tensor scale, Tensor? bias, int act_bits) -> Tensor",
+    impl=_ternary_impl, fake=_ternary_fake, backward=_ternary_backward, setup_context=_ternary_setup,
+)
+
+
+def _binary_impl(x, packed, alpha, bias, binarize_input):
+    x2 = _rows(x)
+    M, K = x2.shape
+    N = packed.shape[0]
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    _C.binary_linear(ptr(x2), x2.stride(0), ptr(packed), ptr(alpha), ptr(bias), ptr(y), M, N, K,
+                     packed.shape[1] * 8, binarize_input, dtype_code(x), *launch_args(x))
+    return y.reshape(*x.shape[:-1], N)
+
+
+def _binary_fake(x, packed, alpha, bias, binarize_input):
+    return x.new_empty(*x.shape[:-1], packed.shape[0])
+
+
+_binary_op = define_op(
+    "binary_linear(Tensor x, Tensor packed, Tensor alpha, Tensor? bias, bool binarize_input) -> Tensor",
+    impl=_binary_impl, fake=_binary_fake,
+)
+
+
+def _check_linear(fn, x, packed, scale, bias, per_byte, block, scale_name, scale_sizes):
+    chk.tensor(fn, "x", x, dtypes=_ACT_DTYPES)
+    if x.device.type == "cuda":
+        raise RuntimeError(f"{fn}: x is a CUDA tensor; kernkit's low-bit kernels run on CPU only so far "
+                           "(the CUDA kernels are not implemented yet)")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"{fn}: x must be (..., in_features) with in_features >= 1, got {tuple(x.shape)}")
+    if not isinstance(packed, torch.Tensor) or packed.dim() != 2:
+        raise ValueError(f"{fn}: packed must be a 2-D uint8 tensor (out_features, packed bytes)")
+    _check_packed(fn, packed, packed.shape[0], x.shape[-1], per_byte, block)
+    chk.same_device(fn, "packed", packed, "x", x)
+    chk.tensor(fn, scale_name, scale)
+    if scale.numel() not in scale_sizes(packed.shape[0]):
+        raise ValueError(f"{fn}: {scale_name} must have {' or '.join(map(str, scale_sizes(packed.shape[0])))} "
+                         f"entries, got shape {tuple(scale.shape)}")
+    if bias is not None:
+        chk.tensor(fn, "bias", bias)
+        if bias.shape != (packed.shape[0],):
+            raise ValueError(f"{fn}: bias must have shape ({packed.shape[0]},), got {tuple(bias.shape)}")
+        bias = bias.float().contiguous()
+    return scale.float().contiguous().reshape(-1), bias
+
+
+def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                   *, act_bits: Optional[int] = 8) -> torch.Tensor:
+    """``y = x @ (W_q * scale)^T + bias`` with ternary packed weights (see :func:`ternary_quantize`).
+
+    x ``(..., K)`` fp32 / bf16 / fp16 -> y ``(..., N)`` in x's dtype. ``act_bits=8``: activations
+    quantised to int8 per token (BitNet b1.58: ``127 / max|x|``), exact integer dot products, then
+    ``y = acc / s * scale`` in fp32. ``act_bits=None``: float activations (W1.58A16).
+    Differentiable in x (straight-through: ``dX = dY @ (W_q * scale)``) and bias."""
+    fn = "ternary_linear"
+    if act_bits not in (8, None):
+        raise ValueError(f"{fn}: act_bits must be 8 or None, got {act_bits!r}")
+    scale, bias = _check_linear(fn, x, packed, scale, bias, 4, TERNARY_BLOCK, "scale", lambda n: (1, n))
+    return _ternary_op(x, packed, scale, bias, 8 if act_bits == 8 else 0)
+
+
+def binary_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                  *, binarize_input: bool = False) -> torch.Tensor:
+    """``y = alpha * (x @ sign(W)^T) + bias`` with 1-bit packed weights (see :func:`binary_quantize`).
+
+    ``binarize_input=True``: activations become ``sign(x) * mean|x|`` per token and the dot product is
+    XNOR + popcount (exact): ``y = mean|x| * alpha * (K - 2 popcount(x xor w))``."""
+    fn = "binary_linear"
+    if not isinstance(binarize_input, bool):
+        raise TypeError(f"{fn}: binarize_input must be a bool")
+    alpha, bias = _check_linear(fn, x, packed, alpha, bias, 8, BINARY_BLOCK, "alpha", lambda n: (n,))
+    return _binary_op(x, packed, alpha, bias, binarize_input)
+
+
+# --------------------------------------------------------------------------- training through the kernels
+
+class _BitLinearFn(torch.autograd.Function):
+    """Forward through the int8 ternary kernel; backward is BitNet's straight-through estimator:
+    dX = dY @ (W_q * scale) and dW = dY^T @ dequant(x_q), as if both quantisers were the identity."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, act_bits):
+        packed, scale = ternary_quantize(weight)
+        y = ternary_linear(x, packed, scale, bias, act_bits=act_bits)
+        ctx.save_for_backward(x, packed, scale)
+        ctx.shape, ctx.act_bits, ctx.has_bias = weight.shape, act_bits, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, packed, scale = ctx.saved_tensors
+        w = ternary_unpack(packed, ctx.shape).to(dy.dtype) * scale.to(dy.dtype)
+        x2 = x.reshape(-1, x.shape[-1])
+        if ctx.act_bits == 8:
+            xq, s = act_quant_ref(x2)
+            x2 = (xq.float() / s).to(dy.dtype)
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        dx = (dy2 @ w).reshape(x.shape).to(x.dtype)
+        dw = dy2.t() @ x2.to(dy.dtype)
+        dbias = dy2.sum(0) if ctx.has_bias else None
+        return dx, dw, dbias, None
