@@ -1,0 +1,217 @@
+import pytest
+import torch
+
+import kernkit
+from kernkit.nn import BitLinear
+from kernkit.reference import (binary_linear_ref, binary_quantize_ref, bitlinear_emulated, ternary_linear_ref,
+                               ternary_quantize_ref)
+
+SIZES = [1, 3, 17, 64, 4095, 4096]
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("N", SIZES)
+@pytest.mark.parametrize("K", SIZES)
+def test_pack_unpack_round_trip(N, K):
+    g = _gen(N * 7 + K)
+    w_q = torch.randint(-1, 2, (N, K), generator=g, dtype=torch.int8)
+    packed = kernkit.ternary_pack(w_q)
+    assert packed.dtype == torch.uint8 and packed.shape == (N, (K + 127) // 128 * 32)
+    assert torch.equal(kernkit.ternary_unpack(packed, (N, K)), w_q)
+    signs = torch.where(torch.rand(N, K, generator=g) < 0.5, -1, 1).to(torch.int8)
+    pb = kernkit.binary_pack(signs)
+    assert pb.shape == (N, (K + 63) // 64 * 8)
+    assert torch.equal(kernkit.binary_unpack(pb, (N, K)), signs)
+
+
+def test_packing_layout_is_the_documented_one():
+    w_q = torch.zeros(1, 128, dtype=torch.int8)
+    w_q[0, 32 * 2 + 5] = 1      # code 2 in byte 5, bits 4-5
+    w_q[0, 3] = -1              # code 0 in byte 3, bits 0-1
+    p = kernkit.ternary_pack(w_q)
+    assert p[0, 5].item() == (1 | 1 << 2 | 2 << 4 | 1 << 6)
+    assert p[0, 3].item() == (0 | 1 << 2 | 1 << 4 | 1 << 6)
+    s = -torch.ones(1, 16, dtype=torch.int8)
+    s[0, 9] = 1
+    assert kernkit.binary_pack(s)[0, 1].item() == 2
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_quantize_matches_bitnet(per_row):
+    w = torch.randn(37, 300, generator=_gen(1))
+    packed, scale = kernkit.ternary_quantize(w, per_row=per_row)
+    w_q, s = ternary_quantize_ref(w, per_row)
+    assert torch.equal(kernkit.ternary_unpack(packed, w.shape), w_q)
+    assert torch.equal(scale, s)
+    pb, alpha = kernkit.binary_quantize(w)
+    signs, a = binary_quantize_ref(w)
+    assert torch.equal(kernkit.binary_unpack(pb, w.shape), signs) and torch.equal(alpha, a)
+
+
+SHAPES = [(1, 1, 1), (1, 17, 3), (3, 64, 17), (1, 70, 4095), (5, 33, 4096), (16, 40, 1000), (2, 3, 129)]
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_ternary_int8_is_bit_exact(isa, shape, dtype, per_row):
+    M, N, K = shape
+    g = _gen(M + N + K)
+    w = torch.randn(N, K, generator=g)
+    x = (torch.randn(M, K, generator=g) * 3).to(dtype)
+    bias = torch.randn(N, generator=g).to(dtype)
+    packed, scale = kernkit.ternary_quantize(w, per_row=per_row)
+    w_q, s = ternary_quantize_ref(w, per_row)
+    for b in (None, bias):
+        y = kernkit.ternary_linear(x, packed, scale, b)
+        assert y.dtype == dtype and y.shape == (M, N)
+        assert torch.equal(y, ternary_linear_ref(x, w_q, s, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_ternary_float_activations(isa, shape, dtype):
+    M, N, K = shape
+    g = _gen(M * N + K)
+    w, x = torch.randn(N, K, generator=g), torch.randn(M, K, generator=g).to(dtype)
+    packed, scale = kernkit.ternary_quantize(w)
+    w_q, s = ternary_quantize_ref(w)
+    y = kernkit.ternary_linear(x, packed, scale, act_bits=None)
+    exact = (x.double() @ w_q.double().t()) * s.double()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(y.double(), exact, rtol=tol, atol=tol * max(1.0, K ** 0.5))
+
+
+@pytest.mark.parametrize("binarize", [False, True])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_binary_linear(isa, shape, binarize):
+    M, N, K = shape
+    g = _gen(M + 3 * N + K)
+    w, x, b = torch.randn(N, K, generator=g), torch.randn(M, K, generator=g), torch.randn(N, generator=g)
+    packed, alpha = kernkit.binary_quantize(w)
+    signs, a = binary_quantize_ref(w)
+    y = kernkit.binary_linear(x, packed, alpha, b, binarize_input=binarize)
+    exact = binary_linear_ref(x.double(), signs, a.double(), b.double(), binarize)
+    torch.testing.assert_close(y.double(), exact, rtol=1e-5, atol=1e-4)
+
+
+def test_batched_input_shapes():
+    g = _gen(5)
+    w, x = torch.randn(20, 64, generator=g), torch.randn(2, 3, 64, generator=g)
+    packed, scale = kernkit.ternary_quantize(w)
+    y = kernkit.ternary_linear(x, packed, scale)
+    assert y.shape == (2, 3, 20)
+    torch.testing.assert_close(y, kernkit.ternary_linear(x.reshape(6, 64), packed, scale).reshape(2, 3, 20))
+
+
+def test_worst_case_k_does_not_overflow(isa):
+    # all weights +1 and activations at the int8 maximum: the sum is 127 * K
+    K = 65536
+    packed, scale = kernkit.ternary_quantize(torch.ones(2, K))
+    x = torch.ones(1, K)
+    y = kernkit.ternary_linear(x, packed, scale, act_bits=8)
+    torch.testing.assert_close(y, torch.full((1, 2), float(K)))
+    x = -torch.ones(1, K)
+    torch.testing.assert_close(kernkit.ternary_linear(x, packed, scale), torch.full((1, 2), -float(K)))
+
+
+def test_ternary_linear_ste_gradients():
+    g = _gen(6)
+    w, x = torch.randn(12, 40, generator=g), torch.randn(5, 40, generator=g, requires_grad=True)
+    packed, scale = kernkit.ternary_quantize(w)
+    b = torch.randn(12, generator=g, requires_grad=True)
+    y = kernkit.ternary_linear(x, packed, scale, b)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    w_deq = kernkit.ternary_unpack(packed, w.shape).float() * scale
+    torch.testing.assert_close(x.grad, dy @ w_deq)
+    torch.testing.assert_close(b.grad, dy.sum(0))
+
+
+def test_bitlinear_matches_emulation_forward_and_ste_gradients():
+    g = _gen(7)
+    layer = BitLinear(48, 24)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(24, 48, generator=g) * 0.1)
+        layer.bias.copy_(torch.randn(24, generator=g))
+    x = torch.randn(6, 48, generator=g, requires_grad=True)
+    y = layer(x)
+    xr = x.detach().clone().requires_grad_()
+    wr = layer.weight.detach().clone().requires_grad_()
+    br = layer.bias.detach().clone().requires_grad_()
+    yr = bitlinear_emulated(xr, wr, br)
+    torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    yr.backward(dy)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.weight.grad, wr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.bias.grad, br.grad)
+
+
+def test_tiny_mlp_with_bitlinear_trains():
+    torch.manual_seed(0)
+    X = torch.randn(256, 16)
+    Y = (X[:, :1] * X[:, 1:2] > 0).float().squeeze(1).long()
+    model = torch.nn.Sequential(BitLinear(16, 64), torch.nn.ReLU(), BitLinear(64, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(model(X), Y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0], losses[::10]
+
+
+def test_bitlinear_to_inference_and_state_dict():
+    g = _gen(8)
+    lin = torch.nn.Linear(100, 30)
+    layer = BitLinear.from_linear(lin)
+    x = torch.randn(4, 100, generator=g)
+    y_train = layer(x)
+    layer.to_inference()
+    assert layer.weight is None and layer.packed.dtype == torch.uint8
+    torch.testing.assert_close(layer(x), y_train)
+    sd = layer.state_dict()
+    assert set(sd) == {"bias", "packed", "scale"}
+    fresh = BitLinear(100, 30).to_inference()
+    fresh.load_state_dict(sd)
+    torch.testing.assert_close(fresh(x), y_train)
+    binary = BitLinear.from_linear(lin, weight_bits=1, act_bits=1).to_inference()
+    pb, alpha = kernkit.binary_quantize(lin.weight)
+    torch.testing.assert_close(binary(x), kernkit.binary_linear(x, pb, alpha, lin.bias.detach(), binarize_input=True))
+
+
+def test_opcheck_and_compile():
+    from kernkit.lowbit import _binary_op, _ternary_op
+
+    g = _gen(9)
+    w, x = torch.randn(10, 70, generator=g), torch.randn(3, 70, generator=g)
+    packed, scale = kernkit.ternary_quantize(w)
+    torch.library.opcheck(_ternary_op, (x, packed, scale, None, 8))
+    torch.library.opcheck(_ternary_op, (x.requires_grad_(), packed, scale, torch.randn(10), 0))
+    pb, alpha = kernkit.binary_quantize(w)
+    torch.library.opcheck(_binary_op, (x.detach(), pb, alpha, None, True))
+    f = torch.compile(lambda a: kernkit.ternary_linear(a, packed, scale).relu(), fullgraph=True)
+    torch.testing.assert_close(f(x.detach()), kernkit.ternary_linear(x.detach(), packed, scale).relu())
+
+
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda p, s: (torch.randn(2, 70), p[:, :-1], s), ValueError, "packed has shape"),
+    (lambda p, s: (torch.randn(2, 300), p, s), ValueError, "packed has shape"),
+    (lambda p, s: (torch.randn(2, 70), p.to(torch.int16), s), TypeError, "uint8"),
+    (lambda p, s: (torch.randn(2, 70).to(torch.float64), p, s), TypeError, "x has dtype"),
+    (lambda p, s: (torch.randn(2, 70), p, torch.ones(3)), ValueError, "scale must have"),
+])
+def test_bad_inputs(make, exc, match):
+    packed, scale = kernkit.ternary_quantize(torch.randn(10, 70))
+    x, p, s = make(packed, scale)
+    with pytest.raises(exc, match=match):
+        kernkit.ternary_linear(x, p, s)
+    with pytest.raises(ValueError, match="act_bits"):
+        kernkit.ternary_linear(torch.randn(2, 70), packed, scale, act_bits=4)
