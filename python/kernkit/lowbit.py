@@ -61,10 +61,15 @@ def ternary_quantize(w: torch.Tensor, per_row: bool = False):
     chk.tensor("ternary_quantize", "w", w)
     if w.dim() != 2 or w.shape[1] == 0:
         raise ValueError(f"ternary_quantize: w must be (out_features, in_features), got {tuple(w.shape)}")
+    w_q, scale = _absmean_ternary(w, per_row)
+    return ternary_pack(w_q), scale
+
+
+def _absmean_ternary(w: torch.Tensor, per_row: bool = False):
     wf = w.detach().float()
     scale = (wf.abs().mean(dim=1) if per_row else wf.abs().mean()).clamp(min=1e-5)
     w_q = (wf / (scale[:, None] if per_row else scale)).round().clamp(-1, 1).to(torch.int8)
-    return ternary_pack(w_q), scale
+    return w_q, scale
 
 
 def binary_pack(signs: torch.Tensor) -> torch.Tensor:
@@ -229,16 +234,16 @@ class _BitLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, act_bits):
-        packed, scale = ternary_quantize(weight)
-        y = ternary_linear(x, packed, scale, bias, act_bits=act_bits)
-        ctx.save_for_backward(x, packed, scale)
-        ctx.shape, ctx.act_bits, ctx.has_bias = weight.shape, act_bits, bias is not None
+        w_q, scale = _absmean_ternary(weight)
+        y = ternary_linear(x, ternary_pack(w_q), scale, bias, act_bits=act_bits)
+        ctx.save_for_backward(x, w_q, scale)  # int8 W_q: a quarter of the fp32 weights
+        ctx.act_bits, ctx.has_bias = act_bits, bias is not None
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, packed, scale = ctx.saved_tensors
-        w = ternary_unpack(packed, ctx.shape).to(dy.dtype) * scale.to(dy.dtype)
+        x, w_q, scale = ctx.saved_tensors
+        w = w_q.to(dy.dtype) * scale.to(dy.dtype)
         x2 = x.reshape(-1, x.shape[-1])
         if ctx.act_bits == 8:
             xq, s = act_quant_ref(x2)

@@ -264,22 +264,54 @@ void float_path(const LowbitParams& p) {
 
 // ----------------------------------------------------------------------------- binary XNOR
 
-inline int64_t popcount_xor(const uint64_t* a, const uint64_t* b, int64_t words) {
-  int64_t i = 0, total = 0;
+// Popcounts of x_a xor w_b for MB activation rows and NB weight rows at once
+// (each loaded word serves several pairs).
+template <int MB, int NB>
+void xnor_tile(const uint64_t* const* x, const uint64_t* const* w, int64_t words, int64_t (&pc)[MB][NB]) {
+  for (int a = 0; a < MB; ++a)
+    for (int b = 0; b < NB; ++b) pc[a][b] = 0;
+  int64_t i = 0;
 #if defined(KK_ISA_AVX512)
-  __m512i acc = _mm512_setzero_si512();
-  for (; i + 8 <= words; i += 8)
-    acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(a + i), _mm512_loadu_si512(b + i))));
-  if (i < words) {
-    const __mmask8 m = __mmask8((1u << (words - i)) - 1);
-    acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_maskz_loadu_epi64(m, a + i),
-                                                                     _mm512_maskz_loadu_epi64(m, b + i))));
-    i = words;
+  __m512i acc[MB][NB];
+  for (int a = 0; a < MB; ++a)
+    for (int b = 0; b < NB; ++b) acc[a][b] = _mm512_setzero_si512();
+  for (; i < words; i += 8) {
+    const __mmask8 m = words - i >= 8 ? __mmask8(0xff) : __mmask8((1u << (words - i)) - 1);
+    __m512i wv[NB];
+    for (int b = 0; b < NB; ++b) wv[b] = _mm512_maskz_loadu_epi64(m, w[b] + i);
+    for (int a = 0; a < MB; ++a) {
+      const __m512i xv = _mm512_maskz_loadu_epi64(m, x[a] + i);
+      for (int b = 0; b < NB; ++b) acc[a][b] = _mm512_add_epi64(acc[a][b], _mm512_popcnt_epi64(_mm512_xor_si512(xv, wv[b])));
+    }
   }
-  total = _mm512_reduce_add_epi64(acc);
+  for (int a = 0; a < MB; ++a)
+    for (int b = 0; b < NB; ++b) pc[a][b] = _mm512_reduce_add_epi64(acc[a][b]);
+#else
+  for (; i < words; ++i)
+    for (int a = 0; a < MB; ++a)
+      for (int b = 0; b < NB; ++b) pc[a][b] += __builtin_popcountll(x[a][i] ^ w[b][i]);
 #endif
-  for (; i < words; ++i) total += __builtin_popcountll(a[i] ^ b[i]);
-  return total;
+}
+
+template <typename T, int MB, int NB>
+void xnor_block(const LowbitParams& p, const uint64_t* xb, const float* beta, int64_t m0, int64_t n0) {
+  const int64_t words = p.Kp / 64;
+  const uint64_t* x[MB];
+  const uint64_t* w[NB];
+  for (int a = 0; a < MB; ++a) x[a] = xb + (m0 + a) * words;
+  for (int b = 0; b < NB; ++b) w[b] = reinterpret_cast<const uint64_t*>(p.packed + (n0 + b) * (p.Kp / 8));
+  int64_t pc[MB][NB];
+  xnor_tile<MB, NB>(x, w, words, pc);
+  for (int a = 0; a < MB; ++a)
+    for (int b = 0; b < NB; ++b)  // padding bits are 0 in both operands: only real bits can disagree
+      store_out<T>(p, m0 + a, n0 + b, float(p.K - 2 * pc[a][b]) * beta[m0 + a] * p.scale[n0 + b]);
+}
+
+template <typename T, int MB>
+void xnor_rows(const LowbitParams& p, const uint64_t* xb, const float* beta, int64_t m0, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) xnor_block<T, MB, 4>(p, xb, beta, m0, n);
+  for (; n < n1; ++n) xnor_block<T, MB, 1>(p, xb, beta, m0, n);
 }
 
 template <typename T>
@@ -301,14 +333,12 @@ void binary_xnor(const LowbitParams& p) {
       beta[m] = float(s / double(p.K));
     }
   });
-  parallel_for(p.N, p.threads, 4, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      const uint64_t* w = reinterpret_cast<const uint64_t*>(p.packed + n * (p.Kp / 8));
-      for (int64_t m = 0; m < p.M; ++m) {
-        const int64_t agree = p.K - 2 * popcount_xor(xb.p + m * words, w, words);  // padding bits are 0 in both
-        store_out<T>(p, m, n, float(agree) * beta[m] * p.scale[n]);
-      }
-    }
+  const int64_t groups = (p.N + 3) / 4;
+  parallel_for(groups, p.threads, 1, [&](int64_t g0, int64_t g1) {
+    const int64_t n0 = g0 * 4, n1 = std::min(p.N, g1 * 4);
+    int64_t m = 0;
+    for (; m + 4 <= p.M; m += 4) xnor_rows<T, 4>(p, xb.p, beta.p, m, n0, n1);
+    for (; m < p.M; ++m) xnor_rows<T, 1>(p, xb.p, beta.p, m, n0, n1);
   });
 }
 
