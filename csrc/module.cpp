@@ -40,6 +40,11 @@ void require_cuda(int device) {
                              "KERNKIT_BUILD_CUDA=0); CUDA tensors are not supported by this build");
 }
 
+// Families whose CUDA kernels do not exist yet (the Python side rejects CUDA tensors first).
+void require_cpu(int device, const char* fn) {
+  if (device >= 0) throw std::runtime_error(std::string(fn) + ": CUDA kernels are not implemented yet (CPU only for now)");
+}
+
 py::dict info() {
   py::dict d;
   d["version"] = KK_VERSION;
@@ -125,7 +130,7 @@ void attention_fwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v
                   ptr<float>(lse), dtype_from_code(dtype, "q"), threads};
   if (p.shape.B == 0) return;
   require(q && k && v && o, "flash_attn: null data pointer");
-  if (device >= 0) throw std::runtime_error("flash_attn: CUDA kernels are not implemented yet (CPU only for now)");
+  require_cpu(device, "flash_attn");
   py::gil_scoped_release nogil;
   if (p.dtype == DType::f64) attention_fwd_f64(p);
   else KK_CPU_KERNEL(attention_fwd_cpu)(p);
@@ -146,14 +151,10 @@ void attention_bwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v
   require(q && k && v && dout && dq && dk && dv, "flash_attn_backward: null data pointer");
   require(p.mask.activation == AttnActivation::sigmoid || (lse && delta),
           "flash_attn_backward: softmax needs lse and delta");
-  if (device >= 0) throw std::runtime_error("flash_attn: CUDA kernels are not implemented yet (CPU only for now)");
+  require_cpu(device, "flash_attn");
   py::gil_scoped_release nogil;
   if (p.dtype == DType::f64) attention_bwd_f64(p);
   else KK_CPU_KERNEL(attention_bwd_cpu)(p);
-}
-
-void require_cpu(int device, const char* fn) {
-  if (device >= 0) throw std::runtime_error(std::string(fn) + ": CUDA kernels are not implemented yet (CPU only for now)");
 }
 
 ScanOperand scan_operand(uintptr_t p, const Strides& st) {

@@ -4,6 +4,7 @@
 // sources (KK_ISA_NS defined); everything here lives in that ISA's namespace.
 #pragma once
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 
 #include "dtype.h"
@@ -175,6 +176,27 @@ struct Vec {
   friend Vec select_gt(Vec test, Vec limit, Vec above, Vec a) { return {test.v > limit.v ? above.v : a.v}; }
 };
 #endif
+
+// dst[0..n) = float(src[0..n)).
+template <typename T>
+inline void widen(float* dst, const T* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + Vec::size <= n; i += Vec::size) Vec::load(src + i).store(dst + i);
+  for (; i < n; ++i) dst[i] = to_float(src[i]);
+}
+
+// sum_i a[i] * b[i] in fp32 with two accumulator chains.
+inline float dot(const float* a, const float* b, int64_t n) {
+  Vec a0 = Vec::zero(), a1 = Vec::zero();
+  int64_t i = 0;
+  for (; i + 2 * Vec::size <= n; i += 2 * Vec::size) {
+    a0 = fma(Vec::load(a + i), Vec::load(b + i), a0);
+    a1 = fma(Vec::load(a + i + Vec::size), Vec::load(b + i + Vec::size), a1);
+  }
+  float r = (a0 + a1).sum();
+  for (; i < n; ++i) r += a[i] * b[i];
+  return r;
+}
 
 // 64-byte aligned scratch, freed on scope exit (a per-ISA type, like everything here).
 template <typename T>

@@ -32,19 +32,6 @@ inline void prefetch_row(const T* row, int n) {
   for (int off = 0; off < int(n * sizeof(T)); off += 64) __builtin_prefetch(c + off, 0, 2);
 }
 
-inline float dot(const float* a, const float* b, int n) {
-  Vec acc0 = Vec::zero(), acc1 = Vec::zero();
-  int i = 0;
-  for (; i + 2 * Vec::size <= n; i += 2 * Vec::size) {
-    acc0 = fma(Vec::load(a + i), Vec::load(b + i), acc0);
-    acc1 = fma(Vec::load(a + i + Vec::size), Vec::load(b + i + Vec::size), acc1);
-  }
-  for (; i + Vec::size <= n; i += Vec::size) acc0 = fma(Vec::load(a + i), Vec::load(b + i), acc0);
-  float r = (acc0 + acc1).sum();
-  for (; i < n; ++i) r += a[i] * b[i];
-  return r;
-}
-
 // o[0..Dvp) = o * alpha + sum_{j<nk} p[j] * V[j][0..Dvp), a few vectors at a time in registers.
 inline void scale_and_accumulate(float* o, float alpha, const float* p, const float* V, int ldv, int nk) {
   constexpr int NV = 4;

@@ -105,10 +105,8 @@ inline void for_each_key_tile(const KeySpan& ks, const F& f) {
 // dst[0..n) = float(src[0..n)), then zeros up to `padded`.
 template <typename T>
 inline void load_row(float* dst, const T* src, int n, int padded) {
-  int i = 0;
-  for (; i + Vec::size <= n; i += Vec::size) Vec::load(src + i).store(dst + i);
-  for (; i < n; ++i) dst[i] = to_float(src[i]);
-  for (; i < padded; ++i) dst[i] = 0.f;
+  widen(dst, src, n);
+  for (int i = n; i < padded; ++i) dst[i] = 0.f;
 }
 
 template <typename T>

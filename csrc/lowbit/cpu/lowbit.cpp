@@ -33,13 +33,6 @@ constexpr int64_t kFlushChunks = 4096;  // chunks between int32 -> int64 flushes
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-template <typename T>
-inline void row_to_float(float* dst, const T* src, int64_t n) {
-  int64_t i = 0;
-  for (; i + Vec::size <= n; i += Vec::size) Vec::load(src + i).store(dst + i);
-  for (; i < n; ++i) dst[i] = to_float(src[i]);
-}
-
 inline float absmax(const float* x, int64_t n) {
   Vec m = Vec::zero();
   int64_t i = 0;
@@ -80,7 +73,7 @@ void quantize_rows(const LowbitParams& p, QuantRows& qr) {
   parallel_for(p.M, p.threads, 4, [&](int64_t m0, int64_t m1) {
     Buf<float> xf(size_t(p.K) + 64);
     for (int64_t m = m0; m < m1; ++m) {
-      row_to_float(xf.p, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
+      widen(xf.p, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
       const float s = 127.f / std::max(absmax(xf.p, p.K), 1e-5f);
       qr.s[m] = s;
       qr.inv_s[m] = 1.f / s;
@@ -232,23 +225,11 @@ inline void expand_binary(const uint8_t* w, int64_t Kp, float* out) {
   for (int64_t k = 0; k < Kp; ++k) out[k] = (w[k >> 3] >> (k & 7)) & 1 ? 1.f : -1.f;
 }
 
-inline float dot(const float* a, const float* b, int64_t n) {
-  Vec a0 = Vec::zero(), a1 = Vec::zero();
-  int64_t i = 0;
-  for (; i + 2 * Vec::size <= n; i += 2 * Vec::size) {
-    a0 = fma(Vec::load(a + i), Vec::load(b + i), a0);
-    a1 = fma(Vec::load(a + i + Vec::size), Vec::load(b + i + Vec::size), a1);
-  }
-  float r = (a0 + a1).sum();
-  for (; i < n; ++i) r += a[i] * b[i];
-  return r;
-}
-
 template <typename T, bool Binary>
 void float_path(const LowbitParams& p) {
   Buf<float> xf(size_t(p.M * p.K) + 64);
   parallel_for(p.M, p.threads, 16, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) row_to_float(xf.p + m * p.K, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
+    for (int64_t m = m0; m < m1; ++m) widen(xf.p + m * p.K, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
   });
   const int64_t wbytes = Binary ? p.Kp / 8 : p.Kp / 4;
   parallel_for(p.N, p.threads, 4, [&](int64_t n0, int64_t n1) {
@@ -322,7 +303,7 @@ void binary_xnor(const LowbitParams& p) {
   parallel_for(p.M, p.threads, 4, [&](int64_t m0, int64_t m1) {
     Buf<float> xf(size_t(p.K) + 64);
     for (int64_t m = m0; m < m1; ++m) {
-      row_to_float(xf.p, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
+      widen(xf.p, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
       uint64_t* bits = xb.p + m * words;
       std::memset(bits, 0, sizeof(uint64_t) * words);
       double s = 0;

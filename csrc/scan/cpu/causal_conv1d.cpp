@@ -18,13 +18,6 @@ namespace {
 
 constexpr int kMaxW = 64;
 
-template <typename T>
-inline void widen(float* dst, const T* src, int64_t n) {
-  int64_t i = 0;
-  for (; i + Vec::size <= n; i += Vec::size) Vec::load(src + i).store(dst + i);
-  for (; i < n; ++i) dst[i] = to_float(src[i]);
-}
-
 // ext = [init | x] for row (b, d) as fp32, ext has L + W - 1 entries (+ padding).
 template <typename T>
 void load_ext(const CausalConvParams& p, int64_t b, int64_t d, float* ext) {
