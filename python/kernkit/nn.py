@@ -1,14 +1,155 @@
-"""Modules built on kernkit's ops."""
+"""Modules built on kernkit's ops: RMSNorm, multi-head flash attention with
+GQA / RoPE / KV cache, a Mamba mixer, minGRU, and BitLinear. Ordinary
+``nn.Module``s: ``state_dict``, ``to(device)`` and ``torch.compile`` work."""
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .attention import flash_attn, flash_attn_with_kvcache
 from .lowbit import _BitLinearFn, binary_linear, binary_quantize, ternary_linear, ternary_quantize
+from .norm import rms_norm
+from .scan import causal_conv1d, linear_scan, selective_scan
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dimension, on :func:`kernkit.rms_norm`."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x.contiguous(), self.weight.to(x.dtype), self.eps)
+
+
+def apply_rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding (rotate-half form) for x ``(B, S, H, D)`` at ``positions`` ``(S,)`` or ``(B, S)``."""
+    D = x.shape[-1]
+    inv = 1.0 / (base ** (torch.arange(0, D - D % 2, 2, device=x.device, dtype=torch.float32) / D))
+    ang = positions.to(torch.float32)[..., None] * inv                 # (..., S, D/2)
+    if ang.dim() == 2:
+        ang = ang[None]
+    cos, sin = ang.cos()[:, :, None, :], ang.sin()[:, :, None, :]      # (B, S, 1, D/2)
+    x1, x2 = x[..., : D // 2].float(), x[..., D // 2: 2 * (D // 2)].float()
+    rot = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+    if D % 2:
+        rot = torch.cat([rot, x[..., -1:].float()], -1)
+    return rot.to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Preallocated key/value cache for :class:`MultiheadFlashAttention` decoding."""
+
+    k: torch.Tensor        # (B, capacity, Hkv, D)
+    v: torch.Tensor
+    lengths: torch.Tensor  # (B,) int32: tokens already stored
+
+    @classmethod
+    def empty(cls, batch: int, capacity: int, kv_heads: int, head_dim: int, device=None, dtype=torch.float32):
+        shape = (batch, capacity, kv_heads, head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype),
+                   torch.zeros(batch, dtype=torch.int32, device=device))
+
+
+class MultiheadFlashAttention(nn.Module):
+    """Self-attention with GQA/MQA, optional RoPE, causal / window / sink masks, softmax or sigmoid,
+    on :func:`kernkit.flash_attn`; with a :class:`KVCache` it appends the new tokens and attends over
+    the cache (:func:`kernkit.flash_attn_with_kvcache`), the decode path of generation."""
+
+    def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: Optional[int] = None, *, rope: bool = True,
+                 causal: bool = True, window: Sequence[int] = (-1, -1), sinks: int = 0,
+                 activation: str = "softmax", bias: bool = False, device=None, dtype=None):
+        super().__init__()
+        num_kv_heads = num_kv_heads or num_heads
+        if embed_dim % num_heads or num_heads % num_kv_heads:
+            raise ValueError("MultiheadFlashAttention: embed_dim % num_heads and num_heads % num_kv_heads must be 0")
+        self.h, self.hkv, self.d = num_heads, num_kv_heads, embed_dim // num_heads
+        self.rope, self.opts = rope, dict(causal=causal, window=tuple(window), sinks=sinks, activation=activation)
+        kw = dict(device=device, dtype=dtype)
+        self.qkv = nn.Linear(embed_dim, (num_heads + 2 * num_kv_heads) * self.d, bias=bias, **kw)
+        self.out = nn.Linear(num_heads * self.d, embed_dim, bias=bias, **kw)
+
+    def new_cache(self, batch: int, capacity: int, device=None, dtype=None) -> KVCache:
+        w = self.qkv.weight
+        return KVCache.empty(batch, capacity, self.hkv, self.d, device or w.device, dtype or w.dtype)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        B, S, _ = x.shape
+        q, k, v = self.qkv(x).split([self.h * self.d, self.hkv * self.d, self.hkv * self.d], -1)
+        q, k, v = q.view(B, S, self.h, self.d), k.view(B, S, self.hkv, self.d), v.view(B, S, self.hkv, self.d)
+        start = cache.lengths.long() if cache is not None else torch.zeros(B, dtype=torch.long, device=x.device)
+        if self.rope:
+            pos = start[:, None] + torch.arange(S, device=x.device)
+            q, k = apply_rotary(q, pos), apply_rotary(k, pos)
+        if cache is None:
+            o = flash_attn(q, k, v, **self.opts)
+        else:
+            o = flash_attn_with_kvcache(q, cache.k, cache.v, cache.lengths, k=k, v=v, **self.opts)
+            cache.lengths += S
+        return self.out(o.reshape(B, S, self.h * self.d))
+
+
+class MinGRU(nn.Module):
+    """minGRU ("Were RNNs All We Needed?"): ``h_t = (1 - z_t) h_{t-1} + z_t h~_t`` with
+    ``z = sigmoid(W_z x)``, ``h~ = W_h x``, computed for the whole sequence by :func:`kernkit.linear_scan`."""
+
+    def __init__(self, dim: int, hidden: Optional[int] = None, device=None, dtype=None):
+        super().__init__()
+        hidden = hidden or dim
+        self.proj = nn.Linear(dim, 2 * hidden, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:
+        gate, cand = self.proj(x).chunk(2, -1)
+        z = torch.sigmoid(gate)
+        return linear_scan((1 - z).contiguous(), (z * cand).contiguous(), h0)
+
+
+class MambaMixer(nn.Module):
+    """Mamba (S6) block mixer: in_proj -> causal depthwise conv1d + SiLU -> selective scan with a
+    SiLU(z) gate -> out_proj, on :func:`kernkit.causal_conv1d` and :func:`kernkit.selective_scan`.
+    ``forward(x, state)`` with a state ``(conv_state, ssm_state)`` continues a sequence (streaming)."""
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: Optional[int] = None, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.d_inner, self.d_state, self.d_conv = expand * d_model, d_state, d_conv
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False, **kw)
+        self.conv_weight = nn.Parameter(torch.randn(self.d_inner, d_conv, **kw) / math.sqrt(d_conv))
+        self.conv_bias = nn.Parameter(torch.zeros(self.d_inner, **kw))
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **kw)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **kw)
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A).to(device))
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **kw)
+
+    def forward(self, x: torch.Tensor, state=None, return_state: bool = False):
+        B, L, _ = x.shape
+        xz = self.in_proj(x).transpose(1, 2)                              # (B, 2 d_inner, L)
+        xs, z = xz[:, : self.d_inner].contiguous(), xz[:, self.d_inner:].contiguous()
+        conv_state, ssm_state = state if state is not None else (None, None)
+        xs, conv_state = causal_conv1d(xs, self.conv_weight.to(xs.dtype), self.conv_bias.to(xs.dtype),
+                                       activation="silu", initial_state=conv_state, return_final_state=True)
+        dbc = self.x_proj(xs.transpose(1, 2))                              # (B, L, dt_rank + 2N)
+        dt, Bm, Cm = dbc.split([self.dt_rank, self.d_state, self.d_state], -1)
+        delta = (dt @ self.dt_proj.weight.t().to(dt.dtype)).transpose(1, 2).contiguous()
+        y, ssm_state = selective_scan(xs, delta, -torch.exp(self.A_log.float()), Bm.transpose(1, 2).contiguous(),
+                                      Cm.transpose(1, 2).contiguous(), D=self.D.float(), z=z,
+                                      delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                                      initial_state=ssm_state, return_last_state=True)
+        out = self.out_proj(y.transpose(1, 2))
+        return (out, (conv_state, ssm_state)) if return_state else out
 
 
 class BitLinear(nn.Module):
