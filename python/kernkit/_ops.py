@@ -14,6 +14,45 @@ from typing import Callable, Optional
 import torch
 
 _LIB = torch.library.Library("kernkit", "DEF")
+_IMPLS: dict = {}
+
+
+def _probe(name):
+    try:
+        return eval(name, {"torch": torch})  # noqa: S307 - fixed internal names only
+    except AttributeError:
+        return None
+
+
+# Private torch APIs the fast path needs to prove that nothing is watching the call
+# (no torch-function/dispatch mode, no functorch wrapper). If any is missing, the fast
+# path is off and every call goes through the dispatcher.
+_fn_mode_enabled = _probe("torch._C._is_torch_function_mode_enabled")
+_dispatch_stack_len = _probe("torch._C._len_torch_dispatch_stack")
+_is_functorch = _probe("torch._C._functorch.is_functorch_wrapped_tensor")
+_FAST_PATH = None not in (_fn_mode_enabled, _dispatch_stack_len, _is_functorch)
+
+
+def _eager_plain(args) -> bool:
+    if not _FAST_PATH or torch.compiler.is_compiling() or _fn_mode_enabled() or _dispatch_stack_len():
+        return False
+    grad = torch.is_grad_enabled()
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if type(a) is not torch.Tensor or (grad and a.requires_grad) or a.device.type not in ("cpu", "cuda") \
+                    or _is_functorch(a):
+                return False
+    return True
+
+
+def call(op: torch._ops.OpOverload, *args):
+    """Calls a kernkit op. In plain eager mode with no gradient needed (decode-sized calls
+    are dominated by per-call overhead) the implementation runs directly; anything else —
+    autograd, torch.compile, fake/meta tensors, modes, functorch transforms — goes through
+    the dispatcher."""
+    if _eager_plain(args):
+        return _IMPLS[op](*args)
+    return op(*args)
 
 
 def define_op(
@@ -39,4 +78,6 @@ def define_op(
     torch.library.register_fake(qualname, fake, lib=_LIB)
     if backward is not None:
         torch.library.register_autograd(qualname, backward, setup_context=setup_context, lib=_LIB)
-    return getattr(torch.ops.kernkit, name).default
+    overload = getattr(torch.ops.kernkit, name).default
+    _IMPLS[overload] = impl
+    return overload

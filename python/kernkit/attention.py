@@ -22,7 +22,7 @@ import torch
 from . import _C
 from . import _checks as chk
 from ._native import dtype_code, launch_args, ptr
-from ._ops import define_op
+from ._ops import call, define_op
 
 _ACTIVATIONS = {"softmax": 0, "sigmoid": 1}
 MAX_HEAD_DIM = 256
@@ -265,7 +265,7 @@ def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: boo
     opts = _options(fn, q, causal, window, sinks, softcap, scale, activation, sigmoid_bias, return_lse,
                     deterministic)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    out, lse = _attn_fwd(q, k, v, None, None, None, q.shape[1], k.shape[1], *opts)
+    out, lse = call(_attn_fwd, q, k, v, None, None, None, q.shape[1], k.shape[1], *opts)
     return (out, lse) if return_lse else out
 
 
@@ -291,7 +291,7 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     return_lse = kwargs.get("return_lse", False)
     opts = _options(fn, q, **{**_DEFAULTS, **kwargs})
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    out, lse = _attn_fwd(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), None,
+    out, lse = call(_attn_fwd, q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), None,
                          max_seqlen_q, max_seqlen_k, *opts)
     return (out, lse) if return_lse else out
 
@@ -344,5 +344,5 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     return_lse = kwargs.get("return_lse", False)
     opts = _options(fn, q, **{**_DEFAULTS, **kwargs})
     q, kc, vc = (_last_dim_contiguous(t) for t in (q, k_cache, v_cache))
-    out, lse = _attn_fwd(q, kc, vc, None, None, seqused, q.shape[1], cap, *opts)
+    out, lse = call(_attn_fwd, q, kc, vc, None, None, seqused, q.shape[1], cap, *opts)
     return (out, lse) if return_lse else out

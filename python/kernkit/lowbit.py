@@ -20,7 +20,7 @@ import torch
 from . import _C
 from . import _checks as chk
 from ._native import dtype_code, launch_args, ptr
-from ._ops import define_op
+from ._ops import call, define_op
 from .reference.lowbit import act_quant_ref
 
 TERNARY_BLOCK, BINARY_BLOCK = 128, 64
@@ -210,7 +210,7 @@ def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, b
     if act_bits not in (8, None):
         raise ValueError(f"{fn}: act_bits must be 8 or None, got {act_bits!r}")
     scale, bias = _check_linear(fn, x, packed, scale, bias, 4, TERNARY_BLOCK, "scale", lambda n: (1, n))
-    return _ternary_op(x, packed, scale, bias, 8 if act_bits == 8 else 0)
+    return call(_ternary_op, x, packed, scale, bias, 8 if act_bits == 8 else 0)
 
 
 def binary_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -223,7 +223,7 @@ def binary_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor, bi
     if not isinstance(binarize_input, bool):
         raise TypeError(f"{fn}: binarize_input must be a bool")
     alpha, bias = _check_linear(fn, x, packed, alpha, bias, 8, BINARY_BLOCK, "alpha", lambda n: (n,))
-    return _binary_op(x, packed, alpha, bias, binarize_input)
+    return call(_binary_op, x, packed, alpha, bias, binarize_input)
 
 
 # --------------------------------------------------------------------------- training through the kernels

@@ -9,7 +9,7 @@ import torch
 from . import _C
 from . import _checks as chk
 from ._native import dtype_code, launch_args, ptr
-from ._ops import define_op
+from ._ops import call, define_op
 
 _FN = "rms_norm"
 
@@ -124,4 +124,4 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: float 
             raise TypeError(f"{_FN}: weight dtype {weight.dtype} must match x ({x.dtype}), or be float32 for "
                             f"float16/bfloat16 x")
         chk.contiguous(_FN, "weight", weight)
-    return _rms_norm_fwd(x, weight, eps)[0]
+    return call(_rms_norm_fwd, x, weight, eps)[0]

@@ -12,7 +12,7 @@ import torch
 from . import _C
 from . import _checks as chk
 from ._native import dtype_code, launch_args, ptr
-from ._ops import define_op
+from ._ops import call, define_op
 
 
 def _no_cuda(fn, name, t):
@@ -123,7 +123,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, initial_state: Optional[torch.
                              f"got {tuple(initial_state.shape)}")
         if initial_state.dtype != b.dtype:
             raise TypeError(f"{fn}: initial_state dtype {initial_state.dtype} must match a/b ({b.dtype})")
-    return _linear_scan_op(a.expand(shape), b.expand(shape), initial_state, reverse)
+    return call(_linear_scan_op, a.expand(shape), b.expand(shape), initial_state, reverse)
 
 
 # --------------------------------------------------------------------------- causal_conv1d
@@ -235,7 +235,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         raise ValueError(f"{fn}: activation must be None, 'silu' or 'swish', got {activation!r}")
     if not isinstance(return_final_state, bool):
         raise TypeError(f"{fn}: return_final_state must be a bool")
-    y, final = _conv_op(x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
+    y, final = call(_conv_op, x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
                         None if initial_state is None else initial_state.contiguous(), activation is not None,
                         return_final_state)
     return (y, final) if return_final_state else y
@@ -415,6 +415,6 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     for name, flag in (("delta_softplus", delta_softplus), ("return_last_state", return_last_state)):
         if not isinstance(flag, bool):
             raise TypeError(f"{fn}: {name} must be a bool")
-    out, last = _ss_op(u.contiguous(), delta.contiguous(), A.to(acc).contiguous(), mats[0], mats[1], vecs[0], z,
+    out, last = call(_ss_op, u.contiguous(), delta.contiguous(), A.to(acc).contiguous(), mats[0], mats[1], vecs[0], z,
                        vecs[1], delta_softplus, h0, return_last_state)
     return (out, last) if return_last_state else out
