@@ -16,6 +16,7 @@ namespace {
 
 constexpr int kChunkKeys = 512;   // keys per split
 constexpr int KB = 16;            // keys per softmax step
+constexpr int kPrefetchBlocks = 1;  // how many key blocks ahead the L2 prefetch runs
 
 struct DecodeWorker {
   // per (kv head, row): q (scaled), output accumulator, m, l, bias; one key block of K/V; scores
@@ -77,11 +78,11 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
     for (int j0 = ranges[2 * rg]; j0 < ranges[2 * rg + 1]; j0 += KB) {
       const int nk = std::min(KB, ranges[2 * rg + 1] - j0);
       const bool full = tile_fully_visible(mk, s, group, j0, 0, nk);
-      const int next_end = std::min(ranges[2 * rg + 1], j0 + 2 * KB);
+      const int next_end = std::min(ranges[2 * rg + 1], j0 + (kPrefetchBlocks + 1) * KB);
       for (int hkv = 0; hkv < sh.Hkv; ++hkv) {
         // The (key, head) rows are scattered (head-interleaved layout): fetch the
         // next block's rows of this head into L2 while this one is computed.
-        for (int j = j0 + KB; j < next_end; ++j) {
+        for (int j = std::max(j0 + KB, next_end - KB); j < next_end; ++j) {
           prefetch_row(elem<const T>(p.k, s, j, s.k_row0, hkv), D);
           prefetch_row(elem<const T>(p.v, s, j, s.k_row0, hkv), Dv);
         }
