@@ -1,8 +1,8 @@
 """kernkit: compiled attention, linear-attention, state-space and low-bit
 kernels for PyTorch, on CPU (AVX2/AVX-512, run-time dispatch) and CUDA.
 
-Import torch first is not needed: this module does it (the compiled core
-shares torch's OpenMP thread pool)."""
+Importing kernkit imports torch first: the compiled core looks up torch's
+OpenMP runtime so that both share one thread pool."""
 
 import torch  # noqa: F401  (loads torch's OpenMP runtime before _C looks for it)
 
