@@ -169,9 +169,10 @@ void linear_scan(uintptr_t a, Strides as, uintptr_t b, Strides bs, uintptr_t h, 
   require(B >= 0 && T >= 0 && C >= 0, "linear_scan: negative size");
   if (B == 0 || T == 0 || C == 0) return;
   require(a && b && h, "linear_scan: null data pointer");
-  require_cpu(device, "linear_scan");
+  require_cuda(device);
   py::gil_scoped_release nogil;
-  KK_CPU_KERNEL(linear_scan_cpu)(p);
+  if (device >= 0) linear_scan_cuda(p, device, stream);
+  else KK_CPU_KERNEL(linear_scan_cpu)(p);
 }
 
 CausalConvParams conv_params(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init, uintptr_t y,
@@ -188,9 +189,10 @@ void causal_conv1d_fwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init,
   const CausalConvParams p = conv_params(x, w, bias, init, y, final_state, B, D, L, W, silu, dtype, threads);
   if (B == 0 || D == 0) return;
   require(x && w && y, "causal_conv1d: null data pointer");
-  require_cpu(device, "causal_conv1d");
+  require_cuda(device);
   py::gil_scoped_release nogil;
-  if (p.dtype == DType::f64) causal_conv1d_fwd_f64(p);
+  if (device >= 0) causal_conv1d_fwd_cuda(p, device, stream);
+  else if (p.dtype == DType::f64) causal_conv1d_fwd_f64(p);
   else KK_CPU_KERNEL(causal_conv1d_fwd_cpu)(p);
 }
 
@@ -201,9 +203,10 @@ void causal_conv1d_bwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init,
                               ptr(dfinal), ptr(dx), ptr(dw), ptr(dbias), ptr(dinit)};
   if (D == 0) return;
   require(w && dw && (B == 0 || (x && dy && dx)), "causal_conv1d_backward: null data pointer");
-  require_cpu(device, "causal_conv1d");
+  require_cuda(device);
   py::gil_scoped_release nogil;
-  if (p.fwd.dtype == DType::f64) causal_conv1d_bwd_f64(p);
+  if (device >= 0) causal_conv1d_bwd_cuda(p, device, stream);
+  else if (p.fwd.dtype == DType::f64) causal_conv1d_bwd_f64(p);
   else KK_CPU_KERNEL(causal_conv1d_bwd_cpu)(p);
 }
 
@@ -292,6 +295,9 @@ void binary_linear(uintptr_t x, int64_t x_rs, uintptr_t packed, uintptr_t alpha,
 namespace kernkit {
 void rms_norm_fwd_cuda(const RmsNormFwdParams&, int, intptr_t) { throw std::logic_error("no CUDA"); }
 void rms_norm_bwd_cuda(const RmsNormBwdParams&, int, intptr_t) { throw std::logic_error("no CUDA"); }
+void linear_scan_cuda(const LinearScanParams&, int, intptr_t) { throw std::logic_error("no CUDA"); }
+void causal_conv1d_fwd_cuda(const CausalConvParams&, int, intptr_t) { throw std::logic_error("no CUDA"); }
+void causal_conv1d_bwd_cuda(const CausalConvBwdParams&, int, intptr_t) { throw std::logic_error("no CUDA"); }
 }  // namespace kernkit
 #endif
 

@@ -93,6 +93,10 @@ KK_DECLARE_CPU_KERNEL(void, causal_conv1d_fwd_cpu, (const ::kernkit::CausalConvP
 KK_DECLARE_CPU_KERNEL(void, causal_conv1d_bwd_cpu, (const ::kernkit::CausalConvBwdParams&))
 
 namespace kernkit {
+void linear_scan_cuda(const LinearScanParams& p, int device, intptr_t stream);
+void causal_conv1d_fwd_cuda(const CausalConvParams& p, int device, intptr_t stream);
+void causal_conv1d_bwd_cuda(const CausalConvBwdParams& p, int device, intptr_t stream);
+
 // fp64 paths (compiled once, plain loops): exist for gradcheck.
 void causal_conv1d_fwd_f64(const CausalConvParams& p);
 void causal_conv1d_bwd_f64(const CausalConvBwdParams& p);

@@ -1,0 +1,150 @@
+// Causal depthwise conv1d on CUDA. Forward: one thread per output (row, t), plus
+// the W-1 final-state entries. Backward: dx/dinit one thread per extended input,
+// recomputing the few pre-activations it needs; dweight/dbias one block per
+// channel, summed over (batch, time) with a fixed-order shared-memory tree
+// (deterministic, no atomics).
+#include "common/cuda_utils.cuh"
+#include "scan/scan.h"
+
+namespace kernkit {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxW = 64;
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <typename T> __device__ __forceinline__ typename AccOf<T>::type ld(const T* p) { return cuda::load_f(p); }
+__device__ __forceinline__ double ld(const double* p) { return *p; }
+template <typename T> __device__ __forceinline__ T st(typename AccOf<T>::type v) { return cuda::store_cast<T>(v); }
+template <> __device__ __forceinline__ double st<double>(double v) { return v; }
+
+// ext(j) = [init | x](j) of row r, j in [0, L + W - 1)
+template <typename T>
+__device__ __forceinline__ typename AccOf<T>::type ext_at(const CausalConvParams& p, long long r, long long j) {
+  using A = typename AccOf<T>::type;
+  const long long W1 = p.W - 1;
+  if (j < W1) return p.init ? ld(static_cast<const T*>(p.init) + r * W1 + j) : A(0);
+  return ld(static_cast<const T*>(p.x) + r * p.L + (j - W1));
+}
+
+template <typename T>
+__device__ __forceinline__ typename AccOf<T>::type pre_at(const CausalConvParams& p, long long r, long long t) {
+  using A = typename AccOf<T>::type;
+  const long long d = r % p.D;
+  A acc = p.bias ? ld(static_cast<const T*>(p.bias) + d) : A(0);
+  for (long long k = 0; k < p.W; ++k) acc += ld(static_cast<const T*>(p.w) + d * p.W + k) * ext_at<T>(p, r, t + k);
+  return acc;
+}
+
+template <typename A>
+__device__ __forceinline__ A sigm(A x) { return A(1) / (A(1) + exp(-x)); }
+
+template <typename T>
+__global__ void conv_fwd_kernel(CausalConvParams p) {
+  using A = typename AccOf<T>::type;
+  const long long W1 = p.W - 1, per_row = p.L + W1;
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= p.B * p.D * per_row) return;
+  const long long r = i / per_row, t = i % per_row;
+  if (t < p.L) {
+    A y = pre_at<T>(p, r, t);
+    if (p.silu) y = y * sigm(y);
+    static_cast<T*>(p.y)[r * p.L + t] = st<T>(y);
+  } else if (p.final_state) {
+    static_cast<T*>(p.final_state)[r * W1 + (t - p.L)] = st<T>(ext_at<T>(p, r, p.L + (t - p.L)));
+  }
+}
+
+// g(t) = dL/dpre at (row, t)
+template <typename T>
+__device__ __forceinline__ typename AccOf<T>::type grad_pre(const CausalConvBwdParams& q, long long r, long long t) {
+  using A = typename AccOf<T>::type;
+  A g = ld(static_cast<const T*>(q.dy) + r * q.fwd.L + t);
+  if (q.fwd.silu) {
+    const A x = pre_at<T>(q.fwd, r, t), s = sigm(x);
+    g *= s * (A(1) + x * (A(1) - s));
+  }
+  return g;
+}
+
+template <typename T>
+__global__ void conv_dx_kernel(CausalConvBwdParams q) {
+  using A = typename AccOf<T>::type;
+  const CausalConvParams& p = q.fwd;
+  const long long W1 = p.W - 1, E = p.L + W1;
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= p.B * p.D * E) return;
+  const long long r = i / E, j = i % E, d = r % p.D;
+  A acc = 0;  // dext[j] = sum_k w[k] g[j - k]
+  for (long long k = 0; k < p.W; ++k) {
+    const long long t = j - k;
+    if (t >= 0 && t < p.L) acc += ld(static_cast<const T*>(p.w) + d * p.W + k) * grad_pre<T>(q, r, t);
+  }
+  if (j >= p.L && q.dfinal) acc += ld(static_cast<const T*>(q.dfinal) + r * W1 + (j - p.L));
+  if (j >= W1) static_cast<T*>(q.dx)[r * p.L + (j - W1)] = st<T>(acc);
+  else if (q.dinit) static_cast<T*>(q.dinit)[r * W1 + j] = st<T>(acc);
+}
+
+template <typename T>
+__global__ void conv_dw_kernel(CausalConvBwdParams q) {
+  using A = typename AccOf<T>::type;
+  const CausalConvParams& p = q.fwd;
+  __shared__ A red[kThreads];
+  const long long d = blockIdx.x;
+  A acc[kMaxW + 1];
+  for (int k = 0; k <= p.W; ++k) acc[k] = 0;
+  for (long long i = threadIdx.x; i < p.B * p.L; i += blockDim.x) {
+    const long long b = i / p.L, t = i % p.L, r = b * p.D + d;
+    const A g = grad_pre<T>(q, r, t);
+    for (int k = 0; k < p.W; ++k) acc[k] += g * ext_at<T>(p, r, t + k);
+    acc[p.W] += g;
+  }
+  for (int k = 0; k <= p.W; ++k) {
+    red[threadIdx.x] = acc[k];
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+      if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+      if (k < p.W) static_cast<T*>(q.dw)[d * p.W + k] = st<T>(red[0]);
+      else if (q.dbias) static_cast<T*>(q.dbias)[d] = st<T>(red[0]);
+    }
+    __syncthreads();
+  }
+}
+
+template <template <typename> class K, typename P>
+void launch(const P& p, DType dtype, unsigned blocks, cudaStream_t s) {
+  switch (dtype) {
+    case DType::f32: K<float>::go(p, blocks, s); break;
+    case DType::f64: K<double>::go(p, blocks, s); break;
+    case DType::f16: K<__half>::go(p, blocks, s); break;
+    case DType::bf16: K<__nv_bfloat16>::go(p, blocks, s); break;
+  }
+}
+template <typename T> struct Fwd { static void go(const CausalConvParams& p, unsigned n, cudaStream_t s) { conv_fwd_kernel<T><<<n, kThreads, 0, s>>>(p); } };
+template <typename T> struct Dx { static void go(const CausalConvBwdParams& p, unsigned n, cudaStream_t s) { conv_dx_kernel<T><<<n, kThreads, 0, s>>>(p); } };
+template <typename T> struct Dw { static void go(const CausalConvBwdParams& p, unsigned n, cudaStream_t s) { conv_dw_kernel<T><<<n, kThreads, 0, s>>>(p); } };
+
+}  // namespace
+
+void causal_conv1d_fwd_cuda(const CausalConvParams& p, int device, intptr_t stream) {
+  if (p.B == 0 || p.D == 0) return;
+  cuda::DeviceGuard guard(device);
+  launch<Fwd>(p, p.dtype, cuda::blocks_for(p.B * p.D * (p.L + p.W - 1), kThreads), reinterpret_cast<cudaStream_t>(stream));
+  cuda::check(cudaGetLastError(), "causal_conv1d forward launch");
+}
+
+void causal_conv1d_bwd_cuda(const CausalConvBwdParams& q, int device, intptr_t stream) {
+  const CausalConvParams& p = q.fwd;
+  if (p.D == 0) return;
+  cuda::DeviceGuard guard(device);
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  if (p.B > 0) launch<Dx>(q, p.dtype, cuda::blocks_for(p.B * p.D * (p.L + p.W - 1), kThreads), s);
+  launch<Dw>(q, p.dtype, unsigned(p.D), s);
+  cuda::check(cudaGetLastError(), "causal_conv1d backward launch");
+}
+
+}  // namespace kernkit
