@@ -33,21 +33,17 @@ SCAN_SHAPES = [  # (b shape, a shape)
 ]
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("shapes", SCAN_SHAPES, ids=str)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_linear_scan_matches_reference(isa, shapes, dtype, reverse):
-    bs, as_ = shapes
+def _check_linear_scan(bs, as_, dtype, reverse, device="cpu"):
     g = _gen()
-    a = (torch.rand(as_, generator=g, dtype=torch.float64) * 0.3 + 0.7).to(dtype)
-    b = torch.randn(bs, generator=g, dtype=torch.float64).to(dtype)
-    h0 = torch.randn((bs[0],) + bs[2:], generator=g, dtype=torch.float64).to(dtype)
+    a = (torch.rand(as_, generator=g, dtype=torch.float64) * 0.3 + 0.7).to(dtype).to(device)
+    b = torch.randn(bs, generator=g, dtype=torch.float64).to(dtype).to(device)
+    h0 = torch.randn((bs[0],) + bs[2:], generator=g, dtype=torch.float64).to(dtype).to(device)
     h = kernkit.linear_scan(a, b, h0, reverse=reverse)
     exact = linear_scan_ref(a.double(), b.double(), h0.double(), reverse=reverse)
     same = linear_scan_ref(a, b, h0, reverse=reverse)
     assert h.dtype == dtype and h.shape == exact.shape
     assert_within_ref_error(h, exact, same)
-    dh = torch.randn(bs, generator=g).to(dtype)
+    dh = torch.randn(bs, generator=g).to(dtype).to(device)
     got = _grads(lambda x, y, z: kernkit.linear_scan(x, y, z, reverse=reverse), [a, b, h0], dh)
     ex = _grads(lambda x, y, z: linear_scan_ref(x, y, z, reverse=reverse), [a.double(), b.double(), h0.double()],
                 dh.double())
@@ -55,6 +51,13 @@ def test_linear_scan_matches_reference(isa, shapes, dtype, reverse):
     for name, gg, e, s in zip(("da", "db", "dh0"), got, ex, sm):
         assert gg.shape == e.shape
         assert_within_ref_error(gg, e, s, factor=3.0, what=name)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("shapes", SCAN_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_scan_matches_reference(isa, shapes, dtype, reverse):
+    _check_linear_scan(*shapes, dtype, reverse)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -132,14 +135,10 @@ def test_linear_scan_bad_inputs(make, exc, match):
 
 # --------------------------------------------------------------------------- causal_conv1d
 
-@pytest.mark.parametrize("act", [None, "silu"])
-@pytest.mark.parametrize("W", [1, 2, 3, 4, 7])
-@pytest.mark.parametrize("L", [1, 2, 17, 255, 2048])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_causal_conv1d_matches_reference(isa, dtype, L, W, act):
+def _check_conv(dtype, L, W, act, device="cpu"):
     g = _gen(5)
     B, D = 2, 6
-    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype).to(device)
     x, w, bias, init = mk(B, D, L), mk(D, W), mk(D), mk(B, D, W - 1)
     kw = dict(activation=act, return_final_state=True)
     y, f = kernkit.causal_conv1d(x, w, bias, initial_state=init, **kw)
@@ -155,6 +154,16 @@ def test_causal_conv1d_matches_reference(isa, dtype, L, W, act):
     sm = _grads(rf, [x, w, bias, init], (dy, df))
     for name, gg, e, s in zip(("dx", "dw", "dbias", "dinit"), got, ex, sm):
         assert_within_ref_error(gg, e, s, factor=3.0, what=name)
+    again = _grads(fn, [x, w, bias, init], (dy, df))
+    assert all(torch.equal(p, q) for p, q in zip(got, again))  # deterministic
+
+
+@pytest.mark.parametrize("act", [None, "silu"])
+@pytest.mark.parametrize("W", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("L", [1, 2, 17, 255, 2048])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_causal_conv1d_matches_reference(isa, dtype, L, W, act):
+    _check_conv(dtype, L, W, act)
 
 
 def test_causal_conv1d_defaults_and_streaming():
@@ -378,21 +387,7 @@ def test_selective_scan_bad_inputs(change, exc, match):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_linear_scan_cuda(dtype, reverse):
-    g = _gen(11)
-    a = (torch.rand(3, 700, 1, 40, generator=g, dtype=torch.float64) * 0.3 + 0.7).to(dtype).cuda()
-    b = torch.randn(3, 700, 5, 40, generator=g, dtype=torch.float64).to(dtype).cuda()
-    h0 = torch.randn(3, 5, 40, generator=g, dtype=torch.float64).to(dtype).cuda()
-    h = kernkit.linear_scan(a, b, h0, reverse=reverse)
-    exact = linear_scan_ref(a.double(), b.double(), h0.double(), reverse=reverse)
-    same = linear_scan_ref(a, b, h0, reverse=reverse)
-    assert_within_ref_error(h, exact, same)
-    dh = torch.randn_like(h)
-    got = _grads(lambda x, y, z: kernkit.linear_scan(x, y, z, reverse=reverse), [a, b, h0], dh)
-    ex = _grads(lambda x, y, z: linear_scan_ref(x, y, z, reverse=reverse), [a.double(), b.double(), h0.double()],
-                dh.double())
-    sm = _grads(lambda x, y, z: linear_scan_ref(x, y, z, reverse=reverse), [a, b, h0], dh)
-    for name, gg, e, s in zip(("da", "db", "dh0"), got, ex, sm):
-        assert_within_ref_error(gg, e, s, factor=3.0, what=name)
+    _check_linear_scan((3, 700, 5, 40), (3, 700, 1, 40), dtype, reverse, device="cuda")
 
 
 @pytest.mark.cuda
@@ -400,22 +395,4 @@ def test_linear_scan_cuda(dtype, reverse):
 @pytest.mark.parametrize("W", [1, 2, 4, 7])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_causal_conv1d_cuda(dtype, W, act):
-    g = _gen(12)
-    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype).cuda()
-    x, w, bias, init = mk(2, 6, 300), mk(6, W), mk(6), mk(2, 6, W - 1)
-    kw = dict(activation=act, return_final_state=True)
-    y, f = kernkit.causal_conv1d(x, w, bias, initial_state=init, **kw)
-    ye, fe = causal_conv1d_ref(x.double(), w.double(), bias.double(), initial_state=init.double(), **kw)
-    ys, _ = causal_conv1d_ref(x, w, bias, initial_state=init, **kw)
-    assert_within_ref_error(y, ye, ys)
-    assert torch.equal(f, fe.to(dtype))
-    dy, df = mk(2, 6, 300), mk(2, 6, W - 1)
-    fn = lambda a, b_, c, d: kernkit.causal_conv1d(a, b_, c, initial_state=d, **kw)
-    rf = lambda a, b_, c, d: causal_conv1d_ref(a, b_, c, initial_state=d, **kw)
-    got = _grads(fn, [x, w, bias, init], (dy, df))
-    ex = _grads(rf, [x.double(), w.double(), bias.double(), init.double()], (dy.double(), df.double()))
-    sm = _grads(rf, [x, w, bias, init], (dy, df))
-    for name, gg, e, s in zip(("dx", "dw", "dbias", "dinit"), got, ex, sm):
-        assert_within_ref_error(gg, e, s, factor=3.0, what=name)
-    again = _grads(fn, [x, w, bias, init], (dy, df))
-    assert all(torch.equal(p, q) for p, q in zip(got, again))  # deterministic
+    _check_conv(dtype, 300, W, act, device="cuda")

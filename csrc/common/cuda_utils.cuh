@@ -46,6 +46,15 @@ template <> __device__ __forceinline__ float store_cast<float>(float x) { return
 template <> __device__ __forceinline__ __half store_cast<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 store_cast<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+// Accumulation type of a storage type (fp64 stays fp64, everything else fp32), and
+// loads/stores that convert through it.
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <typename T> __device__ __forceinline__ typename AccOf<T>::type ld(const T* p) { return load_f(p); }
+__device__ __forceinline__ double ld(const double* p) { return *p; }
+template <typename T> __device__ __forceinline__ T st(typename AccOf<T>::type v) { return store_cast<T>(v); }
+template <> __device__ __forceinline__ double st<double>(double v) { return v; }
+
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll

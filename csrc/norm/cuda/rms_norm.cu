@@ -10,13 +10,9 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T> __device__ __forceinline__ typename Acc<T>::type ld(const T* p) { return cuda::load_f(p); }
-__device__ __forceinline__ double ld(const double* p) { return *p; }
-template <typename T> __device__ __forceinline__ T st(typename Acc<T>::type v) { return cuda::store_cast<T>(v); }
-template <> __device__ __forceinline__ double st<double>(double v) { return v; }
+template <typename T> using Acc = cuda::AccOf<T>;
+using cuda::ld;
+using cuda::st;
 
 template <typename T, typename W>
 __device__ __forceinline__ typename Acc<T>::type weight(const W* w, long long i) {

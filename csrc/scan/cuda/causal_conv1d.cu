@@ -12,12 +12,9 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxW = 64;
 
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-template <typename T> __device__ __forceinline__ typename AccOf<T>::type ld(const T* p) { return cuda::load_f(p); }
-__device__ __forceinline__ double ld(const double* p) { return *p; }
-template <typename T> __device__ __forceinline__ T st(typename AccOf<T>::type v) { return cuda::store_cast<T>(v); }
-template <> __device__ __forceinline__ double st<double>(double v) { return v; }
+using cuda::AccOf;
+using cuda::ld;
+using cuda::st;
 
 // ext(j) = [init | x](j) of row r, j in [0, L + W - 1)
 template <typename T>
