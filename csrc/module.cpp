@@ -10,6 +10,7 @@
 #include "common/cpu_isa.h"
 #include "common/parallel.h"
 #include "attention/attention.h"
+#include "linear_attn/linear_attn.h"
 #include "lowbit/lowbit.h"
 #include "norm/rms_norm.h"
 #include "scan/scan.h"
@@ -287,6 +288,69 @@ void binary_linear(uintptr_t x, int64_t x_rs, uintptr_t packed, uintptr_t alpha,
   KK_CPU_KERNEL(binary_linear_cpu)(p);
 }
 
+// ----------------------------------------------------------------------------- linear attention
+
+LaParams la_params(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v, Strides vs, uintptr_t o, int gate,
+                   uintptr_t g, Strides gs, uintptr_t h0, uintptr_t ht, uintptr_t cu, std::array<int, 5> dims,
+                   double scale, int chunk, int dtype, int threads) {
+  LaParams p{LaTensor{ptr(q), qs[0], qs[1], qs[2]}, LaTensor{ptr(k), ks[0], ks[1], ks[2]},
+             LaTensor{ptr(v), vs[0], vs[1], vs[2]}, ptr(o), LaGate(gate), ptr(g), gs[0], gs[1], gs[2], ptr(h0),
+             ptr(ht), ptr<const int32_t>(cu), dims[0], dims[1], dims[2], dims[3], dims[4], scale, chunk,
+             dtype_from_code(dtype, "q"), threads};
+  require(gate >= 0 && gate <= 2, "linear_attn: gate code must be 0, 1 or 2");
+  require(p.N >= 0 && p.T >= 0 && p.H >= 1 && p.K >= 1 && p.V >= 1 && p.K <= 256 && p.V <= 256,
+          "linear_attn: bad sizes (K and V must be in [1, 256])");
+  require(chunk >= 16 && chunk <= 128 && chunk % 16 == 0, "linear_attn: chunk_size must be 16, 32, 48, ..., 128");
+  require(gate == 0 || g, "linear_attn: gate pointer missing");
+  return p;
+}
+
+void linear_attn_fwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v, Strides vs, uintptr_t o,
+                     int gate, uintptr_t g, Strides gs, uintptr_t h0, uintptr_t ht, uintptr_t cu,
+                     std::array<int, 5> dims, double scale, int chunk, int dtype, int threads, int device,
+                     intptr_t stream) {
+  LaParams p = la_params(q, qs, k, ks, v, vs, o, gate, g, gs, h0, ht, cu, dims, scale, chunk, dtype, threads);
+  if (p.N == 0) return;
+  require(q && k && v && o, "linear_attn: null data pointer");
+  require_cpu(device, "linear_attn");
+  (void)stream;
+  py::gil_scoped_release nogil;
+  if (p.dtype == DType::f64) linear_attn_fwd_f64(p);
+  else KK_CPU_KERNEL(linear_attn_fwd_cpu)(p);
+}
+
+void linear_attn_bwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v, Strides vs, int gate,
+                     uintptr_t g, Strides gs, uintptr_t h0, uintptr_t cu, std::array<int, 5> dims, double scale,
+                     int chunk, uintptr_t dout, uintptr_t dht, uintptr_t dq, uintptr_t dk, uintptr_t dv,
+                     uintptr_t dg, uintptr_t dh0, int dtype, int threads, int device, intptr_t stream) {
+  LaBwdParams p{la_params(q, qs, k, ks, v, vs, 0, gate, g, gs, h0, 0, cu, dims, scale, chunk, dtype, threads),
+                ptr(dout), ptr(dht), ptr(dq), ptr(dk), ptr(dv), ptr(dg), ptr(dh0)};
+  if (p.fwd.N == 0) return;
+  require(q && k && v && dout && dq && dk && dv, "linear_attn_backward: null data pointer");
+  require(!dg || gate != 0, "linear_attn_backward: a gate gradient needs a gate");
+  require_cpu(device, "linear_attn");
+  (void)stream;
+  py::gil_scoped_release nogil;
+  if (p.fwd.dtype == DType::f64) linear_attn_bwd_f64(p);
+  else KK_CPU_KERNEL(linear_attn_bwd_cpu)(p);
+}
+
+void linear_attn_step(uintptr_t q, uintptr_t k, uintptr_t v, int gate, uintptr_t g, int64_t gbs, int64_t ghs,
+                      uintptr_t state, uintptr_t o, uintptr_t new_state, std::array<int, 4> dims, double scale,
+                      int dtype, int threads, int device, intptr_t stream) {
+  LaStepParams p{ptr(q), ptr(k), ptr(v), LaGate(gate), ptr(g), gbs, ghs, ptr(state), ptr(o), ptr(new_state),
+                 dims[0], dims[1], dims[2], dims[3], scale, dtype_from_code(dtype, "q"), threads};
+  require(gate >= 0 && gate <= 2 && (gate == 0 || g), "linear_attn_step: bad gate");
+  require(p.B >= 0 && p.H >= 1 && p.K >= 1 && p.V >= 1, "linear_attn_step: bad sizes");
+  if (p.B == 0) return;
+  require(q && k && v && state && o && new_state, "linear_attn_step: null data pointer");
+  require_cpu(device, "linear_attn_step");
+  (void)stream;
+  py::gil_scoped_release nogil;
+  if (p.dtype == DType::f64) linear_attn_step_f64(p);
+  else KK_CPU_KERNEL(linear_attn_step_cpu)(p);
+}
+
 }  // namespace
 
 #ifndef KK_WITH_CUDA
@@ -317,6 +381,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("causal_conv1d_bwd", &causal_conv1d_bwd);
   m.def("selective_scan_fwd", &selective_scan_fwd);
   m.def("selective_scan_bwd", &selective_scan_bwd);
+  m.def("linear_attn_fwd", &linear_attn_fwd);
+  m.def("linear_attn_bwd", &linear_attn_bwd);
+  m.def("linear_attn_step", &linear_attn_step);
   m.def("ternary_linear", &ternary_linear);
   m.def("binary_linear", &binary_linear);
 }

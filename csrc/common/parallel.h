@@ -3,6 +3,7 @@
 // threads instead of two pools spinning against each other; otherwise on a small
 // persistent pool of our own.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 namespace kernkit {
@@ -30,5 +31,18 @@ struct TaskCounter {
   int64_t next = 0;
 };
 static inline int64_t take_task(TaskCounter* c) { return __atomic_fetch_add(&c->next, 1, __ATOMIC_RELAXED); }
+
+// Runs task(t, worker_scratch) for t in [0, n) over the threads, largest-first
+// (callers number tasks so later ones are heavier) with dynamic balancing.
+template <typename MakeScratch, typename Task>
+inline void run_tasks(int64_t n, int threads, const MakeScratch& make_scratch, const Task& task) {
+  if (n <= 0) return;
+  TaskCounter counter;
+  const int64_t workers = std::min<int64_t>(std::max(threads, 1), n);
+  parallel_for(workers, threads, 1, [&](int64_t, int64_t) {
+    auto scratch = make_scratch();
+    for (int64_t t; (t = take_task(&counter)) < n;) task(n - 1 - t, *scratch);
+  });
+}
 
 }  // namespace kernkit

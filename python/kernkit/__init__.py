@@ -8,6 +8,7 @@ import torch  # noqa: F401  (loads torch's OpenMP runtime before _C looks for it
 
 from ._native import cpu_isa, info, set_cpu_isa
 from .attention import flash_attn, flash_attn_varlen, flash_attn_with_kvcache
+from .linear_attn import linear_attn, linear_attn_step, retnet_decay
 from .lowbit import (binary_linear, binary_pack, binary_quantize, binary_unpack, ternary_linear, ternary_pack,
                      ternary_quantize, ternary_unpack)
 from .norm import rms_norm
@@ -19,6 +20,7 @@ __version__ = info()["version"]
 __all__ = [
     "__version__", "info", "cpu_isa", "set_cpu_isa",
     "flash_attn", "flash_attn_varlen", "flash_attn_with_kvcache",
+    "linear_attn", "linear_attn_step", "retnet_decay",
     "rms_norm", "linear_scan", "causal_conv1d", "selective_scan",
     "ternary_quantize", "ternary_pack", "ternary_unpack", "ternary_linear",
     "binary_quantize", "binary_pack", "binary_unpack", "binary_linear",

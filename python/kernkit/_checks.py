@@ -51,3 +51,15 @@ def finite_float(fn: str, name: str, v, *, min_value: float | None = None) -> fl
         bound = "" if min_value is None else f" and >= {min_value}"
         raise ValueError(f"{fn}: {name} must be finite{bound}, got {v}")
     return v
+
+
+def cu_seqlens(fn: str, name: str, cu, total: int) -> None:
+    """Packed-sequence offsets: 1-D int32, starting at 0, non-decreasing, ending at `total`."""
+    tensor(fn, name, cu, dtypes=(torch.int32,))
+    if cu.dim() != 1 or cu.numel() < 1:
+        raise ValueError(f"{fn}: {name} must be a 1-D int32 tensor of batch+1 offsets")
+    if cu.device.type == "meta":
+        return
+    c = cu.cpu()
+    if int(c[0]) != 0 or int(c[-1]) != total or bool((c[1:] < c[:-1]).any()):
+        raise ValueError(f"{fn}: {name} must start at 0, be non-decreasing and end at {total} (the packed length)")

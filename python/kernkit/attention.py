@@ -218,17 +218,6 @@ def _options(fn, q, causal, window, sinks, softcap, scale, activation, sigmoid_b
     return [float(scale), softcap, left, right, sinks, act, bias, bias_value, bias_default]
 
 
-def _check_cu(fn, name, cu, total):
-    chk.tensor(fn, name, cu, dtypes=(torch.int32,))
-    if cu.dim() != 1 or cu.numel() < 1:
-        raise ValueError(f"{fn}: {name} must be a 1-D int32 tensor of batch+1 offsets")
-    if cu.device.type == "meta":
-        return
-    c = cu.cpu()
-    if int(c[0]) != 0 or int(c[-1]) != total or bool((c[1:] < c[:-1]).any()):
-        raise ValueError(f"{fn}: {name} must start at 0, be non-decreasing and end at {total} (the packed length)")
-
-
 # --------------------------------------------------------------------------- public API
 
 def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -279,8 +268,8 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     fn = "flash_attn_varlen"
     _check_qkv(fn, q, k, v, 3)
     if q.device.type != "meta":
-        _check_cu(fn, "cu_seqlens_q", cu_seqlens_q, q.shape[0])
-        _check_cu(fn, "cu_seqlens_k", cu_seqlens_k, k.shape[0])
+        chk.cu_seqlens(fn, "cu_seqlens_q", cu_seqlens_q, q.shape[0])
+        chk.cu_seqlens(fn, "cu_seqlens_k", cu_seqlens_k, k.shape[0])
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError(f"{fn}: cu_seqlens_q and cu_seqlens_k must have the same length (batch + 1)")
     chk.same_device(fn, "cu_seqlens_q", cu_seqlens_q, "q", q)

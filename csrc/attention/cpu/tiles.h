@@ -291,19 +291,6 @@ struct TaskMap {
   }
 };
 
-// Runs task(t, worker_scratch) for t in [0, n) over the threads, largest-first
-// (callers number tasks so later ones are heavier) with dynamic balancing.
-template <typename MakeScratch, typename Task>
-inline void run_tasks(int64_t n, int threads, const MakeScratch& make_scratch, const Task& task) {
-  if (n <= 0) return;
-  TaskCounter counter;
-  const int64_t workers = std::min<int64_t>(std::max(threads, 1), n);
-  parallel_for(workers, threads, 1, [&](int64_t, int64_t) {
-    auto scratch = make_scratch();
-    for (int64_t t; (t = take_task(&counter)) < n;) task(n - 1 - t, *scratch);
-  });
-}
-
 #if defined(KK_ISA_AVX512)
 // ---------------------------------------------------------------------------
 // bf16 tiles (AVX512_BF16): vdpbf16ps multiplies bf16 *pairs* and adds both

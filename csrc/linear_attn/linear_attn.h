@@ -1,0 +1,78 @@
+// Chunked linear attention with a log-space decay gate (linear attention, RetNet,
+// Lightning attention, simple GLA, GLA):
+//   S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,     o_t = scale * q_t S_t
+// Plain parameter structs filled by module.cpp; see python/kernkit/linear_attn.py.
+#pragma once
+#include <cstdint>
+
+#include "common/cpu_isa.h"
+#include "common/dtype.h"
+
+namespace kernkit {
+
+// A (batch, time, head, dim) tensor with a contiguous last dim; strides in elements.
+// Varlen tensors are (1, total, head, dim): sequence n covers rows cu[n]..cu[n+1].
+struct LaTensor {
+  const void* ptr;
+  int64_t bs, ts, hs;
+};
+
+enum class LaGate : int { none = 0, scalar = 1, vector = 2 };
+
+struct LaParams {
+  LaTensor q, k, v;
+  void* o;                     // (B, T, H, V) contiguous, input dtype
+  // Log decay in the accumulation type (fp32, or fp64 for fp64 inputs), with strides
+  // (batch, time, head); a per-head constant has bs = ts = 0. Vector gates have a
+  // contiguous last dim of K.
+  LaGate gate;
+  const void* g;
+  int64_t gbs, gts, ghs;
+  const void* h0;              // (N, H, K, V) contiguous accumulation type, or null (zeros)
+  void* ht;                    // (N, H, K, V) final states, or null
+  const int32_t* cu_seqlens;   // N + 1 offsets, or null (then N = B sequences of length T)
+  int N, T, H, K, V;           // N sequences; T = rows per batch entry (total rows when varlen)
+  double scale;                // double so that the fp64 path is exact
+  int chunk;
+  DType dtype;
+  int threads;
+};
+
+struct LaBwdParams {
+  LaParams fwd;                // o / ht unused
+  const void* dout;            // (B, T, H, V) contiguous, input dtype
+  const void* dht;             // (N, H, K, V) accumulation type, or null
+  void *dq, *dk, *dv;          // like q, k, v, contiguous, input dtype
+  void* dg;                    // per-step log-gate gradient, accumulation type: (B, T, H) for scalar
+                               // gates, (B, T, H, K) for vector gates (contiguous); null: not needed
+  void* dh0;                   // (N, H, K, V) accumulation type, or null
+};
+
+// One decode step for B single tokens: q, k (B, H, K), v (B, H, V), state (B, H, K, V) contiguous,
+// gate like LaParams with strides (batch, -, head).
+struct LaStepParams {
+  const void *q, *k, *v;
+  LaGate gate;
+  const void* g;
+  int64_t gbs, ghs;
+  const void* state;
+  void* o;                     // (B, H, V)
+  void* new_state;             // (B, H, K, V)
+  int B, H, K, V;
+  double scale;
+  DType dtype;
+  int threads;
+};
+
+}  // namespace kernkit
+
+KK_DECLARE_CPU_KERNEL(void, linear_attn_fwd_cpu, (const ::kernkit::LaParams&))
+KK_DECLARE_CPU_KERNEL(void, linear_attn_bwd_cpu, (const ::kernkit::LaBwdParams&))
+KK_DECLARE_CPU_KERNEL(void, linear_attn_step_cpu, (const ::kernkit::LaStepParams&))
+
+namespace kernkit {
+// fp64 paths (compiled once, token loops): exist for gradcheck.
+void linear_attn_fwd_f64(const LaParams& p);
+void linear_attn_bwd_f64(const LaBwdParams& p);
+void linear_attn_step_f64(const LaStepParams& p);
+}  // namespace kernkit
