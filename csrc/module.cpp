@@ -301,7 +301,7 @@ LaParams la_params(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v
   require(p.N >= 0 && p.T >= 0 && p.H >= 1 && p.K >= 1 && p.V >= 1 && p.K <= 256 && p.V <= 256,
           "linear_attn: bad sizes (K and V must be in [1, 256])");
   require(chunk >= 16 && chunk <= 128 && chunk % 16 == 0, "linear_attn: chunk_size must be 16, 32, 48, ..., 128");
-  require(gate == 0 || g, "linear_attn: gate pointer missing");
+  require(gate == 0 || g || p.T == 0, "linear_attn: gate pointer missing");
   return p;
 }
 

@@ -56,6 +56,10 @@ def _fwd_impl(q, k, v, g, h0, cu, scale, chunk, want_final):
     B, T, H, K = q.shape
     o = torch.empty(B, T, H, dims[4], dtype=q.dtype, device=q.device)
     ht = torch.empty((N, H, K, dims[4]) if want_final else (0,), dtype=_acc_dtype(q.dtype), device=q.device)
+    if T == 0:  # nothing to run (and no data pointers): states pass through
+        if want_final:
+            ht.copy_(h0) if h0 is not None else ht.zero_()
+        return o, ht
     _C.linear_attn_fwd(ptr(q), _bth(q), ptr(k), _bth(k), ptr(v), _bth(v), ptr(o), _gate_code(g), ptr(g),
                        _gate_strides(g), ptr(h0), ptr(ht) if want_final else 0, ptr(cu), dims, scale, chunk,
                        dtype_code(q), *launch_args(q))
@@ -82,6 +86,10 @@ def _bwd_impl(do, dht, q, k, v, g, h0, cu, scale, chunk, need_dg, need_dh0):
     dg_shape = (B, T, H, K) if (g is not None and g.dim() == 4) else (B, T, H)
     dg = torch.empty(dg_shape if need_dg else (0,), dtype=acc, device=q.device)
     dh0 = torch.empty((N, H, K, dims[4]) if need_dh0 else (0,), dtype=acc, device=q.device)
+    if T == 0:
+        if need_dh0:
+            dh0.copy_(dht) if dht is not None else dh0.zero_()
+        return dq, dk, dv, dg, dh0
     _C.linear_attn_bwd(ptr(q), _bth(q), ptr(k), _bth(k), ptr(v), _bth(v), _gate_code(g), ptr(g), _gate_strides(g),
                        ptr(h0), ptr(cu), dims, scale, chunk, ptr(do), ptr(dht), ptr(dq), ptr(dk), ptr(dv),
                        ptr(dg) if need_dg else 0, ptr(dh0) if need_dh0 else 0, dtype_code(q), *launch_args(q))
@@ -122,7 +130,7 @@ def _backward(ctx, do, dht):
     dq, dk, dv, dg, dh0 = _bwd_op(do, dht if ctx.want_final else None, q, k, v, g, h0, cu, ctx.scale, ctx.chunk,
                                   need_dg, need_dh0)
     if need_dg and g.dim() == 1:
-        dg = dg.sum((0, 1))
+        dg = dg.sum((0, 1), dtype=torch.float64).to(g.dtype)  # many terms: sum in double
     return dq, dk, dv, (dg if need_dg else None), (dh0 if need_dh0 else None), None, None, None, None
 
 

@@ -61,6 +61,9 @@ def linear_attn_chunk_ref(q, k, v, g=None, *, scale=None, initial_state=None, ou
     B, T, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size
+    if T == 0:
+        S = initial_state if initial_state is not None else q.new_zeros(B, H, K, V, dtype=torch.float32)
+        return v.new_zeros(B, 0, H, V), (S.float() if output_final_state else None)
     scale = K ** -0.5 if scale is None else scale
     dt = q.dtype
     n = (T + C - 1) // C
