@@ -330,3 +330,21 @@ def test_bad_step_inputs():
         kernkit.linear_attn_step(q3, k, v3, s0)
     with pytest.raises(TypeError, match="state must be float32"):
         kernkit.linear_attn_step(q3, k3, v3, s0.double())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_step_inplace(dtype):
+    q, k, v, g, s0 = _inputs(2, 1, 3, 8, 20, dtype, "vector")
+    o_ref, s_ref = kernkit.linear_attn_step(q, k, v, s0, g)
+    state = s0.clone()
+    o, s = kernkit.linear_attn_step(q, k, v, state, g, inplace=True)
+    assert s is state
+    torch.testing.assert_close(o, o_ref)
+    torch.testing.assert_close(state, s_ref)
+    with pytest.raises(RuntimeError, match="inplace"):
+        kernkit.linear_attn_step(q, k, v, state.clone().requires_grad_(), g, inplace=True)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernkit.linear_attn_step(q, k, v, state.transpose(2, 3).contiguous().transpose(2, 3), g, inplace=True)
+    torch.library.opcheck(torch.ops.kernkit.linear_attn_step_.default,
+                          (q[:, 0].contiguous(), k[:, 0].contiguous(), v[:, 0].contiguous(), g[:, 0].contiguous(),
+                           s0.clone(), 0.5))

@@ -146,11 +146,12 @@ _fwd_op = define_op(
 
 # --------------------------------------------------------------------------- decode step
 
-def _step_impl(q, k, v, g, state, scale):
+def _step_impl(q, k, v, g, state, scale, new_state=None):
     B, H, K = q.shape
     V = v.shape[-1]
     o = torch.empty(B, H, V, dtype=q.dtype, device=q.device)
-    new_state = torch.empty(B, H, K, V, dtype=state.dtype, device=q.device)
+    if new_state is None:
+        new_state = torch.empty(B, H, K, V, dtype=state.dtype, device=q.device)
     gbs, ghs = (0, 0) if g is None else ((0, g.stride(0)) if g.dim() == 1 else (g.stride(0), g.stride(1)))
     _C.linear_attn_step(ptr(q), ptr(k), ptr(v), _GATE_NONE if g is None else (_GATE_VECTOR if g.dim() == 3 else
                         _GATE_SCALAR), ptr(g), gbs, ghs, ptr(state), ptr(o), ptr(new_state), [B, H, K, V], scale,
@@ -167,6 +168,21 @@ _step_op = define_op(
     "linear_attn_step(Tensor q, Tensor k, Tensor v, Tensor? g, Tensor state, float scale) -> (Tensor, Tensor)",
     impl=_step_impl,
     fake=_step_fake,
+)
+
+
+def _step_inplace_impl(q, k, v, g, state, scale):
+    return _step_impl(q, k, v, g, state, scale, new_state=state)[0]  # each state element is read, then written
+
+
+def _step_inplace_fake(q, k, v, g, state, scale):
+    return q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+
+
+_step_inplace_op = define_op(
+    "linear_attn_step_(Tensor q, Tensor k, Tensor v, Tensor? g, Tensor(a!) state, float scale) -> Tensor",
+    impl=_step_inplace_impl,
+    fake=_step_inplace_fake,
 )
 
 
@@ -284,7 +300,7 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
 
 
 def linear_attn_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
-                     g: Optional[torch.Tensor] = None, *, scale: Optional[float] = None):
+                     g: Optional[torch.Tensor] = None, *, scale: Optional[float] = None, inplace: bool = False):
     """One recurrent decode step of :func:`linear_attn` for a single new token per sequence.
 
     Args:
@@ -293,8 +309,12 @@ def linear_attn_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: t
         g: None, ``(H,)``, ``(B, H)`` (or ``(B, 1, H)``), or ``(B, H, K)`` (or ``(B, 1, H, K)``); ``<= 0``.
         scale: default ``K ** -0.5``.
 
-    Returns ``(o, new_state)``: o shaped like v, new_state like state (the input is not modified).
-    Differentiable (through :func:`linear_attn` with T = 1 when a gradient is needed).
+        inplace: update ``state`` in place and return it as new_state (a decode cache; no new
+            allocation, half the memory traffic). Needs a contiguous state and no autograd.
+
+    Returns ``(o, new_state)``: o shaped like v, new_state like state (the input is not modified
+    unless ``inplace=True``). Differentiable (through :func:`linear_attn` with T = 1 when a
+    gradient is needed).
     """
     fn = "linear_attn_step"
     chk.tensor(fn, "q", q)
@@ -322,8 +342,18 @@ def linear_attn_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: t
             raise ValueError(f"{fn}: g must be (H,), (B, H) or (B, H, K) (optionally with a length-1 time dim), "
                              f"got {tuple(g.shape)}")
         _check_gate_values(fn, g)
+    if not isinstance(inplace, bool):
+        raise TypeError(f"{fn}: inplace must be a bool")
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, state, g))
+    if inplace:
+        if needs_grad:
+            raise RuntimeError(f"{fn}: inplace=True cannot be differentiated; use inplace=False for training")
+        chk.contiguous(fn, "state", state)
+        q3, k3, v3 = (t.squeeze(1).contiguous() for t in (q4, k4, v4))
+        g = None if g is None else g.to(acc).contiguous()
+        o = call(_step_inplace_op, q3, k3, v3, g, state, scale)
+        return (o.unsqueeze(1) if seq_dim else o), state
     if needs_grad:
         gs = None if g is None else (g if g.dim() == 1 else g.unsqueeze(1))
         o, new_state = linear_attn(q4, k4, v4, gs, scale=scale, initial_state=state, output_final_state=True)
