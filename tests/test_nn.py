@@ -93,3 +93,23 @@ def test_demo_runs():
                        capture_output=True, text=True, timeout=300, cwd="/")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "final loss" in r.stdout and "speedup" in r.stdout
+
+
+@pytest.mark.parametrize("gate", ["gla", "scalar", "retnet", "none"])
+def test_linear_attention_layer_streams(gate):
+    torch.manual_seed(0)
+    layer = kernkit.nn.LinearAttention(64, 4, gate=gate)
+    x = torch.randn(2, 50, 64)
+    y, state = layer(x)
+    assert y.shape == (2, 50, 64) and state.shape == (2, 4, 16, 16)
+    y1, s1 = layer(x[:, :31])
+    y2, s2 = layer(x[:, 31:], s1)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s2, state, rtol=1e-4, atol=1e-4)
+    y.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def test_linear_attention_layer_bad_gate():
+    with pytest.raises(ValueError, match="gate"):
+        kernkit.nn.LinearAttention(64, 4, gate="mamba")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import flash_attn, flash_attn_with_kvcache
+from .linear_attn import linear_attn, retnet_decay
 from .lowbit import _BitLinearFn, binary_linear, binary_quantize, ternary_linear, ternary_quantize
 from .norm import rms_norm
 from .scan import causal_conv1d, linear_scan, selective_scan
@@ -96,6 +97,57 @@ class MultiheadFlashAttention(nn.Module):
             o = flash_attn_with_kvcache(q, cache.k, cache.v, cache.lengths, k=k, v=v, **self.opts)
             cache.lengths += S
         return self.out(o.reshape(B, S, self.h * self.d))
+
+
+class LinearAttention(nn.Module):
+    """Multi-head linear attention layer on :func:`kernkit.linear_attn` (GLA-style block:
+    projections, a decay gate, per-head RMSNorm of the output, output projection).
+
+    gate: ``"gla"`` (per-key gate from a low-rank projection, ``logsigmoid(.) / 16`` as in GLA),
+    ``"scalar"`` (one gate per head and step), ``"retnet"`` (fixed per-head decay) or ``"none"``.
+    ``forward(x, state=None)`` returns ``(y, final_state)``; pass the state back to continue a
+    sequence (generation), which gives the same result as one longer call.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, *, gate: str = "gla", head_dim_k: Optional[int] = None,
+                 head_dim_v: Optional[int] = None, gate_rank: int = 16, chunk_size: int = 64, norm_eps: float = 1e-6,
+                 device=None, dtype=None):
+        super().__init__()
+        if gate not in ("gla", "scalar", "retnet", "none"):
+            raise ValueError(f"LinearAttention: gate must be 'gla', 'scalar', 'retnet' or 'none', got {gate!r}")
+        kw = dict(device=device, dtype=dtype)
+        self.h, self.gate, self.chunk_size = num_heads, gate, chunk_size
+        self.dk = head_dim_k or hidden_size // num_heads
+        self.dv = head_dim_v or hidden_size // num_heads
+        self.q_proj = nn.Linear(hidden_size, num_heads * self.dk, bias=False, **kw)
+        self.k_proj = nn.Linear(hidden_size, num_heads * self.dk, bias=False, **kw)
+        self.v_proj = nn.Linear(hidden_size, num_heads * self.dv, bias=False, **kw)
+        self.o_proj = nn.Linear(num_heads * self.dv, hidden_size, bias=False, **kw)
+        self.norm = RMSNorm(self.dv, eps=norm_eps, **kw)
+        if gate == "gla":
+            self.g_proj = nn.Sequential(nn.Linear(hidden_size, gate_rank, bias=False, **kw),
+                                        nn.Linear(gate_rank, num_heads * self.dk, bias=True, **kw))
+        elif gate == "scalar":
+            self.g_proj = nn.Linear(hidden_size, num_heads, bias=True, **kw)
+        elif gate == "retnet":
+            self.register_buffer("decay", retnet_decay(num_heads).to(device=device), persistent=False)
+
+    def _gate(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        B, T, _ = x.shape
+        if self.gate == "gla":
+            return F.logsigmoid(self.g_proj(x).float()).view(B, T, self.h, self.dk) / 16
+        if self.gate == "scalar":
+            return F.logsigmoid(self.g_proj(x).float()) / 16
+        return self.decay if self.gate == "retnet" else None
+
+    def forward(self, x: torch.Tensor, state: Optional[torch.Tensor] = None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.h, self.dk)
+        k = self.k_proj(x).view(B, T, self.h, self.dk)
+        v = self.v_proj(x).view(B, T, self.h, self.dv)
+        o, final = linear_attn(q, k, v, self._gate(x), initial_state=state, output_final_state=True,
+                               chunk_size=self.chunk_size)
+        return self.o_proj(self.norm(o).reshape(B, T, self.h * self.dv)), final
 
 
 class MinGRU(nn.Module):
