@@ -48,6 +48,11 @@ inline const T* row_ptr(const LaTensor& t, const Seq& s, int64_t r, int h) {
   return static_cast<const T*>(t.ptr) + s.b * t.bs + (s.row0 + r) * t.ts + h * t.hs;
 }
 
+// Bound on every GEMM dimension of a problem (what the engines size their scratch for).
+inline int max_dim(const LaParams& p) {
+  return std::max({round_up(p.chunk, 16), round_up(p.K, 16), round_up(p.V, 16)});
+}
+
 // Offset of (sequence row r, head h) in a contiguous (B, T, H, X) tensor.
 inline int64_t out_row(const LaParams& p, const Seq& s, int64_t r, int h) {
   return (int64_t(s.b) * p.T + s.row0 + r) * p.H + h;

@@ -61,7 +61,7 @@ void add_decayed(float* x, const float* y, int ld, const float* G, const Dims& d
 template <typename T, typename Engine>
 struct BwdWorker {
   Dims d;
-  Buf<float> Q, Kc, Vc, dO, G, E, A, dA, AT, KT, VT, ST, dST, Kd, Qd, dQ, dK, dV, tmpk, tmpv, dS, S, r, col, pre;
+  Buf<float> Q, Kc, Vc, dO, G, E, A, dA, AT, KT, VT, ST, dST, Kd, Qd, dQ, dK, dV, tmpk, dS, S, r, col, pre;
   std::vector<float> states;  // state entering each chunk, [chunk][Kp][Vp]
   Engine eng;
   BwdWorker(const LaParams& p, int max_dim)
@@ -69,7 +69,7 @@ struct BwdWorker {
         G(size_t(d.C) * d.gld), E(size_t(d.C) * d.gld), A(size_t(d.Cp) * d.Cp), dA(size_t(d.Cp) * d.Cp),
         AT(size_t(d.Cp) * d.Cp), KT(size_t(d.Kp) * d.Cp), VT(size_t(d.Vp) * d.Cp), ST(size_t(d.Vp) * d.Kp),
         dST(size_t(d.Vp) * d.Kp), Kd(size_t(d.C) * d.Kp), Qd(size_t(d.C) * d.Kp), dQ(size_t(d.C) * d.Kp),
-        dK(size_t(d.C) * d.Kp), dV(size_t(d.C) * d.Vp), tmpk(size_t(d.C) * d.Kp), tmpv(size_t(d.C) * d.Vp),
+        dK(size_t(d.C) * d.Kp), dV(size_t(d.C) * d.Vp), tmpk(size_t(d.C) * d.Kp),
         dS(size_t(d.Kp) * d.Vp), S(size_t(d.Kp) * d.Vp), r(d.Cp), col(d.Cp), pre(size_t(d.Cp) * d.Kp), eng(max_dim) {}
 
   void load_chunk(const LaParams& p, const Seq& s, int64_t t0, int n, int h) {
@@ -253,8 +253,7 @@ template <typename T, typename Engine>
 void bwd(const LaBwdParams& bp) {
   const LaParams& p = bp.fwd;
   using Worker = BwdWorker<T, Engine>;
-  const int max_dim = std::max({round_up(p.chunk, 16), round_up(p.K, 16), round_up(p.V, 16)});
-  run_tasks(int64_t(p.N) * p.H, p.threads, [&] { return std::make_unique<Worker>(p, max_dim); },
+  run_tasks(int64_t(p.N) * p.H, p.threads, [&] { return std::make_unique<Worker>(p, max_dim(p)); },
             [&](int64_t t, Worker& w) { w.run(bp, int(t / p.H), int(t % p.H)); });
 }
 

@@ -95,10 +95,6 @@ struct FwdWorker {
   }
 };
 
-inline int max_dim(const LaParams& p) {
-  return std::max({round_up(p.chunk, 16), round_up(p.K, 16), round_up(p.V, 16)});
-}
-
 template <typename T, typename Engine>
 void fwd(const LaParams& p) {
   using Worker = FwdWorker<T, Engine>;
