@@ -100,10 +100,11 @@ using Strides = std::array<int64_t, 3>;  // (batch, row, head) in elements
 
 AttnTensor attn_tensor(uintptr_t p, const Strides& st) { return AttnTensor{ptr(p), st[0], st[1], st[2]}; }
 
-AttnShape attn_shape(const std::array<int, 7>& dims, uintptr_t cu_q, uintptr_t cu_k, uintptr_t seqused_k,
+// dims = (B, Hq, Hkv, D, Dv, Sq, Sk, diag_shift)
+AttnShape attn_shape(const std::array<int, 8>& dims, uintptr_t cu_q, uintptr_t cu_k, uintptr_t seqused_k,
                      const std::array<int64_t, 2>& stat_strides) {
   AttnShape s{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], ptr<const int32_t>(cu_q),
-              ptr<const int32_t>(cu_k), ptr<const int32_t>(seqused_k), stat_strides[0], stat_strides[1]};
+              ptr<const int32_t>(cu_k), ptr<const int32_t>(seqused_k), stat_strides[0], stat_strides[1], dims[7]};
   require(s.B >= 0 && s.Sq >= 0 && s.Sk >= 0, "flash_attn: negative size");
   require(s.Hq > 0 && s.Hkv > 0 && s.Hq % s.Hkv == 0, "flash_attn: Hq must be a positive multiple of Hkv");
   require(s.D >= 1 && s.D <= 512 && s.Dv >= 1 && s.Dv <= 512, "flash_attn: head dims must be in [1, 512]");
@@ -121,7 +122,7 @@ AttnMask attn_mask(double scale, double softcap, int left, int right, int sinks,
 }
 
 void attention_fwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v, Strides vs, uintptr_t o,
-                   Strides os, uintptr_t lse, std::array<int64_t, 2> stat_strides, std::array<int, 7> dims,
+                   Strides os, uintptr_t lse, std::array<int64_t, 2> stat_strides, std::array<int, 8> dims,
                    uintptr_t cu_q, uintptr_t cu_k, uintptr_t seqused_k, double scale, double softcap, int left,
                    int right, int sinks, int activation, uintptr_t bias, double bias_value, bool bias_default,
                    int dtype, int threads, int device, intptr_t stream) {
@@ -139,7 +140,7 @@ void attention_fwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v
 
 void attention_bwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v, Strides vs, uintptr_t dout,
                    Strides dos, uintptr_t dq, Strides dqs, uintptr_t dk, Strides dks, uintptr_t dv, Strides dvs,
-                   uintptr_t lse, uintptr_t delta, std::array<int64_t, 2> stat_strides, std::array<int, 7> dims,
+                   uintptr_t lse, uintptr_t delta, std::array<int64_t, 2> stat_strides, std::array<int, 8> dims,
                    uintptr_t cu_q, uintptr_t cu_k, uintptr_t seqused_k, double scale, double softcap, int left,
                    int right, int sinks, int activation, uintptr_t bias, double bias_value, bool bias_default,
                    uintptr_t dbias, int dtype, int threads, int device, intptr_t stream) {

@@ -122,6 +122,44 @@ def test_backward_matches_reference(isa, shape, kw, dtype):
         assert_within_ref_error(g, e, s, factor=3.0, what=f"d{name}")
 
 
+def _shifted_attn(q, k, v, shift, kw):
+    """The internal op with an extra diagonal shift (what ring attention uses per block)."""
+    from kernkit.attention import _attn_fwd, _options
+    opts = _options("t", q, kw.get("causal", False), kw.get("window", (-1, -1)), kw.get("sinks", 0),
+                    kw.get("softcap", 0.0), None, kw.get("activation", "softmax"), kw.get("sigmoid_bias"), False, False)
+    return _attn_fwd(q, k, v, None, None, None, q.shape[1], k.shape[1], *opts, shift)
+
+
+@pytest.mark.parametrize("kw", [dict(causal=True), dict(causal=True, window=(9, -1), sinks=3), dict(window=(4, 6)),
+                                dict(activation="sigmoid", causal=True, sigmoid_bias=-2.0)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 40, 40, 2, 1, 32, 32), (2, 3, 50, 4, 1, 64, 64), (1, 70, 20, 2, 2, 16, 24)],
+                         ids=str)
+@pytest.mark.parametrize("shift", [-75, -30, -9, -1, 1, 13, 41, 90])
+def test_diag_shift_places_the_mask(isa, shape, kw, shift):
+    # shift moves the diagonal: positive = keys earlier than the queries (all visible when large)
+    q, k, v = _qkv(shape, torch.float32)
+    dout = torch.randn(q.shape[:-1] + (v.shape[-1],), generator=torch.Generator().manual_seed(3))
+    got = _grads(lambda a, b, c: _shifted_attn(a, b, c, shift, kw)[0], [q, k, v], dout)
+    out = _shifted_attn(q, k, v, shift, kw)[0]
+    exact, lse_exact = flash_attn_ref(q.double(), k.double(), v.double(), diag_shift=shift, **kw)
+    assert max_err(out, exact) < 1e-5
+    if kw.get("activation", "softmax") == "softmax":
+        lse = _shifted_attn(q, k, v, shift, kw)[1]
+        assert torch.equal(torch.isfinite(lse), torch.isfinite(lse_exact))
+    ref = _grads(lambda a, b, c: flash_attn_ref(a, b, c, diag_shift=shift, **kw)[0],
+                 [q.double(), k.double(), v.double()], dout.double())
+    for name, g, e in zip("qkv", got, ref):
+        assert max_err(g, e) < 1e-4, f"d{name}"
+
+
+def test_diag_shift_gradcheck_fp64():
+    q, k, v = (t.requires_grad_() for t in _qkv((1, 6, 9, 2, 1, 8, 8), torch.float64))
+    kw = dict(causal=True, window=(3, -1), sinks=1)
+    assert torch.autograd.gradcheck(lambda a, b, c: _shifted_attn(a, b, c, -5, kw)[0], (q, k, v))
+    out = _shifted_attn(q, k, v, 4, kw)[0]
+    assert max_err(out, flash_attn_ref(q, k, v, diag_shift=4, **kw)[0]) < 1e-6   # the scale is passed as fp32
+
+
 def test_sigmoid_bias_per_head_gradient():
     q, k, v = _qkv((2, 33, 40, 4, 2, 32, 32), torch.float32)
     bias = torch.tensor([-3.0, -1.0, 0.0, 0.5])
@@ -275,14 +313,14 @@ def test_opcheck():
     from kernkit.attention import _attn_bwd, _attn_fwd
 
     q, k, v = _qkv((1, 20, 30, 4, 2, 16, 8), torch.float32)
-    common = (None, None, None, 20, 30, 0.25, 0.0, 5, 0, 2, 0, None, 0.0, False)
+    common = (None, None, None, 20, 30, 0.25, 0.0, 5, 0, 2, 0, None, 0.0, False, 0)
     torch.library.opcheck(_attn_fwd, (q, k, v) + common)
     torch.library.opcheck(_attn_fwd, (q.requires_grad_(), k.requires_grad_(), v.requires_grad_()) + common)
     bias = torch.randn(4, requires_grad=True)
-    sig = (None, None, None, 20, 30, 0.25, 3.0, -1, -1, 0, 1, bias, 0.0, False)
+    sig = (None, None, None, 20, 30, 0.25, 3.0, -1, -1, 0, 1, bias, 0.0, False, -7)
     torch.library.opcheck(_attn_fwd, (q, k, v) + sig)
     qv, kv, vv, cq, ck = _varlen_inputs([3, 0, 9], [4, 4, 12])
-    torch.library.opcheck(_attn_fwd, (qv, kv, vv, cq, ck, None, 9, 12, 0.2, 0.0, -1, 0, 0, 0, None, 0.0, False))
+    torch.library.opcheck(_attn_fwd, (qv, kv, vv, cq, ck, None, 9, 12, 0.2, 0.0, -1, 0, 0, 0, None, 0.0, False, 3))
     out, lse = _attn_fwd(q.detach(), k.detach(), v.detach(), *common)
     torch.library.opcheck(_attn_bwd, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse)
                           + common + (False,))

@@ -25,6 +25,10 @@ struct AttnShape {
   // Per-row statistics (lse, delta): element b*stat_bs + h*stat_hs + row, where row is
   // the global row for varlen (stat_bs = 0) and the in-sequence row otherwise.
   int64_t stat_bs, stat_hs;
+  // Added to every sequence's diagonal offset off = Sk - Sq (the mask compares key j with
+  // i + off). Ring attention uses it to put a block of keys at its global position
+  // relative to the queries; the public API always passes 0.
+  int diag_shift = 0;
 };
 
 enum class AttnActivation : int { softmax = 0, sigmoid = 1 };

@@ -37,14 +37,14 @@ def _strides(t: torch.Tensor):
     return (0, t.stride(0), t.stride(1))
 
 
-def _geometry(q, k, v, cu_q, max_q, max_k):
+def _geometry(q, k, v, cu_q, max_q, max_k, shift=0):
     varlen = cu_q is not None
     B = cu_q.numel() - 1 if varlen else q.shape[0]
     Sq = max_q if varlen else q.shape[1]
     Sk = max_k if varlen else k.shape[1]
     Hq, D = q.shape[-2], q.shape[-1]
     Hkv, Dv = k.shape[-2], v.shape[-1]
-    dims = [B, Hq, Hkv, D, Dv, Sq, Sk]
+    dims = [B, Hq, Hkv, D, Dv, Sq, Sk, shift]
     if varlen:
         lse_shape, stat = (Hq, q.shape[0]), (0, q.shape[0])
     else:
@@ -57,8 +57,8 @@ def _mask_args(scale, softcap, left, right, sinks, activation, bias, bias_value,
 
 
 def _fwd_impl(q, k, v, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left, right, sinks, activation,
-              bias, bias_value, bias_default):
-    dims, lse_shape, stat = _geometry(q, k, v, cu_q, max_q, max_k)
+              bias, bias_value, bias_default, shift):
+    dims, lse_shape, stat = _geometry(q, k, v, cu_q, max_q, max_k, shift)
     out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
     softmax = activation == 0
     lse = torch.empty(lse_shape if softmax else (0,), dtype=torch.float32, device=q.device)
@@ -70,15 +70,15 @@ def _fwd_impl(q, k, v, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left
 
 
 def _fwd_fake(q, k, v, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left, right, sinks, activation,
-              bias, bias_value, bias_default):
+              bias, bias_value, bias_default, shift):
     _, lse_shape, _ = _geometry(q, k, v, cu_q, max_q, max_k)
     out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
     return out, q.new_empty(lse_shape if activation == 0 else (0,), dtype=torch.float32)
 
 
 def _bwd_impl(dout, q, k, v, out, lse, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left, right, sinks,
-              activation, bias, bias_value, bias_default, need_dbias):
-    dims, _, stat = _geometry(q, k, v, cu_q, max_q, max_k)
+              activation, bias, bias_value, bias_default, shift, need_dbias):
+    dims, _, stat = _geometry(q, k, v, cu_q, max_q, max_k, shift)
     dout = dout.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = None
@@ -96,13 +96,14 @@ def _bwd_impl(dout, q, k, v, out, lse, cu_q, cu_k, seqused_k, max_q, max_k, scal
 
 
 def _bwd_fake(dout, q, k, v, out, lse, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left, right, sinks,
-              activation, bias, bias_value, bias_default, need_dbias):
+              activation, bias, bias_value, bias_default, shift, need_dbias):
     dbias = q.new_empty((q.shape[-2],) if need_dbias else (0,), dtype=torch.float32)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias
 
 
 _ARGS = ("Tensor? cu_q, Tensor? cu_k, Tensor? seqused_k, int max_q, int max_k, float scale, float softcap, "
-         "int left, int right, int sinks, int activation, Tensor? bias, float bias_value, bool bias_default")
+         "int left, int right, int sinks, int activation, Tensor? bias, float bias_value, bool bias_default, "
+         "int shift")
 
 _attn_bwd = define_op(
     f"attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, {_ARGS}, bool need_dbias)"
@@ -121,11 +122,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse, cu_q, cu_k, seqused_k, bias = ctx.saved_tensors
-    (max_q, max_k, scale, softcap, left, right, sinks, activation, bias_value, bias_default) = ctx.args
+    (max_q, max_k, scale, softcap, left, right, sinks, activation, bias_value, bias_default, shift) = ctx.args
     need_dbias = bias is not None and ctx.needs_input_grad[14]
     dq, dk, dv, dbias = _attn_bwd(dout, q, k, v, out, lse, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap,
-                                  left, right, sinks, activation, bias, bias_value, bias_default, need_dbias)
-    grads = [dq, dk, dv] + [None] * 14
+                                  left, right, sinks, activation, bias, bias_value, bias_default, shift,
+                                  need_dbias)
+    grads = [dq, dk, dv] + [None] * 15
     if need_dbias:
         grads[14] = dbias
     return tuple(grads)
@@ -254,7 +256,7 @@ def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: boo
     opts = _options(fn, q, causal, window, sinks, softcap, scale, activation, sigmoid_bias, return_lse,
                     deterministic)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    out, lse = call(_attn_fwd, q, k, v, None, None, None, q.shape[1], k.shape[1], *opts)
+    out, lse = call(_attn_fwd, q, k, v, None, None, None, q.shape[1], k.shape[1], *opts, 0)
     return (out, lse) if return_lse else out
 
 
@@ -281,7 +283,7 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     opts = _options(fn, q, **{**_DEFAULTS, **kwargs})
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     out, lse = call(_attn_fwd, q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), None,
-                         max_seqlen_q, max_seqlen_k, *opts)
+                    max_seqlen_q, max_seqlen_k, *opts, 0)
     return (out, lse) if return_lse else out
 
 
@@ -333,5 +335,5 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     return_lse = kwargs.get("return_lse", False)
     opts = _options(fn, q, **{**_DEFAULTS, **kwargs})
     q, kc, vc = (_last_dim_contiguous(t) for t in (q, k_cache, v_cache))
-    out, lse = call(_attn_fwd, q, kc, vc, None, None, seqused, q.shape[1], cap, *opts)
+    out, lse = call(_attn_fwd, q, kc, vc, None, None, seqused, q.shape[1], cap, *opts, 0)
     return (out, lse) if return_lse else out

@@ -21,7 +21,7 @@ SeqF64 seq_f64(const AttnShape& s, int b) {
   q.k_row0 = s.cu_k ? s.cu_k[b] : 0;
   q.q_len = s.cu_q ? s.cu_q[b + 1] - s.cu_q[b] : s.Sq;
   q.k_len = s.seqused_k ? s.seqused_k[b] : (s.cu_k ? s.cu_k[b + 1] - s.cu_k[b] : s.Sk);
-  q.off = q.k_len - q.q_len;
+  q.off = q.k_len - q.q_len + s.diag_shift;
   return q;
 }
 
@@ -127,6 +127,14 @@ void attention_bwd_f64(const AttnBwdParams& p) {
         double lse = 0;
         row_scores(sh, m, p.q, p.k, b, s, h, i, P, cap_t, vis);
         row_probs(m, s, bias_of(m, s, h), P, vis, lse);  // lse recomputed in double
+        // The row's statistics are recomputed in double, unless the caller's lse is not the one
+        // these keys give (bitwise: the forward stores float(lse)): then the caller attended to
+        // more keys than this call sees (ring attention's blocks) and its lse and delta rule.
+        const int64_t stat = b * sh.stat_bs + h * sh.stat_hs + s.q_row0 + i;
+        const bool external = m.activation == AttnActivation::softmax && float(lse) != p.lse[stat] &&
+                              !(std::isinf(lse) && std::isinf(p.lse[stat]));
+        if (external)
+          for (int j = 0; j < s.k_len; ++j) P[j] = P[j] == 0.0 ? 0.0 : P[j] * std::exp(lse - double(p.lse[stat]));
         const double* go = at(p.dout, b, s.q_row0 + i, h);
         double delta = 0;  // rowsum(dO * O) = sum_j P_j (dO . v_j)
         for (int j = 0; j < s.k_len; ++j) {
@@ -138,6 +146,7 @@ void attention_bwd_f64(const AttnBwdParams& p) {
           dS[j] = dp;
           delta += P[j] * dp;
         }
+        if (external) delta = p.delta[stat];
         double* dq = at(p.dq, b, s.q_row0 + i, h);
         for (int d = 0; d < sh.D; ++d) dq[d] = 0;
         const double* qi = at(p.q, b, s.q_row0 + i, h);

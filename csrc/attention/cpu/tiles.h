@@ -47,7 +47,7 @@ inline Seq seq_of(const AttnShape& s, int b) {
   q.q_len = s.cu_q ? s.cu_q[b + 1] - s.cu_q[b] : s.Sq;
   q.k_len = s.cu_k ? s.cu_k[b + 1] - s.cu_k[b] : s.Sk;
   if (s.seqused_k) q.k_len = s.seqused_k[b];
-  q.off = q.k_len - q.q_len;
+  q.off = q.k_len - q.q_len + s.diag_shift;
   return q;
 }
 

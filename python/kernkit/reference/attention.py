@@ -11,16 +11,16 @@ import torch
 
 
 def attention_mask(sq: int, sk: int, *, causal: bool = False, window: Sequence[int] = (-1, -1), sinks: int = 0,
-                   device=None) -> torch.Tensor:
+                   diag_shift: int = 0, device=None) -> torch.Tensor:
     """Boolean (sq, sk) mask, True where query i may see key j:
-    ``i + off - left <= j <= i + off + right`` (off = sk - sq; -1 = unbounded;
+    ``i + off - left <= j <= i + off + right`` (off = sk - sq + diag_shift; -1 = unbounded;
     causal sets right = 0), or ``j < sinks`` subject to the right bound."""
     left, right = window
     if causal:
         right = 0
     i = torch.arange(sq, device=device)[:, None]
     j = torch.arange(sk, device=device)[None, :]
-    off = sk - sq
+    off = sk - sq + diag_shift
     upper = torch.ones(sq, sk, dtype=torch.bool, device=device) if right < 0 else (j <= i + off + right)
     lower = torch.ones(sq, sk, dtype=torch.bool, device=device) if left < 0 else (j >= i + off - left)
     return upper & (lower | (j < sinks))
@@ -30,7 +30,7 @@ def flash_attn_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
                    window: Sequence[int] = (-1, -1), sinks: int = 0, softcap: float = 0.0,
                    scale: Optional[float] = None, activation: str = "softmax",
                    sigmoid_bias: Union[None, float, torch.Tensor] = None, num_keys: Optional[int] = None,
-                   compute_dtype: Optional[torch.dtype] = None):
+                   compute_dtype: Optional[torch.dtype] = None, diag_shift: int = 0):
     """q (B, Sq, Hq, D), k (B, Sk, Hkv, D), v (B, Sk, Hkv, Dv) -> (out (B, Sq, Hq, Dv), lse (B, Hq, Sq) fp32).
 
     Every step runs in ``compute_dtype`` (default: q's dtype); the output is cast
@@ -47,7 +47,8 @@ def flash_attn_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     s = (qc @ kc.transpose(-1, -2)) * scale
     if softcap > 0:
         s = softcap * torch.tanh(s / softcap)
-    mask = attention_mask(Sq, Sk, causal=causal, window=window, sinks=sinks, device=q.device)
+    mask = attention_mask(Sq, Sk, causal=causal, window=window, sinks=sinks, diag_shift=diag_shift,
+                          device=q.device)
     if activation == "sigmoid":
         if sigmoid_bias is None:
             sigmoid_bias = -math.log(max(num_keys if num_keys is not None else Sk, 1))
