@@ -148,23 +148,60 @@ def _pair_sinks(opts, ks: _Segment) -> int:
     return max(0, min(opts[4] - ks.start, ks.length))
 
 
-def _pair_visible(opts, qs: _Segment, ks: _Segment) -> bool:
-    """Whether any query of qs sees any key of ks (blocks hidden by the mask are skipped)."""
+def _pair_status(opts, qs: _Segment, ks: _Segment) -> str:
+    """'hidden' (the mask hides every key from every query), 'full' (it hides none) or 'partial'."""
     if qs.length == 0 or ks.length == 0:
-        return False
+        return "hidden"
     left, right = opts[2], opts[3]
-    off = qs.start - ks.start   # key j (local) is compared with i + off
-    lo = -math.inf if left < 0 else off - left
-    hi = math.inf if right < 0 else qs.length - 1 + off + right
-    band = max(lo, 0) <= min(hi, ks.length - 1)
+    off = qs.start - ks.start   # local key j is compared with i + off
+    lo = -math.inf if left < 0 else off - left                   # lowest key some row sees
+    hi = math.inf if right < 0 else qs.length - 1 + off + right  # highest key some row sees
     sink = _pair_sinks(opts, ks) > 0 and (right < 0 or qs.length - 1 + off + right >= 0)
-    return band or sink
+    if not (max(lo, 0) <= min(hi, ks.length - 1) or sink):
+        return "hidden"
+    upper_ok = right < 0 or ks.length - 1 <= off + right          # row 0 sees the last key
+    lower_ok = left < 0 or qs.length - 1 + off - left <= 0         # the last row sees key 0
+    return "full" if upper_ok and lower_ok else "partial"
 
 
-def _block_opts(opts, ks: _Segment):
-    o = list(opts)
-    o[4] = _pair_sinks(opts, ks)
-    return o
+@dataclass(frozen=True)
+class _Call:
+    q0: int        # local query rows [q0, q0 + nq)
+    nq: int
+    k0: int        # rows [k0, k0 + nk) of the block at hand
+    nk: int
+    opts: tuple
+    shift: int
+
+
+def _step_calls(plan: _Plan, src: int, opts) -> List[_Call]:
+    """Attention calls for this rank's queries against the k/v block of rank `src`: one per
+    (query segment, key segment) pair the mask does not hide, or a single unmasked call when
+    every pair is either hidden or fully visible and the visible ones form one rectangle (the
+    common case for zigzag causal blocks)."""
+    qsegs, ksegs = plan.segments[plan.rank], plan.segments[src]
+    status = {(a, b): _pair_status(opts, qs, ks) for a, qs in enumerate(qsegs) for b, ks in enumerate(ksegs)}
+    visible = [p for p, st in status.items() if st != "hidden"]
+    if not visible:
+        return []
+    rows = sorted({a for a, _ in visible})
+    cols = sorted({b for _, b in visible})
+    rectangle = (all(status[(a, b)] == "full" for a in rows for b in cols)
+                 and rows == list(range(rows[0], rows[-1] + 1)) and cols == list(range(cols[0], cols[-1] + 1)))
+    if rectangle and len(visible) > 1:
+        q0, k0 = qsegs[rows[0]].local, ksegs[cols[0]].local
+        nq = sum(qsegs[a].length for a in rows)
+        nk = sum(ksegs[b].length for b in cols)
+        unmasked = list(opts)
+        unmasked[2:5] = [-1, -1, 0]
+        return [_Call(q0, nq, k0, nk, tuple(unmasked), 0)]
+    calls = []
+    for a, b in visible:
+        qs, ks = qsegs[a], ksegs[b]
+        o = list(opts)
+        o[4] = _pair_sinks(opts, ks)
+        calls.append(_Call(qs.local, qs.length, ks.local, ks.length, tuple(o), _pair_shift(qs, ks)))
+    return calls
 
 
 def _wait(plan: _Plan, works, step: int, what: str) -> None:
@@ -210,6 +247,7 @@ def _ring_forward(plan: _Plan, q, k, v, bias):
     opts = list(plan.opts)
     opts[6] = bias
     kv = torch.cat([k.reshape(-1), v.reshape(-1)])
+    seen = torch.zeros(S, dtype=torch.bool)   # rows that already hold a partial result
     comm_stats["forward_bytes"] = comm_stats["forward_messages"] = 0
     for step in range(plan.world):
         src = (plan.rank - step) % plan.world
@@ -219,18 +257,18 @@ def _ring_forward(plan: _Plan, q, k, v, bias):
             nxt = kv.new_empty(nk + nv)
             works = _exchange(plan, kv, nxt, "forward")
         kb, vb = _split_kv(kv, k, v, sum(s.length for s in plan.segments[src]))
-        for ks in plan.segments[src]:
-            for qs in plan.segments[plan.rank]:
-                if not _pair_visible(opts, qs, ks):
-                    continue
-                o, l = _fwd_impl(q.narrow(1, qs.local, qs.length), kb.narrow(1, ks.local, ks.length),
-                                 vb.narrow(1, ks.local, ks.length), None, None, None, qs.length, ks.length,
-                                 *_block_opts(opts, ks), _pair_shift(qs, ks))
-                rows = slice(qs.local, qs.local + qs.length)
-                if softmax:
-                    _merge(out[:, rows], lse[:, :, rows], o, l)
-                else:
-                    out[:, rows] += o.float()
+        for c in _step_calls(plan, src, opts):
+            o, l = _fwd_impl(q.narrow(1, c.q0, c.nq), kb.narrow(1, c.k0, c.nk), vb.narrow(1, c.k0, c.nk), None,
+                             None, None, c.nq, c.nk, *c.opts, c.shift)
+            rows = slice(c.q0, c.q0 + c.nq)
+            if not softmax:
+                out[:, rows] += o.float()
+            elif seen[c.q0:c.q0 + c.nq].any():
+                _merge(out[:, rows], lse[:, :, rows], o, l)
+            else:   # first partial of these rows: nothing to merge with
+                out[:, rows] = o.float()
+                lse[:, :, rows] = l
+            seen[c.q0:c.q0 + c.nq] = True
         _wait(plan, works, step, "receiving k/v")
         if nxt is not None:
             kv = nxt
@@ -248,53 +286,51 @@ def _merge(acc_out, acc_lse, o, l):
 
 
 def _ring_backward(plan: _Plan, dout, q, k, v, out, lse, bias, need_dbias):
-    B, S, Hq, D = q.shape
     opts = list(plan.opts)
     opts[6] = bias
     dq = torch.zeros(q.shape, dtype=torch.float32)
-    dbias = torch.zeros(Hq, dtype=torch.float32) if need_dbias else None
+    dbias = torch.zeros(q.shape[2], dtype=torch.float32) if need_dbias else None
     kv = torch.cat([k.reshape(-1), v.reshape(-1)])
-    dkv = torch.zeros(kv.numel(), dtype=torch.float32)   # travels with the block it belongs to
     comm_stats["backward_bytes"] = comm_stats["backward_messages"] = 0
     lse_rows = {}
+    incoming, dkv_works = None, []
     for step in range(plan.world):
         src = (plan.rank - step) % plan.world
         n_src = sum(s.length for s in plan.segments[src])
         kb, vb = _split_kv(kv, k, v, n_src)
-        dkb, dvb = _split_kv(dkv, k, v, n_src)
-        works = []
-        last = step + 1 == plan.world
-        if not last:   # the k/v for the next step can move while this one computes
-            nk, nv = plan.kv_numel[(src - 1) % plan.world]
-            kv_next = kv.new_empty(nk + nv)
-            works = _exchange(plan, kv, kv_next, "backward")
-        for ks in plan.segments[src]:
-            for qs in plan.segments[plan.rank]:
-                if not _pair_visible(opts, qs, ks):
-                    continue
-                rows = slice(qs.local, qs.local + qs.length)
-                l_rows = None
-                if lse is not None:
-                    if qs.local not in lse_rows:
-                        lse_rows[qs.local] = lse[:, :, rows].contiguous()
-                    l_rows = lse_rows[qs.local]
-                g = _bwd_impl(dout[:, rows], q[:, rows], kb.narrow(1, ks.local, ks.length),
-                              vb.narrow(1, ks.local, ks.length), out[:, rows], l_rows, None, None, None,
-                              qs.length, ks.length, *_block_opts(opts, ks), _pair_shift(qs, ks), need_dbias)
-                dq[:, rows] += g[0].float()
-                dkb.narrow(1, ks.local, ks.length).add_(g[1].float())
-                dvb.narrow(1, ks.local, ks.length).add_(g[2].float())
-                if need_dbias:
-                    dbias += g[3]
-        # This block's dK/dV move on with it (the previous rank sends those of block src - 1);
-        # after the last step every accumulator is back on its own rank.
-        dkv_next = dkv.new_empty(sum(plan.kv_numel[(src - 1) % plan.world]))
-        works += _exchange(plan, dkv, dkv_next, "backward", _TAG_DKV)
-        _wait(plan, works, step, "exchanging k/v and their gradients")
-        dkv = dkv_next
-        if not last:
+        kv_works, kv_next = [], None
+        if step + 1 < plan.world:   # the next block's k/v move while this one computes
+            kv_next = kv.new_empty(sum(plan.kv_numel[(src - 1) % plan.world]))
+            kv_works = _exchange(plan, kv, kv_next, "backward")
+        # This block's dK/dV, fp32: this rank's part first, then (below) the sum the previous
+        # ranks have built up, which arrived while this part was computed.
+        acc = torch.zeros(sum(plan.kv_numel[src]), dtype=torch.float32)
+        dkb, dvb = _split_kv(acc, k, v, n_src)
+        for c in _step_calls(plan, src, opts):
+            rows = slice(c.q0, c.q0 + c.nq)
+            l_rows = None
+            if lse is not None:
+                if (c.q0, c.nq) not in lse_rows:
+                    lse_rows[(c.q0, c.nq)] = lse[:, :, rows].contiguous()
+                l_rows = lse_rows[(c.q0, c.nq)]
+            g = _bwd_impl(dout[:, rows], q[:, rows], kb.narrow(1, c.k0, c.nk), vb.narrow(1, c.k0, c.nk),
+                          out[:, rows], l_rows, None, None, None, c.nq, c.nk, *c.opts, c.shift, need_dbias)
+            dq[:, rows] += g[0].float()
+            dkb.narrow(1, c.k0, c.nk).add_(g[1].float())
+            dvb.narrow(1, c.k0, c.nk).add_(g[2].float())
+            if need_dbias:
+                dbias += g[3]
+        _wait(plan, dkv_works, step, "exchanging dK/dV")   # (NCCL may coalesce send and receive)
+        if incoming is not None:
+            acc += incoming
+        # pass the block's gradients on; after the last step each accumulator is home
+        incoming = acc.new_empty(sum(plan.kv_numel[(src - 1) % plan.world]))
+        dkv_works = _exchange(plan, acc, incoming, "backward", _TAG_DKV)
+        _wait(plan, kv_works, step, "receiving k/v")
+        if kv_next is not None:
             kv = kv_next
-    dk, dv = _split_kv(dkv, k, v, k.shape[1])
+    _wait(plan, dkv_works, plan.world, "exchanging dK/dV")
+    dk, dv = _split_kv(incoming, k, v, k.shape[1])
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias
 
 
