@@ -62,6 +62,10 @@ def _fwd_impl(q, k, v, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left
     out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
     softmax = activation == 0
     lse = torch.empty(lse_shape if softmax else (0,), dtype=torch.float32, device=q.device)
+    if out.numel() == 0 or k.numel() == 0:   # no rows, or no keys: every row sees nothing
+        out.zero_()
+        lse.fill_(-math.inf)
+        return out, lse
     _C.attention_fwd(ptr(q), _strides(q), ptr(k), _strides(k), ptr(v), _strides(v), ptr(out), _strides(out),
                      ptr(lse) if softmax else 0, stat, dims, ptr(cu_q), ptr(cu_k), ptr(seqused_k),
                      *_mask_args(scale, softcap, left, right, sinks, activation, bias, bias_value, bias_default),
@@ -81,12 +85,14 @@ def _bwd_impl(dout, q, k, v, out, lse, cu_q, cu_k, seqused_k, max_q, max_k, scal
     dims, _, stat = _geometry(q, k, v, cu_q, max_q, max_k, shift)
     dout = dout.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dbias = torch.zeros((q.shape[-2],) if need_dbias else (0,), dtype=torch.float32, device=q.device)
+    if q.numel() == 0 or k.numel() == 0 or v.numel() == 0 or dout.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_(), dbias
     delta = None
     if activation == 0:
         # rowsum(dO * O) in the lse layout: (B, Hq, Sq), or (Hq, total) for varlen
         delta = (dout.float() * out.float()).sum(-1)
         delta = (delta.transpose(1, 2) if q.dim() == 4 else delta.t()).contiguous()
-    dbias = torch.empty((q.shape[-2],) if need_dbias else (0,), dtype=torch.float32, device=q.device)
     _C.attention_bwd(ptr(q), _strides(q), ptr(k), _strides(k), ptr(v), _strides(v), ptr(dout), _strides(dout),
                      ptr(dq), _strides(dq), ptr(dk), _strides(dk), ptr(dv), _strides(dv), ptr(lse), ptr(delta),
                      stat, dims, ptr(cu_q), ptr(cu_k), ptr(seqused_k),

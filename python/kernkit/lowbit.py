@@ -33,8 +33,25 @@ def _round_up(x: int, m: int) -> int:
 
 # --------------------------------------------------------------------------- packing
 
+def _check_to_pack(fn: str, name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{fn}: {name} must be a real integer or floating tensor, got {t.dtype}")
+    if t.dim() != 2:
+        raise ValueError(f"{fn}: {name} must be 2-D (out_features, in_features), got shape {tuple(t.shape)}")
+
+
+def _check_finite(fn: str, w: torch.Tensor) -> None:
+    if w.device.type != "meta" and not bool(torch.isfinite(w).all()):
+        raise ValueError(f"{fn}: w contains NaN or inf")
+
+
 def ternary_pack(w_q: torch.Tensor) -> torch.Tensor:
     """Pack integer weights in {-1, 0, 1} of shape (N, K) into the ternary format."""
+    _check_to_pack("ternary_pack", "w_q", w_q)
+    if w_q.numel() and w_q.device.type != "meta" and not bool(((w_q == -1) | (w_q == 0) | (w_q == 1)).all()):
+        raise ValueError("ternary_pack: w_q must hold only -1, 0 and 1 (use ternary_quantize for real weights)")
     N, K = w_q.shape
     Kp = _round_up(max(K, 1), TERNARY_BLOCK)
     codes = torch.ones(N, Kp, dtype=torch.uint8, device=w_q.device)
@@ -48,7 +65,7 @@ def ternary_unpack(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Exact inverse of the packing: (N, K) int8 weights in {-1, 0, 1}."""
     N, K = shape
     _check_packed("ternary_unpack", packed, N, K, 4, TERNARY_BLOCK)
-    p = packed.view(N, -1, 1, 32)
+    p = packed.contiguous().view(N, -1, 1, 32)
     shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=packed.device).view(1, 1, 4, 1)
     codes = ((p >> shifts) & 3).reshape(N, -1)[:, :K]
     return codes.to(torch.int8) - 1
@@ -61,6 +78,7 @@ def ternary_quantize(w: torch.Tensor, per_row: bool = False):
     chk.tensor("ternary_quantize", "w", w)
     if w.dim() != 2 or w.shape[1] == 0:
         raise ValueError(f"ternary_quantize: w must be (out_features, in_features), got {tuple(w.shape)}")
+    _check_finite("ternary_quantize", w)
     w_q, scale = _absmean_ternary(w, per_row)
     return ternary_pack(w_q), scale
 
@@ -74,6 +92,9 @@ def _absmean_ternary(w: torch.Tensor, per_row: bool = False):
 
 def binary_pack(signs: torch.Tensor) -> torch.Tensor:
     """Pack (N, K) signs (>= 0 means +1) into the binary format."""
+    _check_to_pack("binary_pack", "signs", signs)
+    if signs.is_floating_point() and signs.device.type != "meta" and bool(signs.isnan().any()):
+        raise ValueError("binary_pack: signs contain NaN")
     N, K = signs.shape
     Kp = _round_up(max(K, 1), BINARY_BLOCK)
     bits = torch.zeros(N, Kp, dtype=torch.uint8, device=signs.device)
@@ -86,7 +107,7 @@ def binary_unpack(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """(N, K) int8 signs in {-1, 1} from the binary format."""
     N, K = shape
     _check_packed("binary_unpack", packed, N, K, 8, BINARY_BLOCK)
-    bits = (packed.view(N, -1, 1) >> torch.arange(8, dtype=torch.uint8, device=packed.device)) & 1
+    bits = (packed.contiguous().view(N, -1, 1) >> torch.arange(8, dtype=torch.uint8, device=packed.device)) & 1
     return bits.reshape(N, -1)[:, :K].to(torch.int8) * 2 - 1
 
 
@@ -96,6 +117,7 @@ def binary_quantize(w: torch.Tensor):
     chk.tensor("binary_quantize", "w", w)
     if w.dim() != 2 or w.shape[1] == 0:
         raise ValueError(f"binary_quantize: w must be (out_features, in_features), got {tuple(w.shape)}")
+    _check_finite("binary_quantize", w)
     wf = w.detach().float()
     return binary_pack(wf), wf.abs().mean(dim=1)
 
@@ -195,7 +217,8 @@ def _check_linear(fn, x, packed, scale, bias, per_byte, block, scale_name, scale
         if bias.shape != (packed.shape[0],):
             raise ValueError(f"{fn}: bias must have shape ({packed.shape[0]},), got {tuple(bias.shape)}")
         bias = bias.float().contiguous()
-    return scale.float().contiguous().reshape(-1), bias
+    # the kernels read packed rows as dense bytes
+    return packed.contiguous(), scale.float().contiguous().reshape(-1), bias
 
 
 def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -209,7 +232,7 @@ def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, b
     fn = "ternary_linear"
     if act_bits not in (8, None):
         raise ValueError(f"{fn}: act_bits must be 8 or None, got {act_bits!r}")
-    scale, bias = _check_linear(fn, x, packed, scale, bias, 4, TERNARY_BLOCK, "scale", lambda n: (1, n))
+    packed, scale, bias = _check_linear(fn, x, packed, scale, bias, 4, TERNARY_BLOCK, "scale", lambda n: (1, n))
     return call(_ternary_op, x, packed, scale, bias, 8 if act_bits == 8 else 0)
 
 
@@ -222,7 +245,7 @@ def binary_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor, bi
     fn = "binary_linear"
     if not isinstance(binarize_input, bool):
         raise TypeError(f"{fn}: binarize_input must be a bool")
-    alpha, bias = _check_linear(fn, x, packed, alpha, bias, 8, BINARY_BLOCK, "alpha", lambda n: (n,))
+    packed, alpha, bias = _check_linear(fn, x, packed, alpha, bias, 8, BINARY_BLOCK, "alpha", lambda n: (n,))
     return call(_binary_op, x, packed, alpha, bias, binarize_input)
 
 
