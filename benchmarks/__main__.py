@@ -12,11 +12,11 @@ import torch
 
 import kernkit
 
-from . import bench_attention, bench_linear_attn, bench_lowbit, bench_norm, bench_ring, bench_scan
+from . import bench_attention, bench_large, bench_linear_attn, bench_lowbit, bench_norm, bench_ring, bench_scan
 from .common import print_table, rows_to_json, plot
 
-FAMILIES = {m.FAMILY: m for m in (bench_attention, bench_linear_attn, bench_lowbit, bench_norm, bench_ring,
-                                   bench_scan)}
+FAMILIES = {m.FAMILY: m for m in (bench_attention, bench_large, bench_linear_attn, bench_lowbit, bench_norm,
+                                   bench_ring, bench_scan)}
 
 
 def _commit() -> str:

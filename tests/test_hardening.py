@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import kernkit
-from kernkit.reference import (causal_conv1d_ref, flash_attn_ref, linear_scan_ref, selective_scan_ref,
+from kernkit.reference import (binary_linear_ref, binary_quantize_ref, causal_conv1d_ref, flash_attn_ref,
+                               linear_attn_recurrent_ref, linear_scan_ref, rms_norm_ref, selective_scan_ref,
                                ternary_linear_ref, ternary_quantize_ref)
 
 
@@ -61,6 +62,62 @@ def test_scan_and_conv_property(B, T, C, W):
     x, w = torch.randn(B, C, T, generator=g), torch.randn(C, W, generator=g)
     torch.testing.assert_close(kernkit.causal_conv1d(x, w, activation="silu"),
                                causal_conv1d_ref(x, w, activation="silu"), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(B=st.integers(1, 2), T=st.integers(1, 150), H=st.integers(1, 3), K=st.integers(1, 40), V=st.integers(1, 40),
+       gate=st.sampled_from(["none", "head", "scalar", "vector"]), h0=st.booleans(),
+       chunk=st.sampled_from([16, 64]), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_linear_attn_property(B, T, H, K, V, gate, h0, chunk, dtype):
+    g = torch.Generator().manual_seed(B + T * 7 + H * 13 + K * 17 + V)
+    mk = lambda *s: torch.randn(*s, generator=g).to(dtype)
+    q, k, v = mk(B, T, H, K), mk(B, T, H, K), mk(B, T, H, V)
+    gshape = {"none": None, "head": (H,), "scalar": (B, T, H), "vector": (B, T, H, K)}[gate]
+    gt = None if gshape is None else (-torch.rand(*gshape, generator=g) * 0.5).to(dtype if gate != "head" else
+                                                                                  torch.float32)
+    s0 = torch.randn(B, H, K, V, generator=g) if h0 else None
+    o, st_ = kernkit.linear_attn(q, k, v, gt, initial_state=s0, output_final_state=True, chunk_size=chunk)
+    ro, rs = linear_attn_recurrent_ref(q.double(), k.double(), v.double(), None if gt is None else gt.double(),
+                                       initial_state=None if s0 is None else s0.double(), output_final_state=True)
+    same, _ = linear_attn_recurrent_ref(q, k, v, gt, initial_state=s0, output_final_state=True)
+    tol = (1e-4 if dtype == torch.float32 else 2e-2) * max(1.0, ro.abs().max().item())
+    assert (o.double() - ro).abs().max() <= 2 * (same.double() - ro).abs().max() + tol
+    assert (st_.double() - rs).abs().max() <= tol * 10
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 40), d=st.integers(1, 300), weight=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+def test_rms_norm_property(rows, d, weight, dtype):
+    g = torch.Generator().manual_seed(rows * 1000 + d)
+    x = torch.randn(rows, d, generator=g).to(dtype)
+    w = torch.randn(d, generator=g).to(dtype) if weight else None
+    out = kernkit.rms_norm(x, w)
+    exact = rms_norm_ref(x.double(), None if w is None else w.double())
+    same = rms_norm_ref(x, w)
+    assert (out.double() - exact).abs().max() <= 2 * (same.double() - exact).abs().max() + 1e-5
+
+
+@settings(max_examples=30, deadline=None)
+@given(M=st.integers(1, 20), N=st.integers(1, 40), K=st.integers(1, 300), per_row=st.booleans(),
+       act8=st.booleans(), binarize=st.booleans())
+def test_lowbit_property(M, N, K, per_row, act8, binarize):
+    g = torch.Generator().manual_seed(M * 10000 + N * 100 + K)
+    x, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)
+    packed, scale = kernkit.ternary_quantize(w, per_row=per_row)
+    w_q, scale_ref = ternary_quantize_ref(w, per_row=per_row)
+    assert torch.equal(kernkit.ternary_unpack(packed, (N, K)), w_q) and torch.equal(scale, scale_ref)
+    y = kernkit.ternary_linear(x, packed, scale, act_bits=8 if act8 else None)
+    ref = ternary_linear_ref(x, w_q, scale_ref, act_bits=8 if act8 else None)
+    if act8:   # the integer path is exact, then the same fp32 rescale
+        assert torch.equal(y, ref)
+    else:
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+    pb, alpha = kernkit.binary_quantize(w)
+    sign, alpha_ref = binary_quantize_ref(w)
+    yb = kernkit.binary_linear(x, pb, alpha, binarize_input=binarize)
+    torch.testing.assert_close(yb, binary_linear_ref(x, sign, alpha_ref, binarize_input=binarize),
+                               rtol=1e-5, atol=1e-4)
 
 
 def test_concurrent_calls_from_threads():
