@@ -336,6 +336,22 @@ void linear_attn_bwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t
   else KK_CPU_KERNEL(linear_attn_bwd_cpu)(p);
 }
 
+// The decode step's gate is tiny ((H,), (B, H) or (B, H, K)): checking g <= 0 here, before any
+// state is touched (in place too), costs far less than a torch reduction in Python per token.
+template <typename T>
+void check_step_gate(const LaStepParams& p) {
+  const T* g = static_cast<const T*>(p.g);
+  const int per = p.gate == LaGate::vector ? p.K : 1;
+  for (int b = 0; b < p.B; ++b)
+    for (int h = 0; h < p.H; ++h)
+      for (int i = 0; i < per; ++i) {
+        const T x = g[b * p.gbs + h * p.ghs + i];
+        if (!(x <= T(0)))
+          throw std::invalid_argument("linear_attn_step: g is a log-space decay and must be <= 0 everywhere (got " +
+                                      std::string(x != x ? "NaN" : std::to_string(double(x))) + ")");
+      }
+}
+
 void linear_attn_step(uintptr_t q, uintptr_t k, uintptr_t v, int gate, uintptr_t g, int64_t gbs, int64_t ghs,
                       uintptr_t state, uintptr_t o, uintptr_t new_state, std::array<int, 4> dims, double scale,
                       int dtype, int threads, int device, intptr_t stream) {
@@ -347,6 +363,10 @@ void linear_attn_step(uintptr_t q, uintptr_t k, uintptr_t v, int gate, uintptr_t
   require(q && k && v && state && o && new_state, "linear_attn_step: null data pointer");
   require_cpu(device, "linear_attn_step");
   (void)stream;
+  if (p.gate != LaGate::none) {
+    if (p.dtype == DType::f64) check_step_gate<double>(p);
+    else check_step_gate<float>(p);
+  }
   py::gil_scoped_release nogil;
   if (p.dtype == DType::f64) linear_attn_step_f64(p);
   else KK_CPU_KERNEL(linear_attn_step_cpu)(p);

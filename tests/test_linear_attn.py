@@ -348,3 +348,39 @@ def test_step_inplace(dtype):
     torch.library.opcheck(torch.ops.kernkit.linear_attn_step_.default,
                           (q[:, 0].contiguous(), k[:, 0].contiguous(), v[:, 0].contiguous(), g[:, 0].contiguous(),
                            s0.clone(), 0.5))
+
+
+@pytest.mark.parametrize("gshape", [None, "H", "BH", "B1H", "BHK", "B1HK"])
+@pytest.mark.parametrize("seq_dim", [False, True])
+def test_step_fast_path_equals_checked_path(isa, gshape, seq_dim):
+    # plain contiguous inputs take the lean path; a non-contiguous copy of q forces the fully
+    # checked one: both must give the same bits, in place too
+    B, H, K, V = 2, 3, 8, 5
+    gen = torch.Generator().manual_seed(7)
+    mk = lambda *s: torch.randn(*s, generator=gen)
+    q, k, v = (mk(B, 1, H, K), mk(B, 1, H, K), mk(B, 1, H, V)) if seq_dim else (mk(B, H, K), mk(B, H, K), mk(B, H, V))
+    shapes = {None: None, "H": (H,), "BH": (B, H), "B1H": (B, 1, H), "BHK": (B, H, K), "B1HK": (B, 1, H, K)}
+    g = None if gshape is None else -torch.rand(*shapes[gshape], generator=gen)
+    s0 = mk(B, H, K, V)
+    q_strided = q.transpose(-1, -2).contiguous().transpose(-1, -2)
+    o1, s1 = kernkit.linear_attn_step(q, k, v, s0, g)
+    o2, s2 = kernkit.linear_attn_step(q_strided, k, v, s0, g)
+    assert o1.shape == v.shape and torch.equal(o1, o2) and torch.equal(s1, s2)
+    g3 = None if g is None else (g.squeeze(1) if gshape.startswith("B1") else g).double()
+    ref_o, ref_s = linear_attn_step_ref(q.reshape(B, H, K).double(), k.reshape(B, H, K).double(),
+                                        v.reshape(B, H, V).double(), s0.double(), g3)
+    torch.testing.assert_close(o1.double(), ref_o.reshape(o1.shape), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s1.double(), ref_s, rtol=1e-5, atol=1e-5)
+    state = s0.clone()
+    o3, s3 = kernkit.linear_attn_step(q, k, v, state, g, inplace=True)
+    assert s3 is state and torch.equal(o3, o1) and torch.equal(state, s1)
+
+
+def test_step_bad_gate_leaves_state_untouched():
+    q, k, v = torch.randn(1, 2, 4), torch.randn(1, 2, 4), torch.randn(1, 2, 3)
+    state = torch.randn(1, 2, 4, 3)
+    before = state.clone()
+    for bad in (torch.tensor([[-0.1, 0.2]]), torch.tensor([[-0.1, float("nan")]])):
+        with pytest.raises(ValueError, match="linear_attn_step: g .* <= 0"):
+            kernkit.linear_attn_step(q, k, v, state, bad, inplace=True)
+        assert torch.equal(state, before)

@@ -10,6 +10,7 @@ implemented yet. Gradients flow to q, k, v, g and the initial state."""
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from . import _C
 from . import _checks as chk
 from ._native import dtype_code, launch_args, ptr
-from ._ops import call, define_op
+from ._ops import _eager_plain, call, define_op
 from .reference.linear_attn import retnet_decay as _retnet_decay
 
 _GATE_NONE, _GATE_SCALAR, _GATE_VECTOR = 0, 1, 2
@@ -299,6 +300,53 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
     return o, (ht if output_final_state else None)
 
 
+_STEP_FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _step_fast(q, k, v, state, g, scale, inplace):
+    """The decode step's common case, checked with attribute reads only (a token costs ~10 us,
+    so a dozen generic checks would double it): plain contiguous CPU tensors, no autograd, no
+    torch.compile or modes. Anything else returns None and takes the fully checked path; the
+    gate's sign is checked in C++ before the state is touched."""
+    if type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor \
+            or type(state) is not torch.Tensor or (g is not None and type(g) is not torch.Tensor) \
+            or inplace not in (True, False) or not (q.is_cpu and k.is_cpu and v.is_cpu and state.is_cpu) \
+            or (g is not None and not g.is_cpu) or not _eager_plain((q, k, v, state, g)):
+        return None
+    dt, qs = q.dtype, q.shape
+    if dt not in _STEP_FAST_DTYPES or k.dtype is not dt or v.dtype is not dt or state.dtype is not torch.float32 \
+            or len(qs) not in (3, 4) or (len(qs) == 4 and qs[1] != 1) or v.dim() != len(qs):
+        return None
+    B, H, K, V = qs[0], qs[-2], qs[-1], v.shape[-1]
+    if k.shape != qs or v.shape[:-1] != qs[:-1] or state.shape != (B, H, K, V) or not (1 <= K <= 256) \
+            or not (1 <= V <= 256) or B == 0 or not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+                                                     and state.is_contiguous()):
+        return None
+    if scale is None:
+        scale = K ** -0.5
+    elif type(scale) not in (float, int) or not math.isfinite(scale):
+        return None
+    gate, gbs, ghs = _GATE_NONE, 0, 0
+    if g is not None:
+        if g.dtype is not torch.float32 or not g.is_contiguous():
+            return None
+        gs = g.shape
+        if gs == (H,):
+            gate, ghs = _GATE_SCALAR, 1
+        elif gs == (B, H) or gs == (B, 1, H):
+            gate, gbs, ghs = _GATE_SCALAR, H, 1
+        elif gs == (B, H, K) or gs == (B, 1, H, K):
+            gate, gbs, ghs = _GATE_VECTOR, H * K, K
+        else:
+            return None
+    o = torch.empty(v.shape, dtype=dt)
+    new_state = state if inplace else torch.empty((B, H, K, V), dtype=torch.float32)
+    _C.linear_attn_step(q.data_ptr(), k.data_ptr(), v.data_ptr(), gate, 0 if g is None else g.data_ptr(), gbs, ghs,
+                        state.data_ptr(), o.data_ptr(), new_state.data_ptr(), [B, H, K, V], float(scale),
+                        dtype_code(q), torch.get_num_threads(), -1, 0)
+    return o, new_state
+
+
 def linear_attn_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,
                      g: Optional[torch.Tensor] = None, *, scale: Optional[float] = None, inplace: bool = False):
     """One recurrent decode step of :func:`linear_attn` for a single new token per sequence.
@@ -316,6 +364,9 @@ def linear_attn_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: t
     unless ``inplace=True``). Differentiable (through :func:`linear_attn` with T = 1 when a
     gradient is needed).
     """
+    fast = _step_fast(q, k, v, state, g, scale, inplace)
+    if fast is not None:
+        return fast
     fn = "linear_attn_step"
     chk.tensor(fn, "q", q)
     seq_dim = q.dim() == 4
@@ -341,7 +392,7 @@ def linear_attn_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: t
         if g.dim() not in ok or tuple(g.shape) != ok[g.dim()]:
             raise ValueError(f"{fn}: g must be (H,), (B, H) or (B, H, K) (optionally with a length-1 time dim), "
                              f"got {tuple(g.shape)}")
-        _check_gate_values(fn, g)
+        # g <= 0 is checked by linear_attn (autograd path) or in C++ (the step kernels)
     if not isinstance(inplace, bool):
         raise TypeError(f"{fn}: inplace must be a bool")
     needs_grad = torch.is_grad_enabled() and any(
