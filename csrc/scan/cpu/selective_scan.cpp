@@ -208,7 +208,11 @@ void bwd(const SelectiveScanBwdParams& q) {
   const int64_t Np = g.Np, NV = g.NV, L = p.L, N = p.N, D = p.D;
   // Channel blocks that never straddle a group: variable-B/C gradients are summed
   // per block, then over the group's blocks in order (deterministic for any thread count).
-  const int64_t cpg = D / p.G, bpg = std::max<int64_t>(1, std::min(cpg, 32 / std::min<int64_t>(p.G, 32)));
+  // Up to 32 blocks (parallelism), fewer for long sequences so that the (block, time, N)
+  // partials stay within ~256 MB or 4x the dB output: the count depends on shapes only.
+  const int64_t cpg = D / p.G, var_row = p.Bsz * p.G * L * g.Np;
+  const int64_t mem_blocks = std::max<int64_t>(4, (int64_t(64) << 20) / std::max<int64_t>(var_row, 1));
+  const int64_t bpg = std::max<int64_t>(1, std::min({cpg, 32 / std::min<int64_t>(p.G, 32), mem_blocks}));
   const int64_t per_blk = (cpg + bpg - 1) / bpg, nblk = p.G * bpg;
   std::unique_ptr<Buf<Acc>> bt, ct, dbt, dct;
   const size_t var_size = size_t(p.Bsz * p.G * L * Np);
