@@ -113,3 +113,69 @@ def test_linear_attention_layer_streams(gate):
 def test_linear_attention_layer_bad_gate():
     with pytest.raises(ValueError, match="gate"):
         kernkit.nn.LinearAttention(64, 4, gate="mamba")
+
+
+# Every module: state_dict round trip, torch.compile(fullgraph), bf16 autocast (forward and
+# backward), and .to(bfloat16).
+MODULES = {
+    "RMSNorm": lambda: RMSNorm(32),
+    "MultiheadFlashAttention": lambda: MultiheadFlashAttention(32, 4, 2),
+    "LinearAttention": lambda: kernkit.nn.LinearAttention(32, 2, gate="gla"),
+    "LinearAttention-retnet": lambda: kernkit.nn.LinearAttention(32, 2, gate="retnet"),
+    "MinGRU": lambda: MinGRU(32),
+    "MambaMixer": lambda: MambaMixer(32, d_state=8),
+    "BitLinear": lambda: kernkit.nn.BitLinear(32, 24),
+}
+
+
+def _module_and_input(name, seed=0):
+    torch.manual_seed(seed)
+    m = MODULES[name]()
+    x = torch.randn(2, 11, 32, generator=torch.Generator().manual_seed(seed + 1))
+    return m, x
+
+
+def _out(y):
+    return y[0] if isinstance(y, tuple) else y
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_module_state_dict_round_trip(name):
+    m, x = _module_and_input(name)
+    again, _ = _module_and_input(name, seed=5)
+    again.load_state_dict(m.state_dict())
+    assert torch.equal(_out(again(x)), _out(m(x)))
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_module_compiles_fullgraph(name):
+    m, x = _module_and_input(name)
+    f = torch.compile(m, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(_out(f(x)), _out(m(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_module_autocast_bf16(name):
+    m, x = _module_and_input(name)
+    ref = _out(m(x))
+    xg = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = _out(m(xg))
+    assert torch.isfinite(y).all()
+    assert (y.float() - ref).abs().max() <= 0.05 * max(1.0, ref.abs().max().item())
+    y.float().square().sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_module_to_bfloat16(name):
+    m, x = _module_and_input(name)
+    # reference: fp32 compute on the bf16-rounded parameters and input (BitLinear's ternary
+    # rounding is discontinuous, so rounding the weights alone may flip a weight)
+    m.to(torch.bfloat16).float()
+    x = x.to(torch.bfloat16).float()
+    ref = _out(m(x))
+    y = _out(m.to(torch.bfloat16)(x.to(torch.bfloat16)))
+    assert y.dtype == torch.bfloat16
+    assert (y.float() - ref).abs().max() <= 0.05 * max(1.0, ref.abs().max().item())

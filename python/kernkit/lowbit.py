@@ -43,15 +43,20 @@ def _check_to_pack(fn: str, name: str, t) -> None:
 
 
 def _check_finite(fn: str, w: torch.Tensor) -> None:
-    if w.device.type != "meta" and not bool(torch.isfinite(w).all()):
+    if w.device.type != "meta" and not torch.compiler.is_compiling() and not bool(torch.isfinite(w).all()):
         raise ValueError(f"{fn}: w contains NaN or inf")
 
 
 def ternary_pack(w_q: torch.Tensor) -> torch.Tensor:
     """Pack integer weights in {-1, 0, 1} of shape (N, K) into the ternary format."""
     _check_to_pack("ternary_pack", "w_q", w_q)
-    if w_q.numel() and w_q.device.type != "meta" and not bool(((w_q == -1) | (w_q == 0) | (w_q == 1)).all()):
+    if w_q.numel() and w_q.device.type != "meta" and not torch.compiler.is_compiling() \
+            and not bool(((w_q == -1) | (w_q == 0) | (w_q == 1)).all()):
         raise ValueError("ternary_pack: w_q must hold only -1, 0 and 1 (use ternary_quantize for real weights)")
+    return _ternary_pack(w_q)
+
+
+def _ternary_pack(w_q: torch.Tensor) -> torch.Tensor:
     N, K = w_q.shape
     Kp = _round_up(max(K, 1), TERNARY_BLOCK)
     codes = torch.ones(N, Kp, dtype=torch.uint8, device=w_q.device)
@@ -80,7 +85,7 @@ def ternary_quantize(w: torch.Tensor, per_row: bool = False):
         raise ValueError(f"ternary_quantize: w must be (out_features, in_features), got {tuple(w.shape)}")
     _check_finite("ternary_quantize", w)
     w_q, scale = _absmean_ternary(w, per_row)
-    return ternary_pack(w_q), scale
+    return _ternary_pack(w_q), scale
 
 
 def _absmean_ternary(w: torch.Tensor, per_row: bool = False):
@@ -93,7 +98,8 @@ def _absmean_ternary(w: torch.Tensor, per_row: bool = False):
 def binary_pack(signs: torch.Tensor) -> torch.Tensor:
     """Pack (N, K) signs (>= 0 means +1) into the binary format."""
     _check_to_pack("binary_pack", "signs", signs)
-    if signs.is_floating_point() and signs.device.type != "meta" and bool(signs.isnan().any()):
+    if signs.is_floating_point() and signs.device.type != "meta" and not torch.compiler.is_compiling() \
+            and bool(signs.isnan().any()):
         raise ValueError("binary_pack: signs contain NaN")
     N, K = signs.shape
     Kp = _round_up(max(K, 1), BINARY_BLOCK)
@@ -258,7 +264,7 @@ class _BitLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, act_bits):
         w_q, scale = _absmean_ternary(weight)
-        y = ternary_linear(x, ternary_pack(w_q), scale, bias, act_bits=act_bits)
+        y = ternary_linear(x, _ternary_pack(w_q), scale, bias, act_bits=act_bits)   # w_q is ternary by construction
         ctx.save_for_backward(x, w_q, scale)  # int8 W_q: a quarter of the fp32 weights
         ctx.act_bits, ctx.has_bias = act_bits, bias is not None
         return y
