@@ -267,6 +267,22 @@ def test_decode_long_cache_splits(isa, kw):
         assert_within_ref_error(out[b:b + 1], exact, same)
 
 
+@pytest.mark.parametrize("D", [1, 17, 40, 100, 128, 200, 256])
+@pytest.mark.parametrize("kw", [dict(causal=True), dict(window=(9, 3), sinks=2, softcap=2.0),
+                                dict(activation="sigmoid", causal=True)], ids=str)
+def test_decode_bf16_head_dims(isa, D, kw):
+    # the bf16 decode path takes q.k from the bf16 rows 32 elements at a time (masked tails)
+    # and 16 keys per block (a short last block points at zero rows)
+    g = torch.Generator().manual_seed(D)
+    q = torch.randn(2, 2, 4, D, generator=g).to(torch.bfloat16)
+    k = torch.randn(2, 37, 2, D, generator=g).to(torch.bfloat16)
+    v = torch.randn(2, 37, 2, D, generator=g).to(torch.bfloat16)
+    out = kernkit.flash_attn(q, k, v, **kw)
+    exact, _ = flash_attn_ref(q.double(), k.double(), v.double(), **kw)
+    same, _ = flash_attn_ref(q, k, v, **kw)
+    assert_within_ref_error(out, exact, same)
+
+
 def test_kvcache_without_append():
     q, k, v = _qkv((2, 1, 4, 4, 1, 32, 32), torch.float32)
     kc = torch.randn(2, 50, 1, 32)

@@ -6,6 +6,8 @@
 // rows of its head. The chunking comes from the shape only (results do not
 // depend on the thread count); partial outputs merge through their log-sum-exps.
 #include <memory>
+#include <type_traits>
+#include <vector>
 
 #include "attention/cpu/tiles.h"
 
@@ -17,15 +19,98 @@ namespace {
 constexpr int kChunkKeys = 512;   // keys per split
 constexpr int KB = 16;            // keys per softmax step
 constexpr int kPrefetchBlocks = 1;  // how many key blocks ahead the L2 prefetch runs
+alignas(64) const uint16_t kZeroRow[512] = {};  // stands in for the missing keys of a short block (D <= 512)
 
 struct DecodeWorker {
   // per (kv head, row): q (scaled), output accumulator, m, l, bias; one key block of K/V; scores
   int Dvp;
   Buf<float> q, o, m, l, bias, k, v, s;
+  std::vector<const void*> qrow;   // per (kv head, row): the unscaled input row (bf16 path)
+  Buf<uint32_t> vp;                // bf16 path: the block's V as (key 2i, key 2i+1) pairs, (KB/2) x Dvp
   DecodeWorker(int rows, int D, int Dv)
       : Dvp(round_up(Dv, Vec::size)), q(size_t(rows) * D), o(size_t(rows) * round_up(Dv, Vec::size)), m(rows),
-        l(rows), bias(rows), k(size_t(KB) * D), v(size_t(KB) * round_up(Dv, Vec::size)), s(KB) {}
+        l(rows), bias(rows), k(size_t(KB) * D), v(size_t(KB) * round_up(Dv, Vec::size)), s(KB), qrow(rows),
+        vp(size_t(KB / 2) * round_up(Dv, Vec::size)) {}
 };
+
+#if defined(KK_ISA_AVX512)
+// bf16 caches at the avx512 level: q.k straight from the bf16 rows with vdpbf16ps (bf16
+// elements are already pairs along the head dimension, and the products are exact with fp32
+// accumulation), 16 keys at a time, then one transposing reduction for the 16 dot products
+// instead of 16 horizontal sums. K is never widened into a buffer.
+constexpr bool kBf16Dots = true;
+
+// lane j of the result = horizontal sum of a[j]
+inline __m512 hsum16(const __m512 (&a)[KB]) {
+  __m512 c[8], d[4];
+  for (int i = 0; i < 8; ++i)   // fold 512 -> 256 bits: chunks 0,1 = a[2i], chunks 2,3 = a[2i+1]
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+  for (int m = 0; m < 4; ++m)   // fold to 128 bits: chunk k of d[m] = a[4m + k]
+    d[m] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * m], c[2 * m + 1], 0x88),
+                         _mm512_shuffle_f32x4(c[2 * m], c[2 * m + 1], 0xDD));
+  const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(d[0], d[1]), _mm512_unpackhi_ps(d[0], d[1]));
+  const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(d[2], d[3]), _mm512_unpackhi_ps(d[2], d[3]));
+  const __m512 r = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(s01), _mm512_castps_pd(s23))),
+                                 _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(s01), _mm512_castps_pd(s23))));
+  // lane 4k + m of r holds a[4m + k]
+  return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), r);
+}
+
+// sr[j] = scale * (q . k_j) for the KB key rows (rows past the block point at zeros).
+inline void scores_bf16(float* sr, const uint16_t* q, const uint16_t* const (&krow)[KB], int D, float scale) {
+  __m512 acc[KB];
+  for (int j = 0; j < KB; ++j) acc[j] = _mm512_setzero_ps();
+  for (int c = 0; c < D; c += 32) {
+    const __mmask32 m = c + 32 <= D ? ~__mmask32(0) : (__mmask32(1) << (D - c)) - 1;
+    const __m512bh qv = (__m512bh)_mm512_maskz_loadu_epi16(m, q + c);
+    for (int j = 0; j < KB; ++j)
+      acc[j] = _mm512_dpbf16_ps(acc[j], qv, (__m512bh)_mm512_maskz_loadu_epi16(m, krow[j] + c));
+  }
+  _mm512_storeu_ps(sr, _mm512_mul_ps(hsum16(acc), _mm512_set1_ps(scale)));
+}
+
+// vp[i][c] = (v_{2i}[c], v_{2i+1}[c]) for the block's KB rows, c < Dvp (zeros past Dv).
+inline void pair_v_rows(uint32_t* vp, const uint16_t* const (&vrow)[KB], int Dv, int Dvp) {
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                       23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  for (int i = 0; i < KB / 2; ++i)
+    for (int c = 0; c < Dvp; c += 16) {
+      const __mmask16 m = c + 16 <= Dv ? __mmask16(0xFFFF) : __mmask16((1u << std::max(0, Dv - c)) - 1);
+      const __m256i a = _mm256_maskz_loadu_epi16(m, vrow[2 * i] + c), b = _mm256_maskz_loadu_epi16(m, vrow[2 * i + 1] + c);
+      _mm512_storeu_si512(vp + size_t(i) * Dvp + c,
+                          _mm512_permutexvar_epi16(idx, _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1)));
+    }
+}
+
+// o = o * alpha + p . V with p rounded to bf16 pairs (as the tile path and GPU kernels do).
+inline void scale_and_accumulate_bf16(float* o, float alpha, const float* p, const uint32_t* vp, int Dvp) {
+  alignas(32) uint32_t pp[KB / 2];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(pp), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p)));
+  const __m512 va = _mm512_set1_ps(alpha);
+  constexpr int NV = 4;
+  int c = 0;
+  for (; c + NV * 16 <= Dvp; c += NV * 16) {
+    __m512 acc[NV];
+    for (int u = 0; u < NV; ++u) acc[u] = _mm512_mul_ps(_mm512_loadu_ps(o + c + 16 * u), va);
+    for (int i = 0; i < KB / 2; ++i) {
+      const __m512bh pi = (__m512bh)_mm512_set1_epi32(int(pp[i]));
+      for (int u = 0; u < NV; ++u)
+        acc[u] = _mm512_dpbf16_ps(acc[u], pi, (__m512bh)_mm512_loadu_si512(vp + size_t(i) * Dvp + c + 16 * u));
+    }
+    for (int u = 0; u < NV; ++u) _mm512_storeu_ps(o + c + 16 * u, acc[u]);
+  }
+  for (; c < Dvp; c += 16) {
+    __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(o + c), va);
+    for (int i = 0; i < KB / 2; ++i)
+      acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32(int(pp[i])),
+                             (__m512bh)_mm512_loadu_si512(vp + size_t(i) * Dvp + c));
+    _mm512_storeu_ps(o + c, acc);
+  }
+}
+#else
+constexpr bool kBf16Dots = false;
+#endif
 
 template <typename T>
 inline void prefetch_row(const T* row, int n) {
@@ -66,6 +151,7 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
   for (int hkv = 0; hkv < sh.Hkv; ++hkv)
     for (int r = 0; r < R; ++r) {
       const int x = hkv * R + r, h = hkv * group + r % group;
+      w.qrow[x] = elem<const T>(p.q, s, r / group, s.q_row0, h);
       load_row(w.q.p + size_t(x) * D, elem<const T>(p.q, s, r / group, s.q_row0, h), D, D);
       for (int d = 0; d < D; ++d) w.q[size_t(x) * D + d] *= mk.scale;
       w.bias[x] = softmax ? 0.f : sigmoid_bias_of(mk, s, h);
@@ -86,13 +172,29 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
           prefetch_row(elem<const T>(p.k, s, j, s.k_row0, hkv), D);
           prefetch_row(elem<const T>(p.v, s, j, s.k_row0, hkv), Dv);
         }
+        constexpr bool bf16_dots = kBf16Dots && std::is_same<T, bf16_t>::value;
+        const uint16_t *krow[KB], *vrow[KB];
         for (int jj = 0; jj < nk; ++jj) {
-          load_row(w.k.p + jj * D, elem<const T>(p.k, s, j0 + jj, s.k_row0, hkv), D, D);
-          load_row(w.v.p + jj * Dvp, elem<const T>(p.v, s, j0 + jj, s.k_row0, hkv), Dv, Dvp);
+          if (bf16_dots) {
+            krow[jj] = reinterpret_cast<const uint16_t*>(elem<const T>(p.k, s, j0 + jj, s.k_row0, hkv));
+            vrow[jj] = reinterpret_cast<const uint16_t*>(elem<const T>(p.v, s, j0 + jj, s.k_row0, hkv));
+          } else {
+            load_row(w.k.p + jj * D, elem<const T>(p.k, s, j0 + jj, s.k_row0, hkv), D, D);
+            load_row(w.v.p + jj * Dvp, elem<const T>(p.v, s, j0 + jj, s.k_row0, hkv), Dv, Dvp);
+          }
         }
+        for (int jj = nk; jj < KB; ++jj) krow[jj] = vrow[jj] = kZeroRow;
+#if defined(KK_ISA_AVX512)
+        if (bf16_dots) pair_v_rows(w.vp.p, vrow, Dv, Dvp);
+#endif
         for (int r = 0; r < R; ++r) {
           const int x = hkv * R + r;
-          for (int jj = 0; jj < nk; ++jj) sr[jj] = dot(w.q.p + size_t(x) * D, w.k.p + jj * D, D);
+#if defined(KK_ISA_AVX512)
+          if (bf16_dots)
+            scores_bf16(sr, static_cast<const uint16_t*>(w.qrow[x]), krow, D, mk.scale);
+          else
+#endif
+            for (int jj = 0; jj < nk; ++jj) sr[jj] = dot(w.q.p + size_t(x) * D, w.k.p + jj * D, D);
           for (int jj = nk; jj < KB; ++jj) sr[jj] = kNegInf;
           if (cap)
             for (int jj = 0; jj < nk; ++jj) sr[jj] = mk.softcap * std::tanh(sr[jj] / mk.softcap);
@@ -122,7 +224,12 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
               select_below(v, -3.0e38f, Vec::zero(), sigmoid(v + Vec::set1(w.bias[x]))).store(sr + jj);
             }
           }
-          scale_and_accumulate(w.o.p + size_t(x) * Dvp, alpha, sr, w.v.p, Dvp, nk);
+#if defined(KK_ISA_AVX512)
+          if (bf16_dots)
+            scale_and_accumulate_bf16(w.o.p + size_t(x) * Dvp, alpha, sr, w.vp.p, Dvp);
+          else
+#endif
+            scale_and_accumulate(w.o.p + size_t(x) * Dvp, alpha, sr, w.v.p, Dvp, nk);
         }
       }
     }
