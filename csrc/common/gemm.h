@@ -52,22 +52,26 @@ struct MatB {
 };
 
 // C[mr rows][nb vectors] (+)= A . B over Kd, fp32.
-template <int R, int W>
-inline void f32_block(int Kd, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc) {
-  Vec c[R][W];
-  for (int r = 0; r < R; ++r)
-    for (int w = 0; w < W; ++w) c[r][w] = acc ? Vec::load(C + r * ldc + w * Vec::size) : Vec::zero();
-  for (int kk = 0; kk < Kd; ++kk) {
-    Vec b[W];
-    for (int w = 0; w < W; ++w) b[w] = Vec::load(B + size_t(kk) * ldb + w * Vec::size);
-    for (int r = 0; r < R; ++r) {
-      const Vec a = Vec::set1(A[r * lda + kk]);
-      for (int w = 0; w < W; ++w) c[r][w] = fma(a, b[w], c[r][w]);
+struct F32Kernel {
+  using Elem = float;
+  static constexpr int kLanes = Vec::size;   // output columns per vector
+  template <int R, int W>
+  static void block(int Kd, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc) {
+    Vec c[R][W];
+    for (int r = 0; r < R; ++r)
+      for (int w = 0; w < W; ++w) c[r][w] = acc ? Vec::load(C + r * ldc + w * Vec::size) : Vec::zero();
+    for (int kk = 0; kk < Kd; ++kk) {
+      Vec b[W];
+      for (int w = 0; w < W; ++w) b[w] = Vec::load(B + size_t(kk) * ldb + w * Vec::size);
+      for (int r = 0; r < R; ++r) {
+        const Vec a = Vec::set1(A[r * lda + kk]);
+        for (int w = 0; w < W; ++w) c[r][w] = fma(a, b[w], c[r][w]);
+      }
     }
+    for (int r = 0; r < R; ++r)
+      for (int w = 0; w < W; ++w) c[r][w].store(C + r * ldc + w * Vec::size);
   }
-  for (int r = 0; r < R; ++r)
-    for (int w = 0; w < W; ++w) c[r][w].store(C + r * ldc + w * Vec::size);
-}
+};
 
 // Runs blk.run<R, W>(m, v) over M rows x N / Vec::size vectors, in MR x NB blocks plus
 // smaller row / column tails (R and W picked at run time from small fixed sets).
@@ -102,17 +106,19 @@ inline void zero_rows(float* C, int ldc, int M, int N) {
   for (int m = 0; m < M; ++m) std::memset(C + size_t(m) * ldc, 0, sizeof(float) * N);
 }
 
-struct F32Blk {
-  int Kd;
-  const float *A, *B;
+// A block job for for_tiles: Kernel::block<R, W> on rows m.. and output vectors v..
+template <typename Kernel>
+struct BlockJob {
+  int kd;   // reduction length in Kernel::Elem units (floats, or bf16 pairs)
+  const typename Kernel::Elem *A, *B;
   int lda, ldb;
   float* C;
   int ldc;
   bool acc;
   template <int R, int W>
   void run(int m, int v) const {
-    f32_block<R, W>(Kd, A + size_t(m) * lda, lda, B + v * Vec::size, ldb, C + size_t(m) * ldc + v * Vec::size, ldc,
-                    acc);
+    Kernel::template block<R, W>(kd, A + size_t(m) * lda, lda, B + v * Kernel::kLanes, ldb,
+                                 C + size_t(m) * ldc + v * Kernel::kLanes, ldc, acc);
   }
 };
 
@@ -127,13 +133,21 @@ struct F32Gemm {
       if (!acc) zero_rows(C, ldc, M, N);
       return;
     }
-    for_tiles(M, N, F32Blk{Kd, A, B, a.ld, b.ld, C, ldc, acc});
+    for_tiles(M, N, BlockJob<F32Kernel>{Kd, A, B, a.ld, b.ld, C, ldc, acc});
   }
 };
 
 #if defined(KK_ISA_AVX512)
+struct Bf16Kernel {
+  using Elem = uint32_t;                 // a bf16 pair
+  static constexpr int kLanes = 16;
+  template <int R, int W>
+  static void block(int Kh, const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc, bool acc);
+};
+
 template <int R, int W>
-inline void bf16_block(int Kh, const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc, bool acc) {
+inline void Bf16Kernel::block(int Kh, const uint32_t* A, int lda, const uint32_t* B, int ldb, float* C, int ldc,
+                              bool acc) {
   __m512 c[R][W];
   for (int r = 0; r < R; ++r)
     for (int w = 0; w < W; ++w) c[r][w] = acc ? _mm512_loadu_ps(C + r * ldc + w * 16) : _mm512_setzero_ps();
@@ -148,19 +162,6 @@ inline void bf16_block(int Kh, const uint32_t* A, int lda, const uint32_t* B, in
   for (int r = 0; r < R; ++r)
     for (int w = 0; w < W; ++w) _mm512_storeu_ps(C + r * ldc + w * 16, c[r][w]);
 }
-
-struct Bf16Blk {
-  int kh;
-  const uint32_t *A, *B;
-  int lda, ldb;
-  float* C;
-  int ldc;
-  bool acc;
-  template <int R, int W>
-  void run(int m, int v) const {
-    bf16_block<R, W>(kh, A + size_t(m) * lda, lda, B + v * 16, ldb, C + size_t(m) * ldc + v * 16, ldc, acc);
-  }
-};
 
 inline uint32_t bf16_pair(float lo, float hi) {
   return uint32_t(bf16_from_float(lo).bits) | (uint32_t(bf16_from_float(hi).bits) << 16);
@@ -217,7 +218,7 @@ struct Bf16Gemm {
       if (!acc) zero_rows(C, ldc, M, N);
       return;
     }
-    for_tiles(M, N, Bf16Blk{kh, A, B, a.ld, b.ld, C, ldc, acc});
+    for_tiles(M, N, BlockJob<Bf16Kernel>{kh, A, B, a.ld, b.ld, C, ldc, acc});
   }
 };
 #endif
