@@ -249,6 +249,25 @@ def test_kvcache_append_and_decode(isa, sq, kw):
         torch.testing.assert_close(out[b:b + 1].double(), ref, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("B", [1, 16, 17])   # up to 16 rows are appended by slices, more by one index_put
+def test_kvcache_append_batch_sizes(B):
+    g = torch.Generator().manual_seed(B)
+    k_cache, v_cache = torch.randn(B, 12, 2, 8, generator=g), torch.randn(B, 12, 2, 8, generator=g)
+    lens = torch.randint(0, 10, (B,), generator=g, dtype=torch.int32)
+    q, k_new, v_new = torch.randn(B, 2, 4, 8, generator=g), torch.randn(B, 2, 2, 8, generator=g), \
+        torch.randn(B, 2, 2, 8, generator=g)
+    kc0, vc0 = k_cache.clone(), v_cache.clone()
+    out = kernkit.flash_attn_with_kvcache(q, k_cache, v_cache, lens, k=k_new, v=v_new, causal=True)
+    for b in range(B):
+        n = int(lens[b])
+        kc0[b, n:n + 2], vc0[b, n:n + 2] = k_new[b], v_new[b]
+        ref, _ = flash_attn_ref(q[b:b + 1], kc0[b:b + 1, :n + 2], vc0[b:b + 1, :n + 2], causal=True)
+        torch.testing.assert_close(out[b:b + 1], ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(k_cache, kc0) and torch.equal(v_cache, vc0)
+    with pytest.raises(ValueError, match="capacity"):
+        kernkit.flash_attn_with_kvcache(q, k_cache, v_cache, lens + 11, k=k_new, v=v_new)
+
+
 @pytest.mark.parametrize("kw", [dict(), dict(causal=True, window=(700, -1), sinks=5), dict(window=(100, 0), sinks=600),
                                 dict(activation="sigmoid", window=(900, -1)), dict(softcap=3.0, causal=True)], ids=str)
 def test_decode_long_cache_splits(isa, kw):

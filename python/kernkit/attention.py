@@ -327,12 +327,19 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                              f"{tuple(k_cache.shape)}/{tuple(v_cache.shape)}")
         n_new = k.shape[1]
     lens = cache_seqlens.to(torch.int64)
+    # small CPU batches: plain Python ints (a decode token is a few microseconds of work)
+    few = q.is_cpu and B <= 16
+    starts = lens.tolist() if few else None
     if q.device.type != "meta" and B > 0:
-        lo, hi = int(lens.min()), int(lens.max())
+        lo, hi = (min(starts), max(starts)) if few else (int(lens.min()), int(lens.max()))
         if lo < 0 or hi + n_new > cap:
             raise ValueError(f"{fn}: cache_seqlens + new keys must lie in [0, {cap}] (the cache capacity); "
                              f"got cache_seqlens in [{lo}, {hi}] with {n_new} new keys")
-    if n_new:
+    if n_new and few:   # slice copies beat an index_put per call
+        for b, start in enumerate(starts):
+            k_cache[b, start:start + n_new] = k[b]
+            v_cache[b, start:start + n_new] = v[b]
+    elif n_new:
         rows = lens[:, None] + torch.arange(n_new, device=q.device)
         batch = torch.arange(B, device=q.device)[:, None]
         k_cache[batch, rows] = k

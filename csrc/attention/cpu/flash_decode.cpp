@@ -272,8 +272,10 @@ void decode(const AttnFwdParams& p) {
               const int ranges[4] = {jbeg, std::max(jbeg, sink_end), band_lo, std::max(band_lo, band_hi)};
               decode_chunk<T>(p, s, ranges, w, part);
             });
-  // Merge each (batch, kv head)'s splits in split order and write its rows.
-  parallel_for(int64_t(sh.B) * sh.Hkv, p.threads, 1, [&](int64_t t0, int64_t t1) {
+  // Merge each (batch, kv head)'s splits in split order and write its rows (on one thread when
+  // that is a few microseconds of work: waking the pool would cost more).
+  const int merge_threads = size_t(ntasks) * task_stride < (size_t(1) << 16) ? 1 : p.threads;
+  parallel_for(int64_t(sh.B) * sh.Hkv, merge_threads, 1, [&](int64_t t0, int64_t t1) {
     Buf<float> acc(head_stride);
     Buf<float> tmp(size_t(Dv) + 16);
     for (int64_t t = t0; t < t1; ++t) {
