@@ -32,9 +32,8 @@ MAX_HEAD_DIM = 256
 
 def _strides(t: torch.Tensor):
     """(batch, row, head) element strides; varlen (total, H, D) tensors have batch stride 0."""
-    if t.dim() == 4:
-        return (t.stride(0), t.stride(1), t.stride(2))
-    return (0, t.stride(0), t.stride(1))
+    st = t.stride()   # one call: stride(i) per dim costs as much as the whole tuple
+    return st[:3] if len(st) == 4 else (0, st[0], st[1])
 
 
 def _geometry(q, k, v, cu_q, max_q, max_k, shift=0):
