@@ -38,6 +38,7 @@ CASES_2 = [
     _case("zigzag-window-sinks", (1, 24, 2, 2, 16, 16), F64, "zigzag", causal=True, window=(3, -1), sinks=2),
     _case("zigzag-two-sided", (1, 24, 2, 2, 16, 16), F64, "zigzag", window=(2, 7)),
     _case("uneven-causal", (1, 23, 2, 2, 16, 16), F64, "contiguous", causal=True, window=(9, -1)),
+    _case("one-token", (2, 1, 2, 1, 16, 16), F64, "contiguous", causal=True),   # rank 1 holds no rows
     _case("fp32-gqa-causal", (2, 64, 4, 2, 64, 64), F32, "contiguous", causal=True),
     _case("fp32-zigzag-window", (1, 96, 4, 4, 32, 48), F32, "zigzag", causal=True, window=(20, -1), sinks=4),
     _case("bf16-zigzag-causal", (1, 128, 4, 2, 64, 64), BF16, "zigzag", causal=True),

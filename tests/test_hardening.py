@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 import kernkit
 from kernkit.reference import (binary_linear_ref, binary_quantize_ref, causal_conv1d_ref, flash_attn_ref,
+                               flash_attn_varlen_ref,
                                linear_attn_recurrent_ref, linear_scan_ref, rms_norm_ref, selective_scan_ref,
                                ternary_linear_ref, ternary_quantize_ref)
 
@@ -33,6 +34,47 @@ def test_attention_property(B, Sq, Sk, hkv, group, D, Dv, causal, left, right, s
     err = (out.double() - exact).abs().max().item()
     ref_err = (same.double() - exact).abs().max().item()
     assert err <= 2 * ref_err + (1e-5 if dtype == torch.float32 else 1e-2), (err, ref_err)
+
+
+@settings(max_examples=30, deadline=None)
+@given(lens=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=4),
+       hkv=st.sampled_from([1, 2]), group=st.sampled_from([1, 2]), D=st.integers(1, 40), causal=st.booleans(),
+       left=st.integers(-1, 20), sinks=st.integers(0, 3), act=st.sampled_from(["softmax", "sigmoid"]))
+def test_varlen_property(lens, hkv, group, D, causal, left, sinks, act):
+    g = torch.Generator().manual_seed(sum(a * 41 + b for a, b in lens) + D)
+    cu_q = torch.tensor([0] + [a for a, _ in lens], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    cu_k = torch.tensor([0] + [b for _, b in lens], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    q = torch.randn(int(cu_q[-1]), hkv * group, D, generator=g)
+    k, v = torch.randn(int(cu_k[-1]), hkv, D, generator=g), torch.randn(int(cu_k[-1]), hkv, D, generator=g)
+    kw = dict(causal=causal, window=(left, -1), sinks=sinks, activation=act)
+    out = kernkit.flash_attn_varlen(q, k, v, cu_q, cu_k, max(a for a, _ in lens), max(b for _, b in lens), **kw)
+    ref, _ = flash_attn_varlen_ref(q.double(), k.double(), v.double(), cu_q, cu_k, **kw)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(B=st.integers(1, 4), cap=st.integers(1, 60), new=st.integers(0, 3), D=st.integers(1, 40),
+       window=st.integers(-1, 30), sinks=st.integers(0, 3), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_kvcache_property(B, cap, new, D, window, sinks, dtype):
+    g = torch.Generator().manual_seed(B * 1000 + cap * 10 + new + D)
+    kc, vc = (torch.randn(B, cap + new, 2, D, generator=g).to(dtype) for _ in range(2))
+    lens = torch.randint(0, cap + 1, (B,), generator=g, dtype=torch.int32)
+    q = torch.randn(B, max(new, 1), 4, D, generator=g).to(dtype)
+    kn, vn = (torch.randn(B, new, 2, D, generator=g).to(dtype) for _ in range(2)) if new else (None, None)
+    kw = dict(causal=True, window=(window, -1), sinks=sinks)
+    k_all, v_all = kc.clone(), vc.clone()
+    out = kernkit.flash_attn_with_kvcache(q, kc, vc, lens, k=kn, v=vn, **kw)
+    for b in range(B):
+        n = int(lens[b])
+        if new:
+            k_all[b, n:n + new], v_all[b, n:n + new] = kn[b], vn[b]
+        exact, _ = flash_attn_ref(q[b:b + 1].double(), k_all[b:b + 1, :n + new].double(),
+                                  v_all[b:b + 1, :n + new].double(), **kw)
+        same, _ = flash_attn_ref(q[b:b + 1], k_all[b:b + 1, :n + new], v_all[b:b + 1, :n + new], **kw)
+        err = (out[b:b + 1].double() - exact).abs().max().item() if exact.numel() else 0.0
+        ref_err = (same.double() - exact).abs().max().item() if exact.numel() else 0.0
+        assert err <= 2 * ref_err + (1e-5 if dtype == torch.float32 else 1e-2)
+    assert torch.equal(kc, k_all) and torch.equal(vc, v_all)
 
 
 @settings(max_examples=30, deadline=None)
