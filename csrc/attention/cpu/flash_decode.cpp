@@ -141,16 +141,18 @@ inline void scale_and_accumulate(float* o, float alpha, const float* p, const fl
 
 // Partial results of every (kv head, row) over the keys in up to two ranges
 // [ranges[2i], ranges[2i+1]): the unnormalised output, running max m and sum l
-// (softmax), written to part[Hkv x R x (Dv + 2)].
+// (softmax), written to part[Hkv x Rs x (Dv + 2)].
 template <typename T>
 void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], DecodeWorker& w, float* part) {
   const AttnShape& sh = p.shape;
   const AttnMask& mk = p.mask;
-  const int group = sh.Hq / sh.Hkv, R = s.q_len * group, D = sh.D, Dv = sh.Dv, Dvp = w.Dvp;
+  // R rows of this sequence per KV head; buffers and partials are laid out with the batch's
+  // maximum, Rs = Sq * group, per head (varlen sequences may have fewer rows).
+  const int group = sh.Hq / sh.Hkv, R = s.q_len * group, Rs = sh.Sq * group, D = sh.D, Dv = sh.Dv, Dvp = w.Dvp;
   const bool softmax = mk.activation == AttnActivation::softmax, cap = mk.softcap > 0.f;
   for (int hkv = 0; hkv < sh.Hkv; ++hkv)
     for (int r = 0; r < R; ++r) {
-      const int x = hkv * R + r, h = hkv * group + r % group;
+      const int x = hkv * Rs + r, h = hkv * group + r % group;
       w.qrow[x] = elem<const T>(p.q, s, r / group, s.q_row0, h);
       load_row(w.q.p + size_t(x) * D, elem<const T>(p.q, s, r / group, s.q_row0, h), D, D);
       for (int d = 0; d < D; ++d) w.q[size_t(x) * D + d] *= mk.scale;
@@ -158,7 +160,7 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
       w.m[x] = kNegInf;
       w.l[x] = 0.f;
     }
-  std::memset(w.o.p, 0, sizeof(float) * sh.Hkv * R * Dvp);
+  std::memset(w.o.p, 0, sizeof(float) * sh.Hkv * Rs * Dvp);
   float* sr = w.s.p;
   for (int rg = 0; rg < 2; ++rg)
     for (int j0 = ranges[2 * rg]; j0 < ranges[2 * rg + 1]; j0 += KB) {
@@ -188,7 +190,7 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
         if (bf16_dots) pair_v_rows(w.vp.p, vrow, Dv, Dvp);
 #endif
         for (int r = 0; r < R; ++r) {
-          const int x = hkv * R + r;
+          const int x = hkv * Rs + r;
 #if defined(KK_ISA_AVX512)
           if (bf16_dots)
             scores_bf16(sr, static_cast<const uint16_t*>(w.qrow[x]), krow, D, mk.scale);
@@ -233,12 +235,14 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
         }
       }
     }
-  for (int x = 0; x < sh.Hkv * R; ++x) {
-    float* out = part + size_t(x) * (Dv + 2);
-    std::memcpy(out, w.o.p + size_t(x) * Dvp, sizeof(float) * Dv);
-    out[Dv] = w.m[x];
-    out[Dv + 1] = w.l[x];
-  }
+  for (int hkv = 0; hkv < sh.Hkv; ++hkv)
+    for (int r = 0; r < R; ++r) {   // rows past R keep the caller's empty partials
+      const int x = hkv * Rs + r;
+      float* out = part + size_t(x) * (Dv + 2);
+      std::memcpy(out, w.o.p + size_t(x) * Dvp, sizeof(float) * Dv);
+      out[Dv] = w.m[x];
+      out[Dv + 1] = w.l[x];
+    }
 }
 
 template <typename T>
