@@ -87,6 +87,11 @@ def test_ring_two_ranks_matches_single_process():
     _check_reports(dist_cases.run(2, "compare_with_single", CASES_2), 2, CASES_2)
 
 
+def test_ring_one_rank_matches_single_process():
+    cases = CASES_2[:4] + CASES_2[9:12]   # a group of one: no peers, same results
+    _check_reports(dist_cases.run(1, "compare_with_single", cases), 1, cases)
+
+
 def test_ring_four_ranks_matches_single_process():
     _check_reports(dist_cases.run(4, "compare_with_single", CASES_4), 4, CASES_4)
 

@@ -324,8 +324,11 @@ def _ring_backward(plan: _Plan, dout, q, k, v, out, lse, bias, need_dbias):
         if incoming is not None:
             acc += incoming
         # pass the block's gradients on; after the last step each accumulator is home
-        incoming = acc.new_empty(sum(plan.kv_numel[(src - 1) % plan.world]))
-        dkv_works = _exchange(plan, acc, incoming, "backward", _TAG_DKV)
+        if plan.world == 1:   # already home (a group of one has no peer to send to)
+            incoming = acc
+        else:
+            incoming = acc.new_empty(sum(plan.kv_numel[(src - 1) % plan.world]))
+            dkv_works = _exchange(plan, acc, incoming, "backward", _TAG_DKV)
         _wait(plan, kv_works, step, "receiving k/v")
         if kv_next is not None:
             kv = kv_next
