@@ -223,6 +223,13 @@ struct Bf16Gemm {
 };
 #endif
 
+// The engine for bf16 inputs at this ISA level: vdpbf16ps where available, else fp32 FMAs.
+#if defined(KK_ISA_AVX512)
+using Bf16InputGemm = Bf16Gemm;
+#else
+using Bf16InputGemm = F32Gemm;
+#endif
+
 }  // namespace gemm
 }  // namespace KK_ISA_NS
 }  // namespace kernkit

@@ -150,12 +150,17 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
   // maximum, Rs = Sq * group, per head (varlen sequences may have fewer rows).
   const int group = sh.Hq / sh.Hkv, R = s.q_len * group, Rs = sh.Sq * group, D = sh.D, Dv = sh.Dv, Dvp = w.Dvp;
   const bool softmax = mk.activation == AttnActivation::softmax, cap = mk.softcap > 0.f;
+  constexpr bool bf16_dots = kBf16Dots && std::is_same<T, bf16_t>::value;
   for (int hkv = 0; hkv < sh.Hkv; ++hkv)
     for (int r = 0; r < R; ++r) {
       const int x = hkv * Rs + r, h = hkv * group + r % group;
-      w.qrow[x] = elem<const T>(p.q, s, r / group, s.q_row0, h);
-      load_row(w.q.p + size_t(x) * D, elem<const T>(p.q, s, r / group, s.q_row0, h), D, D);
-      for (int d = 0; d < D; ++d) w.q[size_t(x) * D + d] *= mk.scale;
+      const T* qr = elem<const T>(p.q, s, r / group, s.q_row0, h);
+      if (bf16_dots) {   // used as it is; the scale multiplies the scores
+        w.qrow[x] = qr;
+      } else {
+        load_row(w.q.p + size_t(x) * D, qr, D, D);
+        for (int d = 0; d < D; ++d) w.q[size_t(x) * D + d] *= mk.scale;
+      }
       w.bias[x] = softmax ? 0.f : sigmoid_bias_of(mk, s, h);
       w.m[x] = kNegInf;
       w.l[x] = 0.f;
@@ -174,7 +179,6 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
           prefetch_row(elem<const T>(p.k, s, j, s.k_row0, hkv), D);
           prefetch_row(elem<const T>(p.v, s, j, s.k_row0, hkv), Dv);
         }
-        constexpr bool bf16_dots = kBf16Dots && std::is_same<T, bf16_t>::value;
         const uint16_t *krow[KB], *vrow[KB];
         for (int jj = 0; jj < nk; ++jj) {
           if (bf16_dots) {

@@ -262,11 +262,7 @@ void bwd(const LaBwdParams& bp) {
 void linear_attn_bwd_cpu(const LaBwdParams& p) {
   switch (p.fwd.dtype) {
     case DType::f32: return bwd<float, gemm::F32Gemm>(p);
-#if defined(KK_ISA_AVX512)
-    case DType::bf16: return bwd<bf16_t, gemm::Bf16Gemm>(p);
-#else
-    case DType::bf16: return bwd<bf16_t, gemm::F32Gemm>(p);
-#endif
+    case DType::bf16: return bwd<bf16_t, gemm::Bf16InputGemm>(p);
     case DType::f16: return bwd<f16_t, gemm::F32Gemm>(p);
     default: throw std::invalid_argument("linear_attn: unsupported dtype");
   }

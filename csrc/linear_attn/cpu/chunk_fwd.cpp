@@ -120,11 +120,7 @@ void fwd(const LaParams& p) {
 void linear_attn_fwd_cpu(const LaParams& p) {
   switch (p.dtype) {
     case DType::f32: return fwd<float, gemm::F32Gemm>(p);
-#if defined(KK_ISA_AVX512)
-    case DType::bf16: return fwd<bf16_t, gemm::Bf16Gemm>(p);
-#else
-    case DType::bf16: return fwd<bf16_t, gemm::F32Gemm>(p);
-#endif
+    case DType::bf16: return fwd<bf16_t, gemm::Bf16InputGemm>(p);
     case DType::f16: return fwd<f16_t, gemm::F32Gemm>(p);
     default: throw std::invalid_argument("linear_attn: unsupported dtype");
   }
