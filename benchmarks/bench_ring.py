@@ -36,15 +36,13 @@ def _cases(quick):
             dict(S=S, causal=True, layout="zigzag", window=(1024, -1))]
 
 
-def _median_time(fn, reps, barrier):
-    ts = []
-    for _ in range(reps):
-        barrier()
-        t = time.perf_counter()
-        fn()
-        barrier()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+def _timed(fn, barrier):
+    """Seconds for one call, all ranks starting together and the slowest one deciding."""
+    barrier()
+    t = time.perf_counter()
+    fn()
+    barrier()
+    return time.perf_counter() - t
 
 
 def _rank_main(rank, port, quick, results):
@@ -84,8 +82,8 @@ def _rank_main(rank, port, quick, results):
                 ring()
                 tr, ts = [], []
                 for _ in range(reps):   # alternate, as the other benchmarks do
-                    tr.append(_median_time(ring, 1, dist.barrier))
-                    ts.append(_median_time(single, 1, dist.barrier))
+                    tr.append(_timed(ring, dist.barrier))
+                    ts.append(_timed(single, dist.barrier))
                 sent = kd.comm_stats["forward_bytes"] + (kd.comm_stats["backward_bytes"] if what != "fwd" else 0)
                 rows.append(dict(case=c, what=what, ring=statistics.median(tr), single=statistics.median(ts),
                                  sent=sent, kv_bytes=(k.numel() + v.numel()) * k.element_size(), H=H, D=D,

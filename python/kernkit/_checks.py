@@ -67,3 +67,9 @@ def cu_seqlens(fn: str, name: str, cu, total: int) -> None:
     c = cu.cpu()
     if int(c[0]) != 0 or int(c[-1]) != total or bool((c[1:] < c[:-1]).any()):
         raise ValueError(f"{fn}: {name} must start at 0, be non-decreasing and end at {total} (the packed length)")
+
+
+def values_readable(t: torch.Tensor) -> bool:
+    """Whether a check may look at t's values: not for meta tensors, and not while
+    torch.compile traces (a data-dependent branch would break the graph)."""
+    return t.numel() > 0 and t.device.type != "meta" and not torch.compiler.is_compiling()

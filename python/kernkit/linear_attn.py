@@ -148,9 +148,9 @@ _fwd_op = define_op(
 # --------------------------------------------------------------------------- decode step
 
 def _step_impl(q, k, v, g, state, scale, new_state=None):
-    B, H, K = q.shape
-    V = v.shape[-1]
-    o = torch.empty(B, H, V, dtype=q.dtype, device=q.device)
+    # q, k (B, H, K), v (B, H, V); the eager fast path also passes their (B, 1, H, .) forms
+    B, H, K, V = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
+    o = v.new_empty(v.shape)
     if new_state is None:
         new_state = torch.empty(B, H, K, V, dtype=state.dtype, device=q.device)
     gbs, ghs = (0, 0) if g is None else ((0, g.stride(0)) if g.dim() == 1 else (g.stride(0), g.stride(1)))
@@ -210,7 +210,7 @@ def _check_qkv(fn, q, k, v, ndim):
 
 
 def _check_gate_values(fn, g):
-    if g.device.type == "meta" or torch.compiler.is_compiling() or g.numel() == 0:
+    if not chk.values_readable(g):
         return
     if not bool((g <= 0).all()):
         bad = "NaN" if bool(g.isnan().any()) else f"max {float(g.max()):.4g}"
@@ -326,25 +326,15 @@ def _step_fast(q, k, v, state, g, scale, inplace):
         scale = K ** -0.5
     elif type(scale) not in (float, int) or not math.isfinite(scale):
         return None
-    gate, gbs, ghs = _GATE_NONE, 0, 0
     if g is not None:
         if g.dtype is not torch.float32 or not g.is_contiguous():
             return None
         gs = g.shape
-        if gs == (H,):
-            gate, ghs = _GATE_SCALAR, 1
-        elif gs == (B, H) or gs == (B, 1, H):
-            gate, gbs, ghs = _GATE_SCALAR, H, 1
-        elif gs == (B, H, K) or gs == (B, 1, H, K):
-            gate, gbs, ghs = _GATE_VECTOR, H * K, K
-        else:
+        if gs == (B, 1, H) or gs == (B, 1, H, K):
+            g = g.view(gs[:1] + gs[2:])
+        elif gs not in ((H,), (B, H), (B, H, K)):
             return None
-    o = torch.empty(v.shape, dtype=dt)
-    new_state = state if inplace else torch.empty((B, H, K, V), dtype=torch.float32)
-    _C.linear_attn_step(q.data_ptr(), k.data_ptr(), v.data_ptr(), gate, 0 if g is None else g.data_ptr(), gbs, ghs,
-                        state.data_ptr(), o.data_ptr(), new_state.data_ptr(), [B, H, K, V], float(scale),
-                        dtype_code(q), torch.get_num_threads(), -1, 0)
-    return o, new_state
+    return _step_impl(q, k, v, g, state, float(scale), new_state=state if inplace else None)
 
 
 def linear_attn_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor,

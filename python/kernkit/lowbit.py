@@ -43,15 +43,14 @@ def _check_to_pack(fn: str, name: str, t) -> None:
 
 
 def _check_finite(fn: str, w: torch.Tensor) -> None:
-    if w.device.type != "meta" and not torch.compiler.is_compiling() and not bool(torch.isfinite(w).all()):
+    if chk.values_readable(w) and not bool(torch.isfinite(w).all()):
         raise ValueError(f"{fn}: w contains NaN or inf")
 
 
 def ternary_pack(w_q: torch.Tensor) -> torch.Tensor:
     """Pack integer weights in {-1, 0, 1} of shape (N, K) into the ternary format."""
     _check_to_pack("ternary_pack", "w_q", w_q)
-    if w_q.numel() and w_q.device.type != "meta" and not torch.compiler.is_compiling() \
-            and not bool(((w_q == -1) | (w_q == 0) | (w_q == 1)).all()):
+    if chk.values_readable(w_q) and not bool(((w_q == -1) | (w_q == 0) | (w_q == 1)).all()):
         raise ValueError("ternary_pack: w_q must hold only -1, 0 and 1 (use ternary_quantize for real weights)")
     return _ternary_pack(w_q)
 
@@ -98,8 +97,7 @@ def _absmean_ternary(w: torch.Tensor, per_row: bool = False):
 def binary_pack(signs: torch.Tensor) -> torch.Tensor:
     """Pack (N, K) signs (>= 0 means +1) into the binary format."""
     _check_to_pack("binary_pack", "signs", signs)
-    if signs.is_floating_point() and signs.device.type != "meta" and not torch.compiler.is_compiling() \
-            and bool(signs.isnan().any()):
+    if signs.is_floating_point() and chk.values_readable(signs) and bool(signs.isnan().any()):
         raise ValueError("binary_pack: signs contain NaN")
     N, K = signs.shape
     Kp = _round_up(max(K, 1), BINARY_BLOCK)
