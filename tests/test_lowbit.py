@@ -51,7 +51,10 @@ def test_quantize_matches_bitnet(per_row):
     assert torch.equal(kernkit.binary_unpack(pb, w.shape), signs) and torch.equal(alpha, a)
 
 
-SHAPES = [(1, 1, 1), (1, 17, 3), (3, 64, 17), (1, 70, 4095), (5, 33, 4096), (16, 40, 1000), (2, 3, 129)]
+# (M, N, K): row tails of every size after full 4-row tiles, N tails, and K with an odd
+# number of 128-weight blocks after full 256-weight chunks (the half-chunk path)
+SHAPES = [(1, 1, 1), (1, 17, 3), (3, 64, 17), (1, 70, 4095), (5, 33, 4096), (16, 40, 1000), (2, 3, 129),
+          (11, 10, 300), (6, 8, 640), (7, 5, 2560)]
 
 
 @pytest.mark.parametrize("per_row", [False, True])
@@ -116,6 +119,22 @@ def test_worst_case_k_does_not_overflow(isa):
     torch.testing.assert_close(y, torch.full((1, 2), float(K)))
     x = -torch.ones(1, K)
     torch.testing.assert_close(kernkit.ternary_linear(x, packed, scale), torch.full((1, 2), -float(K)))
+
+
+def test_int32_lanes_are_flushed_beyond_a_million_weights(isa):
+    # the kernels flush int32 lanes to int64 every 2^20 weights: check sums across that boundary,
+    # for full row tiles and a tail row, with a half chunk at the end
+    K = (1 << 20) + 300
+    w = torch.ones(5, K)
+    w[1] = -1
+    packed, scale = kernkit.ternary_quantize(w)
+    x = torch.ones(5, K)
+    x[2] = -1
+    y = kernkit.ternary_linear(x, packed, scale)
+    expect = torch.full((5, 5), float(K))
+    expect[:, 1] *= -1
+    expect[2] *= -1
+    assert torch.equal(y, expect)
 
 
 def test_ternary_linear_ste_gradients():

@@ -24,10 +24,12 @@ std::vector<std::string> compiled_isas() {
 CpuIsa best_supported_isa() {
 #if KK_X86
   __builtin_cpu_init();
-  // The avx512 objects use F/BW/VL/DQ plus BF16 and VNNI; all must be present.
+  // The avx512 objects are compiled for F/BW/VL/DQ plus BF16, VNNI and VPOPCNTDQ;
+  // all must be present (Cooper Lake has BF16 and VNNI but no VPOPCNTDQ: avx2 there).
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni"))
+      __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni") &&
+      __builtin_cpu_supports("avx512vpopcntdq"))
     return CpuIsa::avx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c"))

@@ -95,37 +95,64 @@ void quantize_rows(const LowbitParams& p, QuantRows& qr) {
   });
 }
 
-// acc[m][n] = sum_k code[n][k] * x_q[m][k] for MB x NB rows.
+#if defined(KK_ISA_AVX512)
+// Lane sums of four int32 vectors, in lanes 0..3 (pairwise unpack-and-add
+// instead of four separate horizontal reductions).
+inline __m128i reduce4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+  const __m512i a01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
+  const __m512i a23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3), _mm512_unpackhi_epi32(a2, a3));
+  const __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi64(a01, a23), _mm512_unpackhi_epi64(a01, a23));
+  const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// One 256-weight chunk (blocks 2c, 2c+1) of an MB x NB tile. The codes are
+// shifted and masked straight from memory, so only the accumulators, NB codes,
+// one activation register and the mask live in registers (and the loop body has
+// no branch: gcc kept the accumulators in memory when the tail test was inside).
+// Half: the row ends after block 2c; its high 32 bytes are not read (zero codes).
+template <int MB, int NB, bool Half>
+__attribute__((always_inline)) inline void dot_chunk(__m512i (&acc)[MB][NB], const uint8_t* const* wrow,
+                                                     const int8_t* const* xrow, int64_t c, __m512i lo2) {
+  for (int j = 0; j < 4; ++j) {
+    __m512i code[NB];
+    for (int b = 0; b < NB; ++b) {
+      const __m512i pk = Half ? _mm512_maskz_loadu_epi8(0xffffffffull, wrow[b] + c * 64)
+                              : _mm512_loadu_si512(wrow[b] + c * 64);
+      code[b] = _mm512_and_si512(_mm512_srli_epi16(pk, 2 * j), lo2);
+    }
+    for (int a = 0; a < MB; ++a) {
+      const __m512i xv = _mm512_loadu_si512(xrow[a] + c * 256 + j * 64);
+      for (int b = 0; b < NB; ++b) acc[a][b] = _mm512_dpbusd_epi32(acc[a][b], code[b], xv);
+    }
+  }
+}
+#endif
+
+// acc[m][n] = sum_k code[n][k] * x_q[m][k] for MB x NB rows (wrow: packed rows).
 template <int MB, int NB>
 void int_dot_tile(const uint8_t* const* wrow, const int8_t* const* xrow, int64_t Kp, int64_t (&out)[MB][NB]) {
   for (int a = 0; a < MB; ++a)
     for (int b = 0; b < NB; ++b) out[a][b] = 0;
 #if defined(KK_ISA_AVX512)
-  const int64_t nblk = Kp / 128, nfull = nblk / 2;
+  const int64_t nblk = Kp / 128, nfull = nblk / 2, nchunk = (nblk + 1) / 2;
   const __m512i lo2 = _mm512_set1_epi8(3);
-  for (int64_t c0 = 0; c0 < (nblk + 1) / 2; c0 += kFlushChunks) {
+  for (int64_t c0 = 0; c0 < nchunk; c0 += kFlushChunks) {
     __m512i acc[MB][NB];
     for (int a = 0; a < MB; ++a)
       for (int b = 0; b < NB; ++b) acc[a][b] = _mm512_setzero_si512();
-    const int64_t c1 = std::min((nblk + 1) / 2, c0 + kFlushChunks);
-    for (int64_t c = c0; c < c1; ++c) {
-      __m512i pk[NB];
-      for (int b = 0; b < NB; ++b)
-        pk[b] = c < nfull ? _mm512_loadu_si512(wrow[b] + c * 64)
-                          : _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow[b] + c * 64)));
-      if (c >= nfull)  // odd last block: the high half must be zero codes
-        for (int b = 0; b < NB; ++b) pk[b] = _mm512_inserti64x4(pk[b], _mm256_setzero_si256(), 1);
-      for (int j = 0; j < 4; ++j) {
-        __m512i code[NB];
-        for (int b = 0; b < NB; ++b) code[b] = _mm512_and_si512(_mm512_srli_epi16(pk[b], 2 * j), lo2);
-        for (int a = 0; a < MB; ++a) {
-          const __m512i xv = _mm512_loadu_si512(xrow[a] + c * 256 + j * 64);
-          for (int b = 0; b < NB; ++b) acc[a][b] = _mm512_dpbusd_epi32(acc[a][b], code[b], xv);
-        }
+    const int64_t c1 = std::min(nchunk, c0 + kFlushChunks);
+    for (int64_t c = c0; c < std::min(c1, nfull); ++c) dot_chunk<MB, NB, false>(acc, wrow, xrow, c, lo2);
+    if (c1 > nfull) dot_chunk<MB, NB, true>(acc, wrow, xrow, nfull, lo2);
+    for (int a = 0; a < MB; ++a) {
+      if constexpr (NB == 4) {  // one transposing reduction for the row's four sums
+        const __m256i sums = _mm256_cvtepi32_epi64(reduce4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[a]),
+                            _mm256_add_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(out[a])), sums));
+      } else {
+        for (int b = 0; b < NB; ++b) out[a][b] += _mm512_reduce_add_epi32(acc[a][b]);
       }
     }
-    for (int a = 0; a < MB; ++a)
-      for (int b = 0; b < NB; ++b) out[a][b] += _mm512_reduce_add_epi32(acc[a][b]);
   }
 #elif defined(KK_ISA_AVX2)
   const int64_t nblk = Kp / 128;
@@ -135,11 +162,11 @@ void int_dot_tile(const uint8_t* const* wrow, const int8_t* const* xrow, int64_t
     for (int a = 0; a < MB; ++a)
       for (int b = 0; b < NB; ++b) acc[a][b] = _mm256_setzero_si256();
     for (int64_t q = q0; q < std::min(nblk, q0 + kFlushChunks); ++q) {
-      __m256i pk[NB];
-      for (int b = 0; b < NB; ++b) pk[b] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow[b] + q * 32));
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < 4; ++j) {  // codes shifted and masked straight from memory (few registers)
         __m256i code[NB];
-        for (int b = 0; b < NB; ++b) code[b] = _mm256_and_si256(_mm256_srli_epi16(pk[b], 2 * j), lo2);
+        for (int b = 0; b < NB; ++b)
+          code[b] = _mm256_and_si256(
+              _mm256_srli_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow[b] + q * 32)), 2 * j), lo2);
         for (int a = 0; a < MB; ++a) {
           const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xrow[a] + q * 128 + j * 32));
           for (int b = 0; b < NB; ++b)
@@ -182,6 +209,22 @@ void int8_tile(const LowbitParams& p, const QuantRows& qr, int64_t m0, int64_t n
   for (int a = 0; a < MB; ++a) xrow[a] = qr.q.p + (m0 + a) * qr.Kx;
   int64_t acc[MB][NB];
   int_dot_tile<MB, NB>(wrow, xrow, p.Kp, acc);
+#if defined(KK_ISA_AVX512)
+  if constexpr (NB == 4) {  // the same float operations, in the same order, four outputs at a time
+    const __m128 sw = p.per_row_scale ? _mm_loadu_ps(p.scale + n0) : _mm_set1_ps(p.scale[0]);
+    for (int a = 0; a < MB; ++a) {
+      const __m256i dot = _mm256_sub_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc[a])),
+                                           _mm256_set1_epi64x(qr.sum[m0 + a]));  // codes are w + 1
+      __m128 v = _mm_mul_ps(_mm_div_ps(_mm256_cvtepi64_ps(dot), _mm_set1_ps(qr.s[m0 + a])), sw);
+      if (p.bias) v = _mm_add_ps(v, _mm_loadu_ps(p.bias + n0));
+      alignas(16) float f[4];
+      _mm_store_ps(f, v);
+      T* y = static_cast<T*>(p.y) + (m0 + a) * p.N + n0;
+      for (int b = 0; b < 4; ++b) y[b] = from_float<T>(f[b]);
+    }
+    return;
+  }
+#endif
   for (int a = 0; a < MB; ++a)
     for (int b = 0; b < NB; ++b) {
       const float sw = p.scale[p.per_row_scale ? n0 + b : 0];
@@ -197,6 +240,27 @@ void int8_rows(const LowbitParams& p, const QuantRows& qr, int64_t m0, int64_t n
   for (; n < n1; ++n) int8_tile<MB, 1, T>(p, qr, m0, n);
 }
 
+// Activation rows per tile: each decoded weight register feeds kRowsPerTile
+// multiply-adds. 4 x 4 tiles fill the 32 avx512 registers without spills (gcc
+// spills 6 x 4); avx2 has 16 registers, so 2 x 4.
+#if defined(KK_ISA_AVX512)
+constexpr int kRowsPerTile = 4;
+#else
+constexpr int kRowsPerTile = 2;
+#endif
+
+template <typename T>
+void int8_all_rows(const LowbitParams& p, const QuantRows& qr, int64_t n0, int64_t n1) {
+  int64_t m = 0;
+  for (; m + kRowsPerTile <= p.M; m += kRowsPerTile) int8_rows<T, kRowsPerTile>(p, qr, m, n0, n1);
+  switch (p.M - m) {
+    case 0: return;
+    case 3: return int8_rows<T, 3>(p, qr, m, n0, n1);
+    case 2: return int8_rows<T, 2>(p, qr, m, n0, n1);
+    default: return int8_rows<T, 1>(p, qr, m, n0, n1);
+  }
+}
+
 template <typename T>
 void ternary_int8(const LowbitParams& p) {
   QuantRows qr(p.M, p.Kp);
@@ -204,10 +268,7 @@ void ternary_int8(const LowbitParams& p) {
   // split over output features in groups of 4 rows
   const int64_t groups = (p.N + 3) / 4;
   parallel_for(groups, p.threads, 1, [&](int64_t g0, int64_t g1) {
-    const int64_t n0 = g0 * 4, n1 = std::min(p.N, g1 * 4);
-    int64_t m = 0;
-    for (; m + 4 <= p.M; m += 4) int8_rows<T, 4>(p, qr, m, n0, n1);
-    for (; m < p.M; ++m) int8_rows<T, 1>(p, qr, m, n0, n1);
+    int8_all_rows<T>(p, qr, g0 * 4, std::min(p.N, g1 * 4));
   });
 }
 
