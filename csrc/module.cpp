@@ -289,6 +289,42 @@ void binary_linear(uintptr_t x, int64_t x_rs, uintptr_t packed, uintptr_t alpha,
   KK_CPU_KERNEL(binary_linear_cpu)(p);
 }
 
+bool ternary_quantize(uintptr_t w, int64_t w_rs, uintptr_t packed, uintptr_t scale, bool per_row, int64_t N,
+                      int64_t K, int64_t Kp, int dtype, int threads, int device) {
+  require(N >= 1 && K >= 1 && Kp >= K && Kp % kTernaryBlock == 0 && Kp - K < kTernaryBlock && w_rs >= K,
+          "ternary_quantize: inconsistent sizes");
+  require(w && packed && scale, "ternary_quantize: null data pointer");
+  require_cpu(device, "ternary_quantize");
+  const TernaryQuantParams p{ptr(w), w_rs, ptr<uint8_t>(packed), ptr<float>(scale), per_row, N, K, Kp,
+                             dtype_from_code(dtype, "w"), threads};
+  py::gil_scoped_release nogil;
+  return KK_CPU_KERNEL(ternary_quantize_cpu)(p);
+}
+
+void ternary_dequant(uintptr_t packed, uintptr_t scale, bool per_row, uintptr_t out, int64_t N, int64_t K,
+                     int64_t Kp, int threads, int device) {
+  require(N >= 0 && K >= 1 && Kp >= K && Kp % kTernaryBlock == 0 && Kp - K < kTernaryBlock,
+          "ternary_dequant: inconsistent sizes");
+  if (N == 0) return;
+  require(packed && scale && out, "ternary_dequant: null data pointer");
+  require_cpu(device, "ternary_dequant");
+  const TernaryDequantParams p{ptr<const uint8_t>(packed), ptr<const float>(scale), per_row, ptr<float>(out), N, K, Kp,
+                               threads};
+  py::gil_scoped_release nogil;
+  KK_CPU_KERNEL(ternary_dequant_cpu)(p);
+}
+
+void act_quant_dequant(uintptr_t x, int64_t x_rs, uintptr_t out, int64_t M, int64_t K, int dtype, int threads,
+                       int device) {
+  require(M >= 0 && K >= 1 && x_rs >= K, "act_quant_dequant: inconsistent sizes");
+  if (M == 0) return;
+  require(x && out, "act_quant_dequant: null data pointer");
+  require_cpu(device, "act_quant_dequant");
+  const ActDequantParams p{ptr(x), x_rs, ptr<float>(out), M, K, dtype_from_code(dtype, "x"), threads};
+  py::gil_scoped_release nogil;
+  KK_CPU_KERNEL(act_quant_dequant_cpu)(p);
+}
+
 // ----------------------------------------------------------------------------- linear attention
 
 LaParams la_params(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v, Strides vs, uintptr_t o, int gate,
@@ -407,4 +443,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear_attn_step", &linear_attn_step);
   m.def("ternary_linear", &ternary_linear);
   m.def("binary_linear", &binary_linear);
+  m.def("ternary_quantize", &ternary_quantize);
+  m.def("ternary_dequant", &ternary_dequant);
+  m.def("act_quant_dequant", &act_quant_dequant);
 }

@@ -51,6 +51,66 @@ def test_quantize_matches_bitnet(per_row):
     assert torch.equal(kernkit.binary_unpack(pb, w.shape), signs) and torch.equal(alpha, a)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (37, 300), (5, 4096), (129, 1000)], ids=str)
+def test_fused_quantizer_matches_reference(isa, shape, per_row, dtype):
+    # the fused kernel (fp64 absmean, true division, round half to even) against the plain-PyTorch chain,
+    # including weights that sit exactly on the rounding boundaries +-scale/2
+    w = (torch.randn(*shape, generator=_gen(sum(shape))) * 0.3).to(dtype)
+    packed, scale = kernkit.ternary_quantize(w, per_row=per_row)
+    w_q, s = ternary_quantize_ref(w, per_row)
+    assert torch.equal(scale, s)
+    assert torch.equal(kernkit.ternary_unpack(packed, shape), w_q)
+    # weights exactly on the rounding boundaries: |w| / scale in {0.5, 1.5}, rounded half to even
+    w2 = (torch.tensor([0.125, 0.375, -0.125, -0.375]).repeat(shape[0], shape[1] + 4)[:, : 4 * max(1, shape[1] // 4)])
+    packed2, scale2 = kernkit.ternary_quantize(w2.to(dtype), per_row=per_row)
+    assert torch.equal(scale2, torch.full_like(scale2, 0.25))
+    expect = torch.tensor([0, 1, 0, -1], dtype=torch.int8).repeat(shape[0], w2.shape[1] // 4)
+    assert torch.equal(kernkit.ternary_unpack(packed2, w2.shape), expect)
+    # strided weights: the same as contiguous ones
+    wt = torch.randn(shape[1], shape[0], generator=_gen(3)).to(dtype).t()
+    pt, st = kernkit.ternary_quantize(wt, per_row=per_row)
+    pc, sc = kernkit.ternary_quantize(wt.contiguous(), per_row=per_row)
+    assert torch.equal(pt, pc) and torch.equal(st, sc)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_fused_quantizer_rejects_non_finite(bad):
+    w = torch.randn(7, 300)
+    w[5, 123] = bad
+    with pytest.raises(ValueError, match="w contains NaN or inf"):
+        kernkit.ternary_quantize(w)
+    layer = BitLinear(300, 7)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        layer(torch.randn(2, 300))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (6, 300), (33, 4097)], ids=str)
+def test_backward_operands_are_exact(isa, shape, dtype):
+    from kernkit.lowbit import _act_dequant_op, _dequant_op
+    from kernkit.reference.lowbit import act_quant_ref
+
+    M, K = shape
+    g = _gen(M * K)
+    x = (torch.randn(M, K, generator=g) * 4).to(dtype)
+    x[0, 0] = 0.0
+    xq, s = act_quant_ref(x)
+    assert torch.equal(_act_dequant_op(x), xq.float() / s)
+    xs = torch.randn(M, 2 * K, generator=g).to(dtype)[:, ::2]  # strided rows
+    xq, s = act_quant_ref(xs)
+    assert torch.equal(_act_dequant_op(xs), xq.float() / s)
+    assert torch.equal(_act_dequant_op(torch.zeros(M, K, dtype=dtype)), torch.zeros(M, K))
+    for per_row in (False, True):
+        w = torch.randn(M, K, generator=g)
+        packed, scale = kernkit.ternary_quantize(w, per_row=per_row)
+        dense = kernkit.ternary_unpack(packed, (M, K)).float() * (scale[:, None] if per_row else scale)
+        assert torch.equal(_dequant_op(packed, scale, K), dense)
+
+
 # (M, N, K): row tails of every size after full 4-row tiles, N tails, and K with an odd
 # number of 128-weight blocks after full 256-weight chunks (the half-chunk path)
 SHAPES = [(1, 1, 1), (1, 17, 3), (3, 64, 17), (1, 70, 4095), (5, 33, 4096), (16, 40, 1000), (2, 3, 129),
@@ -216,6 +276,11 @@ def test_opcheck_and_compile():
     torch.library.opcheck(_ternary_op, (x.requires_grad_(), packed, scale, torch.randn(10), 0))
     pb, alpha = kernkit.binary_quantize(w)
     torch.library.opcheck(_binary_op, (x.detach(), pb, alpha, None, True))
+    from kernkit.lowbit import _absmean_pack_op, _act_dequant_op, _dequant_op
+    for per_row in (False, True):
+        torch.library.opcheck(_absmean_pack_op, (w, per_row))
+    torch.library.opcheck(_dequant_op, (packed, scale, 70))
+    torch.library.opcheck(_act_dequant_op, (x.detach(),))
     f = torch.compile(lambda a: kernkit.ternary_linear(a, packed, scale).relu(), fullgraph=True)
     torch.testing.assert_close(f(x.detach()), kernkit.ternary_linear(x.detach(), packed, scale).relu())
 

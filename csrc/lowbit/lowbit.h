@@ -31,7 +31,46 @@ struct LowbitParams {
   int threads;
 };
 
+// BitNet absmean ternary quantisation + packing of w (N, K): scale = mean|w| per
+// tensor (1 entry) or per row (N), clamped below at 1e-5; codes round(w / scale)
+// clamped to [-1, 1]. The kernel returns false (and writes nothing) if w holds
+// NaN or inf.
+struct TernaryQuantParams {
+  const void* w;  // rows with stride w_rs, last dim contiguous
+  int64_t w_rs;
+  uint8_t* packed;  // (N, Kp / 4)
+  float* scale;
+  bool per_row;
+  int64_t N, K, Kp;
+  DType dtype;
+  int threads;
+};
+
+// out (N, K) fp32 = (code - 1) * scale: the packed weights as a dense matrix.
+struct TernaryDequantParams {
+  const uint8_t* packed;
+  const float* scale;
+  bool per_row;
+  float* out;
+  int64_t N, K, Kp;
+  int threads;
+};
+
+// out (M, K) fp32 = x_q / s with s = 127 / max|x| per row and x_q = clamp(round(x * s)):
+// the activations the int8 kernel multiplies, dequantised (BitLinear's dW operand).
+struct ActDequantParams {
+  const void* x;  // rows with stride x_rs, last dim contiguous
+  int64_t x_rs;
+  float* out;
+  int64_t M, K;
+  DType dtype;
+  int threads;
+};
+
 }  // namespace kernkit
 
+KK_DECLARE_CPU_KERNEL(bool, ternary_quantize_cpu, (const ::kernkit::TernaryQuantParams&))
+KK_DECLARE_CPU_KERNEL(void, ternary_dequant_cpu, (const ::kernkit::TernaryDequantParams&))
+KK_DECLARE_CPU_KERNEL(void, act_quant_dequant_cpu, (const ::kernkit::ActDequantParams&))
 KK_DECLARE_CPU_KERNEL(void, ternary_linear_cpu, (const ::kernkit::LowbitParams&))
 KK_DECLARE_CPU_KERNEL(void, binary_linear_cpu, (const ::kernkit::LowbitParams&))

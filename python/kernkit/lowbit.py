@@ -82,6 +82,12 @@ def ternary_quantize(w: torch.Tensor, per_row: bool = False):
     chk.tensor("ternary_quantize", "w", w)
     if w.dim() != 2 or w.shape[1] == 0:
         raise ValueError(f"ternary_quantize: w must be (out_features, in_features), got {tuple(w.shape)}")
+    return _quantize_weight(w, per_row)
+
+
+def _quantize_weight(w: torch.Tensor, per_row: bool = False):
+    if w.is_cpu:  # one fused kernel (it rejects NaN / inf itself)
+        return call(_absmean_pack_op, w.detach(), per_row)
     _check_finite("ternary_quantize", w)
     w_q, scale = _absmean_ternary(w, per_row)
     return _ternary_pack(w_q), scale
@@ -144,6 +150,62 @@ def _rows(x):
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
+def _absmean_pack_impl(w, per_row):
+    w2 = _rows(w.float() if w.dtype == torch.float64 else w)  # the reference works on w.float() too
+    N, K = w2.shape
+    Kp = _round_up(K, TERNARY_BLOCK)
+    packed = torch.empty(N, Kp // 4, dtype=torch.uint8, device=w.device)
+    scale = torch.empty((N,) if per_row else (), dtype=torch.float32, device=w.device)
+    if not _C.ternary_quantize(ptr(w2), w2.stride(0), ptr(packed), ptr(scale), per_row, N, K, Kp, dtype_code(w2),
+                               *launch_args(w2)[:2]):
+        raise ValueError("ternary_quantize: w contains NaN or inf")
+    return packed, scale
+
+
+def _absmean_pack_fake(w, per_row):
+    N, K = w.shape
+    return (w.new_empty(N, _round_up(K, TERNARY_BLOCK) // 4, dtype=torch.uint8),
+            w.new_empty((N,) if per_row else (), dtype=torch.float32))
+
+
+# fused absmean + round + clamp + pack (CPU): scale summed in fp64, codes as the reference's for that scale
+_absmean_pack_op = define_op("ternary_absmean_pack(Tensor w, bool per_row) -> (Tensor, Tensor)",
+                             impl=_absmean_pack_impl, fake=_absmean_pack_fake)
+
+
+def _dequant_impl(packed, scale, K):
+    N = packed.shape[0]
+    out = torch.empty(N, K, dtype=torch.float32, device=packed.device)
+    _C.ternary_dequant(ptr(packed), ptr(scale), scale.numel() > 1, ptr(out), N, K, packed.shape[1] * 4,
+                       *launch_args(packed)[:2])
+    return out
+
+
+def _dequant_fake(packed, scale, K):
+    return packed.new_empty(packed.shape[0], K, dtype=torch.float32)
+
+
+# W_q * scale as a dense fp32 (N, K) matrix (the straight-through backward's dX operand)
+_dequant_op = define_op("ternary_dequant(Tensor packed, Tensor scale, int K) -> Tensor",
+                        impl=_dequant_impl, fake=_dequant_fake)
+
+
+def _act_dequant_impl(x):
+    x2 = _rows(x)
+    out = torch.empty(x2.shape, dtype=torch.float32, device=x.device)
+    _C.act_quant_dequant(ptr(x2), x2.stride(0), ptr(out), x2.shape[0], x2.shape[1], dtype_code(x2),
+                         *launch_args(x2)[:2])
+    return out.reshape(x.shape)
+
+
+def _act_dequant_fake(x):
+    return x.new_empty(x.shape, dtype=torch.float32)
+
+
+# x_q / s for int8 per-token activations (the straight-through backward's dW operand)
+_act_dequant_op = define_op("act_quant_dequant(Tensor x) -> Tensor", impl=_act_dequant_impl, fake=_act_dequant_fake)
+
+
 def _ternary_impl(x, packed, scale, bias, act_bits):
     x2 = _rows(x)
     M, K = x2.shape
@@ -168,9 +230,7 @@ def _ternary_setup(ctx, inputs, output):
 def _ternary_backward(ctx, dy):
     # straight-through estimator: dX = dY @ (W_q * scale); the activation quantiser passes gradients through
     packed, scale = ctx.saved_tensors
-    w = ternary_unpack(packed, (packed.shape[0], ctx.K)).float()
-    w = w * (scale[:, None] if scale.numel() > 1 else scale)
-    dx = (dy.float() @ w).to(ctx.dtype)
+    dx = (dy.float() @ _dequant_op(packed, scale, ctx.K)).to(ctx.dtype)
     dbias = dy.float().reshape(-1, dy.shape[-1]).sum(0) if ctx.has_bias else None
     return dx, None, None, dbias, None
 
@@ -261,22 +321,28 @@ class _BitLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, act_bits):
-        w_q, scale = _absmean_ternary(weight)
-        y = ternary_linear(x, _ternary_pack(w_q), scale, bias, act_bits=act_bits)   # w_q is ternary by construction
-        ctx.save_for_backward(x, w_q, scale)  # int8 W_q: a quarter of the fp32 weights
+        packed, scale = _quantize_weight(weight)
+        y = ternary_linear(x, packed, scale, bias, act_bits=act_bits)
+        ctx.save_for_backward(x, packed, scale)  # packed W_q: 2 bits per weight
         ctx.act_bits, ctx.has_bias = act_bits, bias is not None
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, w_q, scale = ctx.saved_tensors
-        w = w_q.to(dy.dtype) * scale.to(dy.dtype)
-        x2 = x.reshape(-1, x.shape[-1])
+        x, packed, scale = ctx.saved_tensors
+        K = x.shape[-1]
+        w = _dequant_op(packed, scale, K) if packed.is_cpu else \
+            ternary_unpack(packed, (packed.shape[0], K)).float() * scale
+        x2 = x.reshape(-1, K)
         if ctx.act_bits == 8:
-            xq, s = act_quant_ref(x2)
-            x2 = (xq.float() / s).to(dy.dtype)
+            x2 = _act_dequant_op(x2) if x2.is_cpu else _act_dequant_ref(x2)
         dy2 = dy.reshape(-1, dy.shape[-1])
-        dx = (dy2 @ w).reshape(x.shape).to(x.dtype)
+        dx = (dy2 @ w.to(dy.dtype)).reshape(x.shape).to(x.dtype)
         dw = dy2.t() @ x2.to(dy.dtype)
         dbias = dy2.sum(0) if ctx.has_bias else None
         return dx, dw, dbias, None
+
+
+def _act_dequant_ref(x2):
+    xq, s = act_quant_ref(x2)
+    return xq.float() / s

@@ -11,9 +11,11 @@ import torch.nn.functional as F
 
 def ternary_quantize_ref(w: torch.Tensor, per_row: bool = False):
     """BitNet b1.58 absmean: scale = mean|W| (per tensor or per output row), W_q = clamp(round(W / scale), -1, 1).
-    Returns (W_q int8, scale fp32)."""
+    Returns (W_q int8, scale fp32). The mean is taken in fp64 and rounded once to fp32 (an fp32
+    running sum over millions of weights would be off in the last bits, depending on its order)."""
     wf = w.float()
-    scale = (wf.abs().mean(dim=1) if per_row else wf.abs().mean()).clamp(min=1e-5)
+    a = wf.abs().double()
+    scale = (a.mean(dim=1) if per_row else a.mean()).float().clamp(min=1e-5)
     wq = (wf / (scale[:, None] if per_row else scale)).round().clamp(-1, 1).to(torch.int8)
     return wq, scale
 
