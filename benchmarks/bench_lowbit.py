@@ -76,6 +76,26 @@ def _binary_rows(quick):
                 f"{2 * M * K * N / tk / 1e9:.0f} binary GOP/s")]
 
 
+FP32_FMA_PEAK = 470.0  # GFLOP/s, two cores (benchmarks/common.py)
+
+
+def _sgemm_rows(quick):
+    # the fp32 GEMM of BitLinear's straight-through backward: dX = dY @ W (plain) and dW = dY^T @ X
+    # (transposed A), against torch.mm on the same operands
+    from kernkit.lowbit import _mm_op
+
+    M, K, N = (256, 1024, 1024) if quick else (512, 2048, 2048)
+    g = torch.Generator().manual_seed(4)
+    dy, w, x = torch.randn(M, N, generator=g), torch.randn(N, K, generator=g), torch.randn(M, K, generator=g)
+    rows = []
+    for case, a, b in (("fp32 GEMM dY @ W", dy, w), ("fp32 GEMM dY^T @ X", dy.t(), x)):
+        tk, tb = time_pair(lambda: _mm_op(a, b), lambda: a @ b, quick=quick)
+        gf = 2 * a.shape[0] * a.shape[1] * b.shape[1] / tk / 1e9
+        rows.append(Row(FAMILY, case, f"M{a.shape[0]} K{a.shape[1]} N{b.shape[1]}", "float32", tk * 1e6, "torch.mm",
+                        tb * 1e6, f"{gf:.0f} GFLOP/s ({100 * gf / FP32_FMA_PEAK:.0f}% of FMA peak)"))
+    return rows
+
+
 def _bitlinear_rows(quick):
     M, K, N = (256, 1024, 1024) if quick else (512, 2048, 2048)
     g = torch.Generator().manual_seed(3)
@@ -100,4 +120,4 @@ def _bitlinear_rows(quick):
 def run(device: str = "cpu", quick: bool = False) -> list[Row]:
     if device != "cpu":
         return []  # CUDA low-bit kernels: a later step
-    return _gemv_rows(quick) + _gemm_rows(quick) + _binary_rows(quick) + _bitlinear_rows(quick)
+    return _gemv_rows(quick) + _gemm_rows(quick) + _binary_rows(quick) + _sgemm_rows(quick) + _bitlinear_rows(quick)

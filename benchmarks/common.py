@@ -16,7 +16,8 @@ import torch
 
 # Reference rates of the 2-core development machine (developers' guide): a plain
 # GEMM through torch runs ~160 GFLOP/s in fp32 and ~410-575 in bf16; memory
-# streams ~30-48 GB/s. (The fp32 FMA peak of two Zen 4 cores is nearer 250-300.)
+# streams ~30-48 GB/s. (The fp32 FMA peak of the two cores is ~470 GFLOP/s: 7.3 G
+# vfmadd231ps zmm per second per core; torch's MKL sgemm takes its AVX2 path on AMD.)
 CPU_MEM_GBPS = 40.0
 CPU_GFLOPS = {torch.float32: 160.0, torch.bfloat16: 500.0, torch.float16: 500.0}
 

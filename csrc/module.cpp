@@ -12,6 +12,7 @@
 #include "attention/attention.h"
 #include "linear_attn/linear_attn.h"
 #include "lowbit/lowbit.h"
+#include "common/sgemm.h"
 #include "norm/rms_norm.h"
 #include "scan/scan.h"
 
@@ -325,6 +326,18 @@ void act_quant_dequant(uintptr_t x, int64_t x_rs, uintptr_t out, int64_t M, int6
   KK_CPU_KERNEL(act_quant_dequant_cpu)(p);
 }
 
+void sgemm(uintptr_t A, int64_t a_rs, int64_t a_cs, uintptr_t B, int64_t b_rs, int64_t b_cs, uintptr_t C, int64_t ldc,
+           int64_t M, int64_t N, int64_t K, int threads, int device) {
+  require(M >= 0 && N >= 0 && K >= 0 && ldc >= N, "mm: inconsistent sizes");
+  if (M == 0 || N == 0) return;
+  require(C && (K == 0 || (A && B)), "mm: null data pointer");
+  require_cpu(device, "mm");
+  const SgemmParams p{ptr<const float>(A), a_rs, a_cs, ptr<const float>(B), b_rs, b_cs, ptr<float>(C), ldc, M, N, K,
+                      threads};
+  py::gil_scoped_release nogil;
+  KK_CPU_KERNEL(sgemm_cpu)(p);
+}
+
 // ----------------------------------------------------------------------------- linear attention
 
 LaParams la_params(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v, Strides vs, uintptr_t o, int gate,
@@ -446,4 +459,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("ternary_quantize", &ternary_quantize);
   m.def("ternary_dequant", &ternary_dequant);
   m.def("act_quant_dequant", &act_quant_dequant);
+  m.def("sgemm", &sgemm);
 }

@@ -111,6 +111,25 @@ def test_backward_operands_are_exact(isa, shape, dtype):
         assert torch.equal(_dequant_op(packed, scale, K), dense)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 70, 3), (17, 65, 300), (6, 64, 256), (7, 129, 257), (130, 200, 513),
+                                   (100, 300, 0)], ids=str)
+def test_backward_gemm(isa, shape):
+    # the fp32 GEMM of the straight-through backward: every strided layout, panel tails in M, N and K
+    # (K past one 256-deep slice); error vs fp64 within 3x torch's fp32 matmul error
+    from kernkit.lowbit import _mm_op
+
+    M, N, K = shape
+    g = _gen(M + N + K)
+    a, b = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g)
+    exact = a.double() @ b.double()
+    tol = 3 * (a @ b - exact).abs().max().item() + 1e-6
+    for aa in (a, a.t().contiguous().t()):
+        for bb in (b, b.t().contiguous().t(), torch.randn(K, 2 * N, generator=g)[:, ::2].copy_(b)):
+            c = _mm_op(aa, bb)
+            assert c.shape == (M, N) and c.is_contiguous()
+            assert (c.double() - exact).abs().max().item() <= tol
+
+
 # (M, N, K): row tails of every size after full 4-row tiles, N tails, and K with an odd
 # number of 128-weight blocks after full 256-weight chunks (the half-chunk path)
 SHAPES = [(1, 1, 1), (1, 17, 3), (3, 64, 17), (1, 70, 4095), (5, 33, 4096), (16, 40, 1000), (2, 3, 129),
@@ -210,13 +229,15 @@ def test_ternary_linear_ste_gradients():
     torch.testing.assert_close(b.grad, dy.sum(0))
 
 
-def test_bitlinear_matches_emulation_forward_and_ste_gradients():
+@pytest.mark.parametrize("sizes", [(6, 48, 24), (40, 300, 200), (3, 70, 130)], ids=str)  # (40, ...): kernkit's GEMM
+def test_bitlinear_matches_emulation_forward_and_ste_gradients(sizes):
+    M, K, N = sizes
     g = _gen(7)
-    layer = BitLinear(48, 24)
+    layer = BitLinear(K, N)
     with torch.no_grad():
-        layer.weight.copy_(torch.randn(24, 48, generator=g) * 0.1)
-        layer.bias.copy_(torch.randn(24, generator=g))
-    x = torch.randn(6, 48, generator=g, requires_grad=True)
+        layer.weight.copy_(torch.randn(N, K, generator=g) * 0.1)
+        layer.bias.copy_(torch.randn(N, generator=g))
+    x = torch.randn(M, K, generator=g, requires_grad=True)
     y = layer(x)
     xr = x.detach().clone().requires_grad_()
     wr = layer.weight.detach().clone().requires_grad_()
@@ -281,6 +302,8 @@ def test_opcheck_and_compile():
         torch.library.opcheck(_absmean_pack_op, (w, per_row))
     torch.library.opcheck(_dequant_op, (packed, scale, 70))
     torch.library.opcheck(_act_dequant_op, (x.detach(),))
+    from kernkit.lowbit import _mm_op
+    torch.library.opcheck(_mm_op, (x.detach(), w.t()))
     f = torch.compile(lambda a: kernkit.ternary_linear(a, packed, scale).relu(), fullgraph=True)
     torch.testing.assert_close(f(x.detach()), kernkit.ternary_linear(x.detach(), packed, scale).relu())
 

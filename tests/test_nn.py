@@ -151,7 +151,16 @@ def test_module_state_dict_round_trip(name):
 def test_module_compiles_fullgraph(name):
     m, x = _module_and_input(name)
     f = torch.compile(m, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(_out(f(x)), _out(m(x)), rtol=1e-5, atol=1e-5)
+    xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yc, ye = _out(f(xc)), _out(m(xe))
+    torch.testing.assert_close(yc, ye, rtol=1e-5, atol=1e-5)
+    dy = torch.randn_like(ye)
+    gc = torch.autograd.grad(yc, [xc, *m.parameters()], dy, allow_unused=True)
+    ge = torch.autograd.grad(ye, [xe, *m.parameters()], dy, allow_unused=True)
+    for a, b in zip(gc, ge):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
