@@ -53,6 +53,12 @@ py::dict info() {
   d["isa_compiled"] = compiled_isas();
   d["isa_supported"] = isa_name(best_supported_isa());
   d["isa_selected"] = isa_name(active_isa());
+#if KK_X86
+  __builtin_cpu_init();
+  d["cpu_vendor"] = __builtin_cpu_is("intel") ? "intel" : __builtin_cpu_is("amd") ? "amd" : "other";
+#else
+  d["cpu_vendor"] = "other";
+#endif
   d["thread_backend"] = thread_backend();
   d["cuda_compiled"] = cuda_compiled();
 #ifdef KK_WITH_CUDA

@@ -67,6 +67,7 @@ def info() -> dict:
         "isa_compiled": list(native["isa_compiled"]),
         "isa_supported": native["isa_supported"],
         "isa_selected": native["isa_selected"],
+        "cpu_vendor": native["cpu_vendor"],
         "cuda_compiled": bool(native["cuda_compiled"]),
         "cuda_archs": [a for a in str(native["cuda_archs"]).split(",") if a],
         "cuda_runtime": int(native["cuda_runtime"]),

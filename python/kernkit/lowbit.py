@@ -224,13 +224,21 @@ def _mm_fake(a, b):
 _mm_op = define_op("mm_f32(Tensor a, Tensor b) -> Tensor", impl=_mm_impl, fake=_mm_fake)
 
 
+def _own_gemm_pays() -> bool:
+    # MKL picks its kernels by CPU vendor: on Intel it runs AVX-512 code near the peak, on
+    # other vendors AVX2 code at ~40% of it, where kernkit's AVX-512 GEMM is ~2x faster
+    # (benchmarks/bench_lowbit.py). At the avx2 level the two are about equal.
+    info = _C.info()
+    return info["isa_selected"] == "avx512" and info["cpu_vendor"] != "intel"
+
+
 def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b, through kernkit's GEMM for large fp32 CPU operands (it loses to torch's when
-    the output is narrow or the product tiny)."""
+    """a @ b, through kernkit's GEMM for large fp32 CPU operands where it beats torch's (not
+    for narrow outputs or tiny products either)."""
     M, K = a.shape
     N = b.shape[1]
     if a.dtype == b.dtype == torch.float32 and a.is_cpu and b.is_cpu and N >= 64 and M >= 16 \
-            and M * N * K >= (1 << 21):
+            and M * N * K >= (1 << 21) and _own_gemm_pays():
         return call(_mm_op, a, b)
     return a @ b
 
