@@ -306,6 +306,20 @@ void float_path(const LowbitParams& p) {
 
 // ----------------------------------------------------------------------------- binary XNOR
 
+#if defined(KK_ISA_AVX512)
+// One step of 8 words (512 weights) of an XNOR tile; m masks the words that exist.
+template <int MB, int NB, bool Masked>
+__attribute__((always_inline)) inline void xnor_step(__m512i (&acc)[MB][NB], const uint64_t* const* x,
+                                                     const uint64_t* const* w, int64_t i, __mmask8 m) {
+  __m512i wv[NB];
+  for (int b = 0; b < NB; ++b) wv[b] = Masked ? _mm512_maskz_loadu_epi64(m, w[b] + i) : _mm512_loadu_si512(w[b] + i);
+  for (int a = 0; a < MB; ++a) {
+    const __m512i xv = Masked ? _mm512_maskz_loadu_epi64(m, x[a] + i) : _mm512_loadu_si512(x[a] + i);
+    for (int b = 0; b < NB; ++b) acc[a][b] = _mm512_add_epi64(acc[a][b], _mm512_popcnt_epi64(_mm512_xor_si512(xv, wv[b])));
+  }
+}
+#endif
+
 // Popcounts of x_a xor w_b for MB activation rows and NB weight rows at once
 // (each loaded word serves several pairs).
 template <int MB, int NB>
@@ -317,15 +331,9 @@ void xnor_tile(const uint64_t* const* x, const uint64_t* const* w, int64_t words
   __m512i acc[MB][NB];
   for (int a = 0; a < MB; ++a)
     for (int b = 0; b < NB; ++b) acc[a][b] = _mm512_setzero_si512();
-  for (; i < words; i += 8) {
-    const __mmask8 m = words - i >= 8 ? __mmask8(0xff) : __mmask8((1u << (words - i)) - 1);
-    __m512i wv[NB];
-    for (int b = 0; b < NB; ++b) wv[b] = _mm512_maskz_loadu_epi64(m, w[b] + i);
-    for (int a = 0; a < MB; ++a) {
-      const __m512i xv = _mm512_maskz_loadu_epi64(m, x[a] + i);
-      for (int b = 0; b < NB; ++b) acc[a][b] = _mm512_add_epi64(acc[a][b], _mm512_popcnt_epi64(_mm512_xor_si512(xv, wv[b])));
-    }
-  }
+  // full steps without a branch in the loop (gcc keeps the accumulators in registers then)
+  for (; i + 8 <= words; i += 8) xnor_step<MB, NB, false>(acc, x, w, i, 0xff);
+  if (i < words) xnor_step<MB, NB, true>(acc, x, w, i, __mmask8((1u << (words - i)) - 1));
   for (int a = 0; a < MB; ++a)
     for (int b = 0; b < NB; ++b) pc[a][b] = _mm512_reduce_add_epi64(acc[a][b]);
 #else
