@@ -30,6 +30,8 @@ SCAN_SHAPES = [  # (b shape, a shape)
     ((1, 3000, 7), (1, 3000, 7)),        # long T, few channels: time-chunked path
     ((2, 59, 4, 33), (1, 59, 1, 33)),     # broadcast a over batch and a middle dim
     ((2, 100, 70), (2, 100, 1)),          # scalar gate per step
+    ((1, 9, 2100), (1, 9, 2100)),         # wide rows: several wide tasks, a ragged last one
+    ((3, 20, 1030), (1, 20, 1030)),
 ]
 
 
@@ -92,16 +94,17 @@ def test_linear_scan_strong_decay_and_growth_stay_finite():
 
 def test_linear_scan_deterministic_across_threads():
     g = _gen(3)
-    a, b = torch.rand(1, 8192, 4, generator=g), torch.randn(1, 8192, 4, generator=g)
-    before = torch.get_num_threads()
-    try:
-        outs = []
-        for t in (1, 2):
-            torch.set_num_threads(t)
-            outs.append(kernkit.linear_scan(a, b))
-    finally:
-        torch.set_num_threads(before)
-    assert torch.equal(outs[0], outs[1])
+    for shape in ((1, 8192, 4), (1, 50, 1000), (2, 30, 5000)):  # time-chunked; wide tasks of thread-dependent width
+        a, b = torch.rand(*shape, generator=g), torch.randn(*shape, generator=g)
+        before = torch.get_num_threads()
+        try:
+            outs = []
+            for t in (1, 2, 3):
+                torch.set_num_threads(t)
+                outs.append(kernkit.linear_scan(a, b))
+        finally:
+            torch.set_num_threads(before)
+        assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
 def test_linear_scan_opcheck_and_compile():

@@ -49,6 +49,21 @@ def ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+_HUGE_PAGE_MIN_BYTES = 4 << 20
+
+
+def new_output(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """torch.empty for a kernel's output. Large CPU buffers are advised onto 2 MiB pages
+    before the kernel first touches them: each large torch.empty is a fresh mmap, and 4 KiB
+    first-touch faults cost more than writing the data (``_C.advise_huge_pages``)."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if t.is_cpu:
+        nbytes = t.numel() * t.element_size()
+        if nbytes >= _HUGE_PAGE_MIN_BYTES:
+            _C.advise_huge_pages(t.data_ptr(), nbytes)
+    return t
+
+
 def launch_args(t: torch.Tensor) -> tuple[int, int, int]:
     """(threads, device, stream) for a kernel working on tensors on t's device."""
     if t.device.type == "cuda":

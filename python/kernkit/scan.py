@@ -12,7 +12,7 @@ import torch
 
 from . import _C
 from . import _checks as chk
-from ._native import dtype_code, launch_args, ptr
+from ._native import dtype_code, launch_args, new_output, ptr
 from ._ops import call, define_op
 
 
@@ -38,7 +38,7 @@ def _scan_strides(t3):
 def _linear_scan_impl(a, b, h0, reverse):
     B, T = b.shape[0], b.shape[1]
     C = b[0, 0].numel() if B and T else 0
-    h = torch.empty(b.shape, dtype=b.dtype, device=b.device)
+    h = new_output(b.shape, b.dtype, b.device)
     a3, b3 = _as_btc(a, B, T, C), _as_btc(b, B, T, C)
     h0c = None if h0 is None else h0.contiguous()
     _C.linear_scan(ptr(a3), _scan_strides(a3), ptr(b3), _scan_strides(b3), ptr(h), ptr(h0c), B, T, C, reverse,
