@@ -14,10 +14,9 @@ import kernkit
 from kernkit.nn import BitLinear
 from kernkit.reference import bitlinear_emulated
 
-from .common import Row, bandwidth, flops_rate, time_pair
+from .common import Row, bandwidth, flops_rate, mem_read_gbps, time_pair
 
 FAMILY = "lowbit"
-READ_GBPS = 31.0  # 2-thread memory read measured on this machine (developers' guide)
 
 
 def _cycler(items):
@@ -44,9 +43,9 @@ def _gemv_rows(quick):
         pk = _cycler([packed.clone() for _ in range(copies_t)])
         wbs = _cycler([wb.clone() for _ in range(copies_b)])
         tk, tb = time_pair(lambda: kernkit.ternary_linear(x, pk(), scale), lambda: F.linear(x, wbs()), quick=True)
-        gbps = packed.numel() / tk / 1e9
+        gbps, read = packed.numel() / tk / 1e9, mem_read_gbps()
         rows.append(Row(FAMILY, "ternary GEMV cold", f"M1 K{K} N{N}", "bfloat16", tk * 1e6, "F.linear bf16 (cold)",
-                        tb * 1e6, f"{gbps:.1f} GB/s of weights ({100 * gbps / READ_GBPS:.0f}% of {READ_GBPS:.0f} read)"))
+                        tb * 1e6, f"{gbps:.1f} GB/s of weights ({100 * gbps / read:.0f}% of {read:.0f} read)"))
     return rows
 
 
