@@ -92,6 +92,18 @@ def test_linear_scan_strong_decay_and_growth_stay_finite():
     torch.testing.assert_close(h[0, :, 0], torch.arange(1, 4001, dtype=torch.float32))
 
 
+@pytest.mark.parametrize("C", [1024, 1030])  # 1030: rows not 64-byte aligned, regular stores
+def test_linear_scan_streaming_stores(isa, C):
+    # outputs of >= 64 MiB are written with non-temporal stores (fp32)
+    g = _gen(C)
+    T = (64 << 20) // (4 * 2 * C) + 3
+    a, b = torch.rand(2, T, C, generator=g) * 0.1 + 0.9, torch.randn(2, T, C, generator=g)
+    h0 = torch.randn(2, C, generator=g)
+    h = kernkit.linear_scan(a, b, h0)
+    ref = linear_scan_ref(a, b, h0)
+    torch.testing.assert_close(h, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_linear_scan_deterministic_across_threads():
     g = _gen(3)
     for shape in ((1, 8192, 4), (1, 50, 1000), (2, 30, 5000)):  # time-chunked; wide tasks of thread-dependent width
