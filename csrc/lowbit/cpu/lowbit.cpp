@@ -29,7 +29,10 @@ constexpr int64_t kXChunk = 256;  // x_q arranged for two 32-byte blocks per 64-
 #else
 constexpr int64_t kXChunk = 128;
 #endif
-constexpr int64_t kFlushChunks = 4096;  // chunks between int32 -> int64 flushes (<= 2^20 weights)
+constexpr int64_t kFlushChunks = 4096;
+#ifndef KPF
+#endif
+constexpr int64_t kPrefetch = KPF;  // chunks between int32 -> int64 flushes (<= 2^20 weights)
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -114,6 +117,8 @@ inline __m128i reduce4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
 template <int MB, int NB, bool Half>
 __attribute__((always_inline)) inline void dot_chunk(__m512i (&acc)[MB][NB], const uint8_t* const* wrow,
                                                      const int8_t* const* xrow, int64_t c, __m512i lo2) {
+  if constexpr (MB == 1)  // GEMV: weights come from memory once; run ahead of the hardware prefetcher
+    for (int b = 0; b < NB; ++b) _mm_prefetch(reinterpret_cast<const char*>(wrow[b] + c * 64 + kPrefetch), _MM_HINT_T0);
   for (int j = 0; j < 4; ++j) {
     __m512i code[NB];
     for (int b = 0; b < NB; ++b) {
