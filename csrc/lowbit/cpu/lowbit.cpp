@@ -29,10 +29,8 @@ constexpr int64_t kXChunk = 256;  // x_q arranged for two 32-byte blocks per 64-
 #else
 constexpr int64_t kXChunk = 128;
 #endif
-constexpr int64_t kFlushChunks = 4096;
-#ifndef KPF
-#endif
-constexpr int64_t kPrefetch = KPF;  // chunks between int32 -> int64 flushes (<= 2^20 weights)
+constexpr int64_t kFlushChunks = 4096;  // chunks between int32 -> int64 flushes (<= 2^20 weights)
+constexpr int64_t kPrefetch = 1024;     // GEMV weight prefetch distance in bytes (rows are contiguous)
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
