@@ -64,6 +64,28 @@ def _gemm_rows(quick):
     return rows
 
 
+def _float_act_rows(quick):
+    # float activations (no activation quantisation): W1.58A32 and W1A32, against fp32 F.linear on the
+    # dequantised weights
+    K, N = 2560, 6912
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(N, K, generator=g)
+    packed, scale = kernkit.ternary_quantize(w)
+    pb, alpha = kernkit.binary_quantize(w)
+    wt = kernkit.ternary_unpack(packed, (N, K)).float() * scale
+    wb = kernkit.binary_unpack(pb, (N, K)).float() * alpha[:, None]
+    rows = []
+    for M in ([1] if quick else [1, 512]):
+        x = torch.randn(M, K, generator=g)
+        for case, fn, dense in (("ternary W1.58A32", lambda: kernkit.ternary_linear(x, packed, scale, act_bits=None),
+                                 wt),
+                                ("binary W1A32", lambda: kernkit.binary_linear(x, pb, alpha), wb)):
+            tk, tb = time_pair(fn, lambda: F.linear(x, dense), quick=quick)
+            rows.append(Row(FAMILY, case, f"M{M} K{K} N{N}", "float32", tk * 1e6, "F.linear fp32", tb * 1e6,
+                            f"{2 * M * K * N / tk / 1e9:.0f} GFLOP/s"))
+    return rows
+
+
 def _binary_rows(quick):
     M, K, N = 64, 4096, 4096
     g = torch.Generator().manual_seed(2)
@@ -119,4 +141,4 @@ def _bitlinear_rows(quick):
 def run(device: str = "cpu", quick: bool = False) -> list[Row]:
     if device != "cpu":
         return []  # CUDA low-bit kernels: a later step
-    return _gemv_rows(quick) + _gemm_rows(quick) + _binary_rows(quick) + _sgemm_rows(quick) + _bitlinear_rows(quick)
+    return _gemv_rows(quick) + _gemm_rows(quick) + _binary_rows(quick) + _float_act_rows(quick) + _sgemm_rows(quick) + _bitlinear_rows(quick)

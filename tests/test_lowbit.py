@@ -131,9 +131,10 @@ def test_backward_gemm(isa, shape):
 
 
 # (M, N, K): row tails of every size after full 4-row tiles, N tails, and K with an odd
-# number of 128-weight blocks after full 256-weight chunks (the half-chunk path)
+# number of 128-weight blocks after full 256-weight chunks (the half-chunk path); M >= 64: the float
+# paths go through weight panels and the fp32 GEMM (several panels of 128 rows, a ragged last one)
 SHAPES = [(1, 1, 1), (1, 17, 3), (3, 64, 17), (1, 70, 4095), (5, 33, 4096), (16, 40, 1000), (2, 3, 129),
-          (11, 10, 300), (6, 8, 640), (7, 5, 2560)]
+          (11, 10, 300), (6, 8, 640), (7, 5, 2560), (64, 130, 300), (70, 257, 1000)]
 
 
 @pytest.mark.parametrize("per_row", [False, True])

@@ -17,6 +17,7 @@
 #include <stdexcept>
 
 #include "common/parallel.h"
+#include "common/sgemm.h"
 #include "common/vec.h"
 #include "lowbit/lowbit.h"
 
@@ -284,10 +285,36 @@ inline void expand_ternary(const uint8_t* w, int64_t Kp, float* out) {
       for (int j = 0; j < 32; ++j) out[q * 128 + 32 * i + j] = float(int((w[q * 32 + j] >> (2 * i)) & 3) - 1);
 }
 
-// Expands one binary row to fp32 {-1, 1} (Kp entries).
+// Expands one binary row to fp32 {-1, 1} (Kp entries, a multiple of 64).
 inline void expand_binary(const uint8_t* w, int64_t Kp, float* out) {
+#if defined(KK_ISA_AVX512)
+  const __m512 one = _mm512_set1_ps(1.f), neg = _mm512_set1_ps(-1.f);
+  for (int64_t k = 0; k < Kp; k += 16) {  // 16 bits of the row are a lane mask
+    const __mmask16 m = __mmask16(w[k / 8] | (w[k / 8 + 1] << 8));
+    _mm512_storeu_ps(out + k, _mm512_mask_blend_ps(m, neg, one));
+  }
+#elif defined(KK_ISA_AVX2)
+  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256 one = _mm256_set1_ps(1.f), neg = _mm256_set1_ps(-1.f);
+  for (int64_t k = 0; k < Kp; k += 8) {
+    const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(w[k / 8]), bit), bit);
+    _mm256_storeu_ps(out + k, _mm256_blendv_ps(neg, one, _mm256_castsi256_ps(set)));
+  }
+#else
   for (int64_t k = 0; k < Kp; ++k) out[k] = (w[k >> 3] >> (k & 7)) & 1 ? 1.f : -1.f;
+#endif
 }
+
+template <bool Binary>
+void expand_row(const LowbitParams& p, int64_t n, float* out) {
+  if (Binary) expand_binary(p.packed + n * (p.Kp / 8), p.Kp, out);
+  else expand_ternary(p.packed + n * (p.Kp / 4), p.Kp, out);
+}
+
+// Activation rows from which the float paths expand panels of weight rows and run
+// them through the fp32 GEMM (below: one dot product per output).
+constexpr int64_t kGemmRows = 64;
+constexpr int64_t kPanelRows = 128;
 
 template <typename T, bool Binary>
 void float_path(const LowbitParams& p) {
@@ -295,14 +322,27 @@ void float_path(const LowbitParams& p) {
   parallel_for(p.M, p.threads, 16, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) widen(xf.p + m * p.K, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
   });
-  const int64_t wbytes = Binary ? p.Kp / 8 : p.Kp / 4;
+  auto sw = [&](int64_t n) { return p.scale[(Binary || p.per_row_scale) ? n : 0]; };
+  if (p.M >= kGemmRows) {
+    const int64_t panels = (p.N + kPanelRows - 1) / kPanelRows;
+    parallel_for(panels, p.threads, 1, [&](int64_t g0, int64_t g1) {
+      Buf<float> w(size_t(kPanelRows * p.Kp)), c(size_t(p.M * kPanelRows));
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t n0 = g * kPanelRows, rows = std::min(kPanelRows, p.N - n0);
+        for (int64_t r = 0; r < rows; ++r) expand_row<Binary>(p, n0 + r, w.p + r * p.Kp);
+        // c (M x rows) = x (M x K) . panel^T: the panel's rows are the columns of B
+        sgemm_cpu(SgemmParams{xf.p, p.K, 1, w.p, 1, p.Kp, c.p, rows, p.M, rows, p.K, 1});
+        for (int64_t m = 0; m < p.M; ++m)
+          for (int64_t r = 0; r < rows; ++r) store_out<T>(p, m, n0 + r, c[m * rows + r] * sw(n0 + r));
+      }
+    });
+    return;
+  }
   parallel_for(p.N, p.threads, 4, [&](int64_t n0, int64_t n1) {
     Buf<float> w(size_t(p.Kp) + 64);
     for (int64_t n = n0; n < n1; ++n) {
-      if (Binary) expand_binary(p.packed + n * wbytes, p.Kp, w.p);
-      else expand_ternary(p.packed + n * wbytes, p.Kp, w.p);
-      const float sw = p.scale[(Binary || p.per_row_scale) ? n : 0];
-      for (int64_t m = 0; m < p.M; ++m) store_out<T>(p, m, n, dot(w.p, xf.p + m * p.K, p.K) * sw);
+      expand_row<Binary>(p, n, w.p);
+      for (int64_t m = 0; m < p.M; ++m) store_out<T>(p, m, n, dot(w.p, xf.p + m * p.K, p.K) * sw(n));
     }
   });
 }
