@@ -77,8 +77,9 @@ def ternary_unpack(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 def ternary_quantize(w: torch.Tensor, per_row: bool = False):
     """BitNet b1.58 absmean quantisation and packing: ``scale = mean|W|`` (per tensor, or per
-    output row with ``per_row``), ``W_q = clamp(round(W / scale), -1, 1)``.
-    Returns ``(packed uint8, scale fp32)``; ``W ~ ternary_unpack(packed, W.shape) * scale``."""
+    output row with ``per_row``; the mean is taken in fp64 and rounded once to fp32),
+    ``W_q = clamp(round(W / scale), -1, 1)`` with round half to even. NaN or inf weights raise
+    ``ValueError``. Returns ``(packed uint8, scale fp32)``; ``W ~ ternary_unpack(packed, W.shape) * scale``."""
     chk.tensor("ternary_quantize", "w", w)
     if w.dim() != 2 or w.shape[1] == 0:
         raise ValueError(f"ternary_quantize: w must be (out_features, in_features), got {tuple(w.shape)}")

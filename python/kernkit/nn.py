@@ -210,7 +210,8 @@ class BitLinear(nn.Module):
     Training: the layer keeps full-precision shadow weights; the forward quantises them
     (absmean ternary) and runs the int8 kernel (``act_bits=8``, BitNet b1.58) or the float-
     activation kernel (``act_bits=None``); the backward is the straight-through estimator
-    (``dX`` through the ternary weights, ``dW`` dense). ``to_inference()`` replaces the shadow
+    (``dX`` through the ternary weights, ``dW`` dense; NaN or inf shadow weights raise
+    ``ValueError`` instead of packing garbage). ``to_inference()`` replaces the shadow
     weights by the packed ones (a ``packed`` uint8 buffer and a ``scale``), which is what
     ``state_dict`` then holds.
 
