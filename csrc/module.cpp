@@ -315,7 +315,8 @@ void binary_linear(uintptr_t x, int64_t x_rs, uintptr_t packed, uintptr_t alpha,
 
 bool ternary_quantize(uintptr_t w, int64_t w_rs, uintptr_t packed, uintptr_t scale, bool per_row, int64_t N,
                       int64_t K, int64_t Kp, int dtype, int threads, int device) {
-  require(N >= 1 && K >= 1 && Kp >= K && Kp % kTernaryBlock == 0 && Kp - K < kTernaryBlock && w_rs >= K,
+  // (any row stride: an expanded w with stride 0 just reads one row again)
+  require(N >= 1 && K >= 1 && Kp >= K && Kp % kTernaryBlock == 0 && Kp - K < kTernaryBlock && w_rs >= 0,
           "ternary_quantize: inconsistent sizes");
   require(w && packed && scale, "ternary_quantize: null data pointer");
   require_cpu(device, "ternary_quantize");
@@ -340,7 +341,7 @@ void ternary_dequant(uintptr_t packed, uintptr_t scale, bool per_row, uintptr_t 
 
 void act_quant_dequant(uintptr_t x, int64_t x_rs, uintptr_t out, int64_t M, int64_t K, int dtype, int threads,
                        int device) {
-  require(M >= 0 && K >= 1 && x_rs >= K, "act_quant_dequant: inconsistent sizes");
+  require(M >= 0 && K >= 1 && x_rs >= 0, "act_quant_dequant: inconsistent sizes");
   if (M == 0) return;
   require(x && out, "act_quant_dequant: null data pointer");
   require_cpu(device, "act_quant_dequant");

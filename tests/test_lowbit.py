@@ -68,6 +68,10 @@ def test_fused_quantizer_matches_reference(isa, shape, per_row, dtype):
     assert torch.equal(scale2, torch.full_like(scale2, 0.25))
     expect = torch.tensor([0, 1, 0, -1], dtype=torch.int8).repeat(shape[0], w2.shape[1] // 4)
     assert torch.equal(kernkit.ternary_unpack(packed2, w2.shape), expect)
+    # expanded weights (row stride 0): the same as materialised ones
+    we = w[:1].expand(*shape)
+    assert all(torch.equal(u, v) for u, v in zip(kernkit.ternary_quantize(we, per_row=per_row),
+                                                 kernkit.ternary_quantize(we.contiguous(), per_row=per_row)))
     # strided weights: the same as contiguous ones
     wt = torch.randn(shape[1], shape[0], generator=_gen(3)).to(dtype).t()
     pt, st = kernkit.ternary_quantize(wt, per_row=per_row)
@@ -100,6 +104,7 @@ def test_backward_operands_are_exact(isa, shape, dtype):
     x[0, 0] = 0.0
     xq, s = act_quant_ref(x)
     assert torch.equal(_act_dequant_op(x), xq.float() / s)
+    assert torch.equal(_act_dequant_op(x[:1].expand(M, K)), _act_dequant_op(x[:1].expand(M, K).contiguous()))
     xs = torch.randn(M, 2 * K, generator=g).to(dtype)[:, ::2]  # strided rows
     xq, s = act_quant_ref(xs)
     assert torch.equal(_act_dequant_op(xs), xq.float() / s)
