@@ -371,6 +371,12 @@ def test_opcheck():
     out, lse = _attn_fwd(q.detach(), k.detach(), v.detach(), *common)
     torch.library.opcheck(_attn_bwd, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse)
                           + common + (False,))
+    # (B, H, S, D) tensors viewed as (B, S, H, D): gradients keep the inputs' strides in the real and the
+    # fake implementation alike
+    qt, kt, vt = (t.detach().transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    out, lse = _attn_fwd(qt, kt, vt, *common)
+    torch.library.opcheck(_attn_bwd, (torch.randn_like(out), qt, kt, vt, out, lse) + common + (False,))
+    assert _attn_bwd(torch.randn_like(out), qt, kt, vt, out, lse, *common, False)[0].stride() == qt.stride()
 
 
 def test_torch_compile_fullgraph():

@@ -52,11 +52,12 @@ def ptr(t: torch.Tensor | None) -> int:
 _HUGE_PAGE_MIN_BYTES = 4 << 20
 
 
-def new_output(shape, dtype: torch.dtype, device) -> torch.Tensor:
-    """torch.empty for a kernel's output. Large CPU buffers are advised onto 2 MiB pages
-    before the kernel first touches them: each large torch.empty is a fresh mmap, and 4 KiB
-    first-touch faults cost more than writing the data (``_C.advise_huge_pages``)."""
-    t = torch.empty(shape, dtype=dtype, device=device)
+def advise_large(t: torch.Tensor) -> torch.Tensor:
+    """Returns t, a freshly allocated kernel output, after advising a large CPU buffer onto
+    2 MiB pages before the kernel first touches it: each large torch.empty is a fresh mmap,
+    and 4 KiB first-touch faults cost more than writing the data (``_C.advise_huge_pages``).
+    Callers allocate as before (e.g. ``empty_like`` keeps the input's strides, which the fake
+    implementations mirror)."""
     if t.is_cpu:
         nbytes = t.numel() * t.element_size()
         if nbytes >= _HUGE_PAGE_MIN_BYTES:

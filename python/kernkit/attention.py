@@ -21,7 +21,7 @@ import torch
 
 from . import _C
 from . import _checks as chk
-from ._native import dtype_code, launch_args, new_output, ptr
+from ._native import advise_large, dtype_code, launch_args, ptr
 from ._ops import call, define_op
 
 _ACTIVATIONS = {"softmax": 0, "sigmoid": 1}
@@ -58,7 +58,7 @@ def _mask_args(scale, softcap, left, right, sinks, activation, bias, bias_value,
 def _fwd_impl(q, k, v, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left, right, sinks, activation,
               bias, bias_value, bias_default, shift):
     dims, lse_shape, stat = _geometry(q, k, v, cu_q, max_q, max_k, shift)
-    out = new_output(q.shape[:-1] + (v.shape[-1],), q.dtype, q.device)
+    out = advise_large(q.new_empty(q.shape[:-1] + (v.shape[-1],)))
     softmax = activation == 0
     lse = torch.empty(lse_shape if softmax else (0,), dtype=torch.float32, device=q.device)
     if out.numel() == 0 or k.numel() == 0:   # no rows, or no keys: every row sees nothing
@@ -83,7 +83,7 @@ def _bwd_impl(dout, q, k, v, out, lse, cu_q, cu_k, seqused_k, max_q, max_k, scal
               activation, bias, bias_value, bias_default, shift, need_dbias):
     dims, _, stat = _geometry(q, k, v, cu_q, max_q, max_k, shift)
     dout = dout.contiguous()
-    dq, dk, dv = (new_output(t.shape, t.dtype, t.device) for t in (q, k, v))
+    dq, dk, dv = (advise_large(torch.empty_like(t)) for t in (q, k, v))
     dbias = torch.zeros((q.shape[-2],) if need_dbias else (0,), dtype=torch.float32, device=q.device)
     if q.numel() == 0 or k.numel() == 0 or v.numel() == 0 or dout.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_(), dbias

@@ -17,7 +17,7 @@ import torch
 
 from . import _C
 from . import _checks as chk
-from ._native import dtype_code, launch_args, new_output, ptr
+from ._native import advise_large, dtype_code, launch_args, ptr
 from ._ops import _eager_plain, call, define_op
 from .reference.linear_attn import retnet_decay as _retnet_decay
 
@@ -55,7 +55,7 @@ def _bth(t):
 def _fwd_impl(q, k, v, g, h0, cu, scale, chunk, want_final):
     N, dims = _sizes(q, v, cu)
     B, T, H, K = q.shape
-    o = new_output((B, T, H, dims[4]), q.dtype, q.device)
+    o = advise_large(torch.empty(B, T, H, dims[4], dtype=q.dtype, device=q.device))
     ht = torch.empty((N, H, K, dims[4]) if want_final else (0,), dtype=_acc_dtype(q.dtype), device=q.device)
     if T == 0:  # nothing to run (and no data pointers): states pass through
         if want_final:
@@ -81,7 +81,7 @@ def _bwd_impl(do, dht, q, k, v, g, h0, cu, scale, chunk, need_dg, need_dh0):
     do = do.contiguous()
     dht = None if dht is None else dht.contiguous()
     acc = _acc_dtype(q.dtype)
-    dq, dk, dv = (new_output(t.shape, q.dtype, q.device) for t in (q, k, v))
+    dq, dk, dv = (advise_large(torch.empty(t.shape, dtype=q.dtype, device=q.device)) for t in (q, k, v))
     dg_shape = (B, T, H, K) if (g is not None and g.dim() == 4) else (B, T, H)
     dg = torch.empty(dg_shape if need_dg else (0,), dtype=acc, device=q.device)
     dh0 = torch.empty((N, H, K, dims[4]) if need_dh0 else (0,), dtype=acc, device=q.device)

@@ -19,7 +19,7 @@ import torch
 
 from . import _C
 from . import _checks as chk
-from ._native import dtype_code, launch_args, new_output, ptr
+from ._native import advise_large, dtype_code, launch_args, ptr
 from ._ops import call, define_op
 from .reference.lowbit import act_quant_ref
 
@@ -176,7 +176,7 @@ _absmean_pack_op = define_op("ternary_absmean_pack(Tensor w, bool per_row) -> (T
 
 def _dequant_impl(packed, scale, K):
     N = packed.shape[0]
-    out = new_output((N, K), torch.float32, packed.device)
+    out = advise_large(torch.empty(N, K, dtype=torch.float32, device=packed.device))
     _C.ternary_dequant(ptr(packed), ptr(scale), scale.numel() > 1, ptr(out), N, K, packed.shape[1] * 4,
                        *launch_args(packed)[:2])
     return out
@@ -193,7 +193,7 @@ _dequant_op = define_op("ternary_dequant(Tensor packed, Tensor scale, int K) -> 
 
 def _act_dequant_impl(x):
     x2 = _rows(x)
-    out = new_output(x2.shape, torch.float32, x.device)
+    out = advise_large(torch.empty(x2.shape, dtype=torch.float32, device=x.device))
     _C.act_quant_dequant(ptr(x2), x2.stride(0), ptr(out), x2.shape[0], x2.shape[1], dtype_code(x2),
                          *launch_args(x2)[:2])
     return out.reshape(x.shape)
@@ -210,7 +210,7 @@ _act_dequant_op = define_op("act_quant_dequant(Tensor x) -> Tensor", impl=_act_d
 def _mm_impl(a, b):
     M, K = a.shape
     N = b.shape[1]
-    c = new_output((M, N), torch.float32, a.device)
+    c = advise_large(torch.empty(M, N, dtype=torch.float32, device=a.device))
     _C.sgemm(ptr(a), a.stride(0), a.stride(1), ptr(b), b.stride(0), b.stride(1), ptr(c), N, M, N, K,
              *launch_args(a)[:2])
     return c
@@ -248,7 +248,7 @@ def _ternary_impl(x, packed, scale, bias, act_bits):
     x2 = _rows(x)
     M, K = x2.shape
     N = packed.shape[0]
-    y = new_output((M, N), x.dtype, x.device)
+    y = advise_large(torch.empty(M, N, dtype=x.dtype, device=x.device))
     _C.ternary_linear(ptr(x2), x2.stride(0), ptr(packed), ptr(scale), scale.numel() > 1, ptr(bias), ptr(y), M, N, K,
                       packed.shape[1] * 4, act_bits, dtype_code(x), *launch_args(x))
     return y.reshape(*x.shape[:-1], N)

@@ -8,7 +8,7 @@ import torch
 
 from . import _C
 from . import _checks as chk
-from ._native import dtype_code, launch_args, new_output, ptr
+from ._native import advise_large, dtype_code, launch_args, ptr
 from ._ops import call, define_op
 
 _FN = "rms_norm"
@@ -30,7 +30,7 @@ def _wdtype(x: torch.Tensor, weight: Optional[torch.Tensor]) -> int:
 
 def _fwd_impl(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float):
     rows, dim = _rows(x)
-    y = new_output(x.shape, x.dtype, x.device)
+    y = advise_large(torch.empty_like(x))
     rstd = torch.empty(x.shape[:-1], dtype=_acc_dtype(x), device=x.device)
     _C.rms_norm_fwd(ptr(x), ptr(weight), ptr(y), ptr(rstd), rows, dim, eps,
                     dtype_code(x), _wdtype(x, weight), *launch_args(x))

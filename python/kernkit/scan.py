@@ -12,7 +12,7 @@ import torch
 
 from . import _C
 from . import _checks as chk
-from ._native import dtype_code, launch_args, new_output, ptr
+from ._native import advise_large, dtype_code, launch_args, ptr
 from ._ops import call, define_op
 
 
@@ -38,7 +38,7 @@ def _scan_strides(t3):
 def _linear_scan_impl(a, b, h0, reverse):
     B, T = b.shape[0], b.shape[1]
     C = b[0, 0].numel() if B and T else 0
-    h = new_output(b.shape, b.dtype, b.device)
+    h = advise_large(torch.empty(b.shape, dtype=b.dtype, device=b.device))
     a3, b3 = _as_btc(a, B, T, C), _as_btc(b, B, T, C)
     h0c = None if h0 is None else h0.contiguous()
     _C.linear_scan(ptr(a3), _scan_strides(a3), ptr(b3), _scan_strides(b3), ptr(h), ptr(h0c), B, T, C, reverse,
@@ -131,7 +131,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, initial_state: Optional[torch.
 def _conv_impl(x, w, bias, init, silu, want_final):
     B, D, L = x.shape
     W = w.shape[1]
-    y = new_output(x.shape, x.dtype, x.device)
+    y = advise_large(torch.empty_like(x))
     final = torch.empty((B, D, W - 1) if want_final else (0,), dtype=x.dtype, device=x.device)
     _C.causal_conv1d_fwd(ptr(x), ptr(w), ptr(bias), ptr(init), ptr(y), ptr(final) if want_final else 0,
                          B, D, L, W, silu, dtype_code(x), *launch_args(x))
@@ -148,7 +148,7 @@ def _conv_bwd_impl(dy, dfinal, x, w, bias, init, silu, need_dinit):
     W = w.shape[1]
     dy = dy.contiguous()
     dfinal = None if dfinal is None else dfinal.contiguous()
-    dx, dw = new_output(x.shape, x.dtype, x.device), torch.empty_like(w)
+    dx, dw = advise_large(torch.empty_like(x)), torch.empty_like(w)
     dbias = torch.empty_like(bias) if bias is not None else x.new_empty(0)
     dinit = x.new_empty((B, D, W - 1)) if need_dinit else x.new_empty(0)
     _C.causal_conv1d_bwd(ptr(x), ptr(w), ptr(bias), ptr(init), ptr(dy), ptr(dfinal), ptr(dx), ptr(dw),
@@ -256,7 +256,7 @@ def _ss_geometry(u, B, C):
 def _ss_fwd_impl(u, delta, A, B, C, D, z, delta_bias, softplus, h0, want_last):
     Bsz, Dm, L, var, G = _ss_geometry(u, B, C)
     N = A.shape[1]
-    out = new_output(u.shape, u.dtype, u.device)
+    out = advise_large(torch.empty_like(u))
     last = torch.empty((Bsz, Dm, N) if want_last else (0,), dtype=_acc(u), device=u.device)
     _C.selective_scan_fwd(ptr(u), ptr(delta), ptr(z), ptr(B), ptr(C), var[0], var[1], G, ptr(A), ptr(D),
                           ptr(delta_bias), softplus, ptr(h0), ptr(out), ptr(last) if want_last else 0,
@@ -278,7 +278,7 @@ def _ss_bwd_impl(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, h0)
     N = A.shape[1]
     dout = dout.contiguous()
     dlast = None if dlast is None else dlast.contiguous()
-    du, ddelta, dA, dB, dC = (new_output(t.shape, t.dtype, t.device) for t in (u, delta, A, B, C))
+    du, ddelta, dA, dB, dC = (advise_large(torch.empty_like(t)) for t in (u, delta, A, B, C))
     dD, dz, dbias, dh0 = (_opt_like(t, True) for t in (D, z, delta_bias, h0))
     _C.selective_scan_bwd(ptr(u), ptr(delta), ptr(z), ptr(B), ptr(C), var[0], var[1], G, ptr(A), ptr(D),
                           ptr(delta_bias), softplus, ptr(h0), ptr(dout), ptr(dlast), ptr(du), ptr(ddelta), ptr(dz),
