@@ -225,12 +225,14 @@ def _mm_fake(a, b):
 _mm_op = define_op("mm_f32(Tensor a, Tensor b) -> Tensor", impl=_mm_impl, fake=_mm_fake)
 
 
+_NOT_INTEL = _C.info()["cpu_vendor"] != "intel"
+
+
 def _own_gemm_pays() -> bool:
     # MKL picks its kernels by CPU vendor: on Intel it runs AVX-512 code near the peak, on
     # other vendors AVX2 code at ~40% of it, where kernkit's AVX-512 GEMM is ~2x faster
     # (benchmarks/bench_lowbit.py). At the avx2 level the two are about equal.
-    info = _C.info()
-    return info["isa_selected"] == "avx512" and info["cpu_vendor"] != "intel"
+    return _NOT_INTEL and _C.cpu_isa() == "avx512"
 
 
 def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@
 #include "common/parallel.h"
 #include "common/sgemm.h"
 #include "common/vec.h"
+#include "lowbit/cpu/quant.h"
 #include "lowbit/lowbit.h"
 
 namespace kernkit {
@@ -34,18 +35,6 @@ constexpr int64_t kFlushChunks = 4096;  // chunks between int32 -> int64 flushes
 constexpr int64_t kPrefetch = 1024;     // GEMV weight prefetch distance in bytes (rows are contiguous)
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-inline float absmax(const float* x, int64_t n) {
-  Vec m = Vec::zero();
-  int64_t i = 0;
-  for (; i + Vec::size <= n; i += Vec::size) m = max(m, abs(Vec::load(x + i)));
-  alignas(64) float lanes[Vec::size];
-  m.store(lanes);
-  float r = 0.f;
-  for (int j = 0; j < Vec::size; ++j) r = std::max(r, lanes[j]);
-  for (; i < n; ++i) r = std::max(r, std::fabs(x[i]));
-  return r;
-}
 
 // ----------------------------------------------------------------------------- int8 activations
 
@@ -76,7 +65,7 @@ void quantize_rows(const LowbitParams& p, QuantRows& qr) {
     Buf<float> xf(size_t(p.K) + 64);
     for (int64_t m = m0; m < m1; ++m) {
       widen(xf.p, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
-      const float s = 127.f / std::max(absmax(xf.p, p.K), 1e-5f);
+      const float s = act_scale(xf.p, p.K);
       qr.s[m] = s;
       qr.inv_s[m] = 1.f / s;
       int8_t* q = qr.q.p + m * qr.Kx;
@@ -277,13 +266,6 @@ void ternary_int8(const LowbitParams& p) {
 }
 
 // ----------------------------------------------------------------------------- float activations
-
-// Expands one ternary row to fp32 {-1, 0, 1} (Kp entries).
-inline void expand_ternary(const uint8_t* w, int64_t Kp, float* out) {
-  for (int64_t q = 0; q < Kp / 128; ++q)
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 32; ++j) out[q * 128 + 32 * i + j] = float(int((w[q * 32 + j] >> (2 * i)) & 3) - 1);
-}
 
 // Expands one binary row to fp32 {-1, 1} (Kp entries, a multiple of 64).
 inline void expand_binary(const uint8_t* w, int64_t Kp, float* out) {

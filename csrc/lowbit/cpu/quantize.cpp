@@ -11,6 +11,7 @@
 
 #include "common/parallel.h"
 #include "common/vec.h"
+#include "lowbit/cpu/quant.h"
 #include "lowbit/lowbit.h"
 
 namespace kernkit {
@@ -99,9 +100,7 @@ void act_quant_dequant_t(const ActDequantParams& p) {
     for (int64_t m = m0; m < m1; ++m) {
       float* out = p.out + m * p.K;
       widen(out, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
-      float amax = 0.f;
-      for (int64_t k = 0; k < p.K; ++k) amax = std::max(amax, std::fabs(out[k]));
-      const float s = 127.f / std::max(amax, 1e-5f);
+      const float s = act_scale(out, p.K);
       // x_q = clamp(round(x * s), -128, 127), then x_q / s (a true division, as the reference)
       int64_t k = 0;
 #if defined(KK_ISA_AVX512) || defined(KK_ISA_AVX2)
@@ -128,15 +127,12 @@ bool ternary_quantize_cpu(const TernaryQuantParams& p) {
 void ternary_dequant_cpu(const TernaryDequantParams& p) {
   const int64_t wbytes = p.Kp / 4;
   parallel_for(p.N, p.threads, 16, [&](int64_t n0, int64_t n1) {
+    Buf<float> row(size_t(p.Kp));
     for (int64_t n = n0; n < n1; ++n) {
-      const uint8_t* w = p.packed + n * wbytes;
+      expand_ternary(p.packed + n * wbytes, p.Kp, row.p);
       const float s = p.scale[p.per_row ? n : 0];
       float* out = p.out + n * p.K;
-      for (int64_t b = 0; b * 128 < p.K; ++b)
-        for (int i = 0; i < 4; ++i) {
-          const int64_t k0 = b * 128 + 32 * i, len = std::min<int64_t>(32, p.K - k0);
-          for (int64_t j = 0; j < len; ++j) out[k0 + j] = float(int((w[b * 32 + j] >> (2 * i)) & 3) - 1) * s;
-        }
+      for (int64_t k = 0; k < p.K; ++k) out[k] = row[k] * s;
     }
   });
 }

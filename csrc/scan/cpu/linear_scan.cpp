@@ -125,7 +125,7 @@ void scan(const LinearScanParams& p) {
     }
   });
   parallel_for(units, p.threads, 1, [&](int64_t u0, int64_t u1) {
-    alignas(64) float carry[CB];
+    alignas(64) float carry[CB] = {};  // lanes past a narrow last block stay defined
     for (int64_t u = u0; u < u1; ++u) {
       load_state<T>(p, u / blocks, (u % blocks) * CB, width_of(u), carry);
       for (int64_t k = 0; k < chunks; ++k) {
