@@ -11,6 +11,7 @@
 #endif
 
 #include "common/check.h"
+#include "common/cuda_entry.h"
 #include "common/cpu_isa.h"
 #include "common/parallel.h"
 #include "attention/attention.h"
@@ -40,15 +41,53 @@ bool cuda_compiled() {
 #endif
 }
 
+// The simt backend's entry points, handed over by kernkit._simt (attach_simt) when it is loaded.
+const CudaEntryPoints* g_simt_entry = nullptr;
+
+void attach_simt(py::capsule table) {
+  if (std::string(table.name() ? table.name() : "") != kSimtCapsuleName)
+    throw std::invalid_argument("attach_simt: not a kernkit._simt entry-point table");
+  g_simt_entry = static_cast<const CudaEntryPoints*>(table.get_pointer());
+}
+
+#ifdef KK_WITH_CUDA
+const CudaEntryPoints kNativeEntry = {
+#define KK_ENTRY_INIT(name, Params) &name,
+    KK_CUDA_ENTRY_POINTS(KK_ENTRY_INIT)
+#undef KK_ENTRY_INIT
+};
+#endif
+
 void require_cuda(int device) {
+  if (device == kSimtDevice) {
+    if (!g_simt_entry)
+      throw std::runtime_error("kernkit's simt backend is not loaded (use kernkit.testing.simt(); it needs a build "
+                               "with KERNKIT_BUILD_SIMT on)");
+    return;
+  }
   if (device >= 0 && !cuda_compiled())
     throw std::runtime_error("kernkit was built without CUDA kernels (no nvcc at build time, or "
                              "KERNKIT_BUILD_CUDA=0); CUDA tensors are not supported by this build");
 }
 
+// Runs a CUDA entry point: the nvcc-compiled kernel on a GPU, or its simt build on the CPU.
+template <typename P>
+using EntryFn = void (*)(const P&, int, intptr_t);
+template <typename P>
+void run_cuda(EntryFn<P> CudaEntryPoints::*fn, const P& p, int device, intptr_t stream) {
+  if (device == kSimtDevice) return (g_simt_entry->*fn)(p, 0, stream);
+#ifdef KK_WITH_CUDA
+  (kNativeEntry.*fn)(p, device, stream);
+#else
+  (void)fn; (void)p; (void)stream;
+  throw std::logic_error("no CUDA kernels in this build");
+#endif
+}
+
 // Families whose CUDA kernels do not exist yet (the Python side rejects CUDA tensors first).
 void require_cpu(int device, const char* fn) {
-  if (device >= 0) throw std::runtime_error(std::string(fn) + ": CUDA kernels are not implemented yet (CPU only for now)");
+  if (device != kCpuDevice)
+    throw std::runtime_error(std::string(fn) + ": CUDA kernels are not implemented yet (CPU only for now)");
 }
 
 // Asks the kernel to back a fresh output buffer with 2 MiB pages before anything
@@ -99,7 +138,7 @@ void rms_norm_fwd(uintptr_t x, uintptr_t w, uintptr_t y, uintptr_t rstd, int64_t
           "rms_norm: weight dtype must match x or be float32");
   require_cuda(device);
   py::gil_scoped_release nogil;
-  if (device >= 0) rms_norm_fwd_cuda(p, device, stream);
+  if (device != kCpuDevice) run_cuda(&CudaEntryPoints::rms_norm_fwd_cuda, p, device, stream);
   else KK_CPU_KERNEL(rms_norm_fwd_cpu)(p);
 }
 
@@ -116,7 +155,7 @@ void rms_norm_bwd(uintptr_t dy, uintptr_t x, uintptr_t w, uintptr_t rstd, uintpt
           "rms_norm_backward: weight dtype must match x or be float32");
   require_cuda(device);
   py::gil_scoped_release nogil;
-  if (device >= 0) rms_norm_bwd_cuda(p, device, stream);
+  if (device != kCpuDevice) run_cuda(&CudaEntryPoints::rms_norm_bwd_cuda, p, device, stream);
   else KK_CPU_KERNEL(rms_norm_bwd_cpu)(p);
 }
 
@@ -197,7 +236,7 @@ void linear_scan(uintptr_t a, Strides as, uintptr_t b, Strides bs, uintptr_t h, 
   require(a && b && h, "linear_scan: null data pointer");
   require_cuda(device);
   py::gil_scoped_release nogil;
-  if (device >= 0) linear_scan_cuda(p, device, stream);
+  if (device != kCpuDevice) run_cuda(&CudaEntryPoints::linear_scan_cuda, p, device, stream);
   else KK_CPU_KERNEL(linear_scan_cpu)(p);
 }
 
@@ -217,7 +256,7 @@ void causal_conv1d_fwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init,
   require(x && w && y, "causal_conv1d: null data pointer");
   require_cuda(device);
   py::gil_scoped_release nogil;
-  if (device >= 0) causal_conv1d_fwd_cuda(p, device, stream);
+  if (device != kCpuDevice) run_cuda(&CudaEntryPoints::causal_conv1d_fwd_cuda, p, device, stream);
   else if (p.dtype == DType::f64) causal_conv1d_fwd_f64(p);
   else KK_CPU_KERNEL(causal_conv1d_fwd_cpu)(p);
 }
@@ -231,7 +270,7 @@ void causal_conv1d_bwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init,
   require(w && dw && (B == 0 || (x && dy && dx)), "causal_conv1d_backward: null data pointer");
   require_cuda(device);
   py::gil_scoped_release nogil;
-  if (device >= 0) causal_conv1d_bwd_cuda(p, device, stream);
+  if (device != kCpuDevice) run_cuda(&CudaEntryPoints::causal_conv1d_bwd_cuda, p, device, stream);
   else if (p.fwd.dtype == DType::f64) causal_conv1d_bwd_f64(p);
   else KK_CPU_KERNEL(causal_conv1d_bwd_cpu)(p);
 }
@@ -447,17 +486,6 @@ void linear_attn_step(uintptr_t q, uintptr_t k, uintptr_t v, int gate, uintptr_t
 
 }  // namespace
 
-#ifndef KK_WITH_CUDA
-// CPU-only builds: the CUDA entry points exist but can never be reached
-// (require_cuda throws first).
-namespace kernkit {
-void rms_norm_fwd_cuda(const RmsNormFwdParams&, int, intptr_t) { throw std::logic_error("no CUDA"); }
-void rms_norm_bwd_cuda(const RmsNormBwdParams&, int, intptr_t) { throw std::logic_error("no CUDA"); }
-void linear_scan_cuda(const LinearScanParams&, int, intptr_t) { throw std::logic_error("no CUDA"); }
-void causal_conv1d_fwd_cuda(const CausalConvParams&, int, intptr_t) { throw std::logic_error("no CUDA"); }
-void causal_conv1d_bwd_cuda(const CausalConvBwdParams&, int, intptr_t) { throw std::logic_error("no CUDA"); }
-}  // namespace kernkit
-#endif
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "kernkit native kernels (raw-pointer interface; use the kernkit package, not this module)";
@@ -485,4 +513,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("act_quant_dequant", &act_quant_dequant);
   m.def("sgemm", &sgemm);
   m.def("advise_huge_pages", &advise_huge_pages);
+  m.def("attach_simt", &attach_simt, py::arg("table"));
 }

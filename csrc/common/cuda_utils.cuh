@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/cuda_launch.cuh"
 #include "common/dtype.h"
 
 namespace kernkit {

@@ -13,7 +13,7 @@ from .lowbit import (binary_linear, binary_pack, binary_quantize, binary_unpack,
                      ternary_quantize, ternary_unpack)
 from .norm import rms_norm
 from .scan import causal_conv1d, linear_scan, selective_scan
-from . import distributed, nn, reference
+from . import distributed, nn, reference, testing
 
 __version__ = info()["version"]
 
@@ -24,5 +24,5 @@ __all__ = [
     "rms_norm", "linear_scan", "causal_conv1d", "selective_scan",
     "ternary_quantize", "ternary_pack", "ternary_unpack", "ternary_linear",
     "binary_quantize", "binary_pack", "binary_unpack", "binary_linear",
-    "distributed", "nn", "reference",
+    "distributed", "nn", "reference", "testing",
 ]

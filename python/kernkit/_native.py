@@ -65,11 +65,32 @@ def advise_large(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+# Device code _C understands as "CPU tensors, CUDA kernels run by simt" (kSimtDevice in
+# csrc/common/cuda_entry.h). kernkit.testing.simt() sets simt_session while it is active.
+SIMT_DEVICE = -2
+simt_session = None
+
+
 def launch_args(t: torch.Tensor) -> tuple[int, int, int]:
-    """(threads, device, stream) for a kernel working on tensors on t's device."""
-    if t.device.type == "cuda":
+    """(threads, device, stream) for a kernel working on tensors on t's device; under
+    kernkit.testing.simt(), CPU tensors go to the CUDA kernels run by the emulator."""
+    if t.is_cuda:
+        if simt_session is not None:
+            raise RuntimeError("kernkit.testing.simt() is active: it runs kernkit's CUDA kernels on CPU tensors, "
+                               "but got a CUDA tensor (leave the simt() block to use the GPU)")
         return 0, t.device.index, torch.cuda.current_stream(t.device).cuda_stream
+    if simt_session is not None:
+        return torch.get_num_threads(), SIMT_DEVICE, 0
     return torch.get_num_threads(), -1, 0
+
+
+def reject_cuda(fn: str, name: str, t: torch.Tensor, family: str) -> None:
+    """For op families without CUDA kernels: the error a GPU user gets, also for CPU tensors under
+    kernkit.testing.simt() (which asks for the CUDA kernels)."""
+    if t.is_cuda or (simt_session is not None and t.is_cpu):
+        what = "a CUDA tensor" if t.is_cuda else "a CPU tensor under kernkit.testing.simt()"
+        raise RuntimeError(f"{fn}: {name} is {what}; kernkit's {family} kernels run on CPU only so far "
+                           "(the CUDA kernels are not implemented yet)")
 
 
 def info() -> dict:

@@ -21,7 +21,7 @@ import torch
 
 from . import _C
 from . import _checks as chk
-from ._native import advise_large, dtype_code, launch_args, ptr
+from ._native import advise_large, dtype_code, launch_args, ptr, reject_cuda
 from ._ops import call, define_op
 
 _ACTIVATIONS = {"softmax": 0, "sigmoid": 1}
@@ -152,9 +152,7 @@ _attn_fwd = define_op(
 def _check_qkv(fn, q, k, v, ndim):
     for name, t in (("q", q), ("k", k), ("v", v)):
         chk.tensor(fn, name, t)
-        if t.device.type == "cuda":
-            raise RuntimeError(f"{fn}: {name} is a CUDA tensor; kernkit's attention kernels run on CPU only so far "
-                               "(the CUDA kernels are not implemented yet)")
+        reject_cuda(fn, name, t, "attention")
         if t.dim() != ndim:
             layout = "(batch, seqlen, heads, head_dim)" if ndim == 4 else "(total_tokens, heads, head_dim)"
             raise ValueError(f"{fn}: {name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}")

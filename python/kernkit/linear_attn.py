@@ -17,7 +17,7 @@ import torch
 
 from . import _C
 from . import _checks as chk
-from ._native import advise_large, dtype_code, launch_args, ptr
+from ._native import advise_large, dtype_code, launch_args, ptr, reject_cuda
 from ._ops import _eager_plain, call, define_op
 from .reference.linear_attn import retnet_decay as _retnet_decay
 
@@ -202,9 +202,7 @@ def _check_qkv(fn, q, k, v, ndim):
     K, V = q.shape[-1], v.shape[-1]
     if not (1 <= K <= 256 and 1 <= V <= 256):
         raise ValueError(f"{fn}: head dims must be in [1, 256], got K={K}, V={V}")
-    if q.device.type == "cuda":
-        raise RuntimeError(f"{fn}: q is a CUDA tensor; kernkit's linear-attention kernels run on CPU only so far "
-                           "(the CUDA kernels are not implemented yet)")
+    reject_cuda(fn, "q", q, "linear-attention")
 
 
 def _check_gate_values(fn, g):

@@ -19,7 +19,7 @@ import torch
 
 from . import _C
 from . import _checks as chk
-from ._native import advise_large, dtype_code, launch_args, ptr
+from ._native import advise_large, dtype_code, launch_args, ptr, reject_cuda
 from ._ops import call, define_op
 from .reference.lowbit import act_quant_ref
 
@@ -304,9 +304,7 @@ _binary_op = define_op(
 
 def _check_linear(fn, x, packed, scale, bias, per_byte, block, scale_name, scale_sizes):
     chk.tensor(fn, "x", x, dtypes=_ACT_DTYPES)
-    if x.device.type == "cuda":
-        raise RuntimeError(f"{fn}: x is a CUDA tensor; kernkit's low-bit kernels run on CPU only so far "
-                           "(the CUDA kernels are not implemented yet)")
+    reject_cuda(fn, "x", x, "low-bit")
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"{fn}: x must be (..., in_features) with in_features >= 1, got {tuple(x.shape)}")
     if not isinstance(packed, torch.Tensor) or packed.dim() != 2:

@@ -12,14 +12,8 @@ import torch
 
 from . import _C
 from . import _checks as chk
-from ._native import advise_large, dtype_code, launch_args, ptr
+from ._native import advise_large, dtype_code, launch_args, ptr, reject_cuda
 from ._ops import call, define_op
-
-
-def _no_cuda(fn, name, t):
-    if t.device.type == "cuda":
-        raise RuntimeError(f"{fn}: {name} is a CUDA tensor; kernkit's scan kernels run on CPU only so far "
-                           "(the CUDA kernels are not implemented yet)")
 
 
 # --------------------------------------------------------------------------- linear_scan
@@ -353,7 +347,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     """
     fn = "selective_scan"
     chk.tensor(fn, "u", u)
-    _no_cuda(fn, "u", u)
+    reject_cuda(fn, "u", u, "selective-scan")
     if u.dim() != 3:
         raise ValueError(f"{fn}: u must be (batch, dim, seqlen), got shape {tuple(u.shape)}")
     Bsz, Dm, L = u.shape

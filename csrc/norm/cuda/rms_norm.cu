@@ -65,7 +65,7 @@ __global__ void rms_norm_dw_partial_kernel(const T* __restrict__ dy, const T* __
                                            typename Acc<T>::type* __restrict__ partial, long long rows, long long D,
                                            long long rows_per_blk) {
   using A = typename Acc<T>::type;
-  __shared__ A sm[8][33];
+  KK_SHARED(A, sm, [8][33]);
   const long long j = (long long)blockIdx.x * 32 + threadIdx.x;
   const long long r0 = (long long)blockIdx.y * rows_per_blk;
   const long long r1 = min(rows, r0 + rows_per_blk);
@@ -95,7 +95,7 @@ __global__ void rms_norm_dw_reduce_kernel(const typename Acc<T>::type* partial, 
 
 template <typename T, typename W>
 void fwd(const RmsNormFwdParams& p, cudaStream_t s) {
-  rms_norm_fwd_kernel<T, W><<<cuda::blocks_for(p.rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, s>>>(
+  KK_LAUNCH(cuda::blocks_for(p.rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, s, rms_norm_fwd_kernel<T, W>)(
       static_cast<const T*>(p.x), static_cast<const W*>(p.w), static_cast<T*>(p.y),
       static_cast<typename Acc<T>::type*>(p.rstd), p.rows, p.dim, p.eps);
 }
@@ -104,16 +104,16 @@ template <typename T, typename W>
 void bwd(const RmsNormBwdParams& p, cudaStream_t s) {
   using A = typename Acc<T>::type;
   const A* rstd = static_cast<const A*>(p.rstd);
-  rms_norm_dx_kernel<T, W><<<cuda::blocks_for(p.rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, s>>>(
+  KK_LAUNCH(cuda::blocks_for(p.rows, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, s, rms_norm_dx_kernel<T, W>)(
       static_cast<const T*>(p.dy), static_cast<const T*>(p.x), static_cast<const W*>(p.w), rstd,
       static_cast<T*>(p.dx), p.rows, p.dim);
   if (!p.dw) return;
   const long long nblk = rms_norm_dw_blocks(p.rows);
   const long long rows_per_blk = (p.rows + nblk - 1) / nblk;
   A* partial = static_cast<A*>(p.dw_partial);
-  rms_norm_dw_partial_kernel<T><<<dim3(cuda::blocks_for(p.dim, 32), unsigned(nblk)), dim3(32, 8), 0, s>>>(
+  KK_LAUNCH(dim3(cuda::blocks_for(p.dim, 32), unsigned(nblk)), dim3(32, 8), 0, s, rms_norm_dw_partial_kernel<T>)(
       static_cast<const T*>(p.dy), static_cast<const T*>(p.x), rstd, partial, p.rows, p.dim, rows_per_blk);
-  rms_norm_dw_reduce_kernel<T, W><<<cuda::blocks_for(p.dim, 256), 256, 0, s>>>(partial, static_cast<W*>(p.dw), nblk, p.dim);
+  KK_LAUNCH(cuda::blocks_for(p.dim, 256), 256, 0, s, rms_norm_dw_reduce_kernel<T, W>)(partial, static_cast<W*>(p.dw), nblk, p.dim);
 }
 
 template <template <typename, typename> class Fn, typename P>

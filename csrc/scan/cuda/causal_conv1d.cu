@@ -87,7 +87,7 @@ template <typename T>
 __global__ void conv_dw_kernel(CausalConvBwdParams q) {
   using A = typename AccOf<T>::type;
   const CausalConvParams& p = q.fwd;
-  __shared__ A red[kThreads];
+  KK_SHARED(A, red, [kThreads]);
   const long long d = blockIdx.x;
   A acc[kMaxW + 1];
   for (int k = 0; k <= p.W; ++k) acc[k] = 0;
@@ -121,9 +121,9 @@ void launch(const P& p, DType dtype, unsigned blocks, cudaStream_t s) {
     case DType::bf16: K<__nv_bfloat16>::go(p, blocks, s); break;
   }
 }
-template <typename T> struct Fwd { static void go(const CausalConvParams& p, unsigned n, cudaStream_t s) { conv_fwd_kernel<T><<<n, kThreads, 0, s>>>(p); } };
-template <typename T> struct Dx { static void go(const CausalConvBwdParams& p, unsigned n, cudaStream_t s) { conv_dx_kernel<T><<<n, kThreads, 0, s>>>(p); } };
-template <typename T> struct Dw { static void go(const CausalConvBwdParams& p, unsigned n, cudaStream_t s) { conv_dw_kernel<T><<<n, kThreads, 0, s>>>(p); } };
+template <typename T> struct Fwd { static void go(const CausalConvParams& p, unsigned n, cudaStream_t s) { KK_LAUNCH(n, kThreads, 0, s, conv_fwd_kernel<T>)(p); } };
+template <typename T> struct Dx { static void go(const CausalConvBwdParams& p, unsigned n, cudaStream_t s) { KK_LAUNCH(n, kThreads, 0, s, conv_dx_kernel<T>)(p); } };
+template <typename T> struct Dw { static void go(const CausalConvBwdParams& p, unsigned n, cudaStream_t s) { KK_LAUNCH(n, kThreads, 0, s, conv_dw_kernel<T>)(p); } };
 
 }  // namespace
 

@@ -38,10 +38,10 @@ void linear_scan_cuda(const LinearScanParams& p, int device, intptr_t stream) {
   auto s = reinterpret_cast<cudaStream_t>(stream);
   const unsigned blocks = cuda::blocks_for(p.B * p.C, 256);
   switch (p.dtype) {
-    case DType::f32: linear_scan_kernel<float><<<blocks, 256, 0, s>>>(p); break;
-    case DType::f64: linear_scan_kernel<double><<<blocks, 256, 0, s>>>(p); break;
-    case DType::f16: linear_scan_kernel<__half><<<blocks, 256, 0, s>>>(p); break;
-    case DType::bf16: linear_scan_kernel<__nv_bfloat16><<<blocks, 256, 0, s>>>(p); break;
+    case DType::f32: KK_LAUNCH(blocks, 256, 0, s, linear_scan_kernel<float>)(p); break;
+    case DType::f64: KK_LAUNCH(blocks, 256, 0, s, linear_scan_kernel<double>)(p); break;
+    case DType::f16: KK_LAUNCH(blocks, 256, 0, s, linear_scan_kernel<__half>)(p); break;
+    case DType::bf16: KK_LAUNCH(blocks, 256, 0, s, linear_scan_kernel<__nv_bfloat16>)(p); break;
   }
   cuda::check(cudaGetLastError(), "linear_scan launch");
 }

@@ -1,0 +1,32 @@
+// The CUDA entry points of every op family, as one table. kernkit._C calls them through
+// cuda_entry(device): the nvcc-compiled kernels for CUDA devices, or the same sources compiled for
+// the CPU by simt (kernkit._simt hands its table to _C) for device kSimtDevice. A new CUDA entry
+// point is one line in KK_CUDA_ENTRY_POINTS.
+#pragma once
+#include <cstdint>
+
+#include "norm/rms_norm.h"
+#include "scan/scan.h"
+
+#define KK_CUDA_ENTRY_POINTS(X)                  \
+  X(rms_norm_fwd_cuda, RmsNormFwdParams)         \
+  X(rms_norm_bwd_cuda, RmsNormBwdParams)         \
+  X(linear_scan_cuda, LinearScanParams)          \
+  X(causal_conv1d_fwd_cuda, CausalConvParams)    \
+  X(causal_conv1d_bwd_cuda, CausalConvBwdParams)
+
+namespace kernkit {
+
+constexpr int kCpuDevice = -1;
+constexpr int kSimtDevice = -2;  // CPU tensors, CUDA kernels run by simt
+
+struct CudaEntryPoints {
+#define KK_ENTRY_FIELD(name, Params) void (*name)(const Params&, int device, intptr_t stream);
+  KK_CUDA_ENTRY_POINTS(KK_ENTRY_FIELD)
+#undef KK_ENTRY_FIELD
+};
+
+// The capsule name _simt's table travels under (checked by _C).
+constexpr const char* kSimtCapsuleName = "kernkit._simt.entry_points";
+
+}  // namespace kernkit
