@@ -40,3 +40,35 @@ def isa(request):
 @pytest.fixture(params=[pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)])
 def device(request):
     return request.param
+
+
+class CudaTarget:
+    """Where a CUDA-kernel test runs: on a GPU (`device` "cuda"), or in kernkit's simt emulator on
+    CPU tensors (`device` "cpu"; `session.launches` records the kernels that ran)."""
+
+    def __init__(self, kind, device, session=None):
+        self.kind, self.device, self.session = kind, device, session
+
+    def __repr__(self):
+        return self.kind
+
+
+# simt with its race checker, in the default thread order and in two seeded random orders (a benign
+# order can hide a race); the same test bodies run on a real GPU when there is one.
+CUDA_TARGETS = [pytest.param("simt", marks=pytest.mark.simt), pytest.param("simt-seed1", marks=pytest.mark.simt),
+                pytest.param("simt-seed2", marks=pytest.mark.simt), pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.fixture(params=CUDA_TARGETS)
+def gpu(request):
+    """Runs a CUDA-kernel test under simt (three schedules) and on a GPU when one exists."""
+    if request.param == "cuda":
+        yield CudaTarget("cuda", "cuda")
+        return
+    from kernkit.testing import simt, simt_available
+
+    if not simt_available():
+        pytest.fail("this kernkit build has no simt backend: the CUDA kernels cannot be tested here")
+    seed = None if request.param == "simt" else int(request.param.rsplit("seed", 1)[1])
+    with simt(seed=seed) as session:
+        yield CudaTarget(request.param, "cpu", session)

@@ -214,35 +214,51 @@ def test_native_layer_rejects_bad_calls():
             _C.rms_norm_fwd(1, 0, 1, 1, 2, 2, 1e-6, 0, 0, 1, 0, 0)
 
 
-# ----------------------------------------------------------------------- CUDA
+# ----------------------------------------------------------------------- CUDA kernels (GPU, or simt on CPU)
 
 
-@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (3, 17), (2, 5, 59), (300, 64), (4, 1000), (70, 4097)])
-def test_cuda_forward_backward(dtype, shape):
-    x, w = _inputs(shape, dtype, "cuda")
+def test_cuda_forward_backward(gpu, dtype, shape):
+    x, w = _inputs(shape, dtype, gpu.device)
     _check_forward(x, w)
-    dy = torch.randn(shape, dtype=torch.float64).to(dtype).cuda()
+    dy = torch.randn(shape, dtype=torch.float64).to(dtype).to(gpu.device)
     dx, dw = _grads(kernkit.rms_norm, x, w, dy)
     ex_dx, ex_dw = _grads(rms_norm_ref, x.double(), w.double(), dy.double())
     rf_dx, rf_dw = _grads(rms_norm_ref, x, w, dy)
     assert_within_ref_error(dx, ex_dx, rf_dx, factor=3.0, what="dx")
     assert_within_ref_error(dw, ex_dw, rf_dw, factor=3.0, what="dw")
+    if gpu.session:  # the CUDA kernels ran, not the CPU ones
+        assert {k.split("<")[0] for k in gpu.session.kernels} == {
+            "rms_norm_fwd_kernel", "rms_norm_dx_kernel", "rms_norm_dw_partial_kernel", "rms_norm_dw_reduce_kernel"}
 
 
-@pytest.mark.cuda
-def test_cuda_gradcheck_opcheck_compile_determinism():
+@pytest.mark.parametrize("weight", [None, "fp32"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_weight_variants(gpu, dtype, weight):
+    x, w = _inputs((9, 77), dtype, gpu.device, weight)
+    _check_forward(x, w)
+    dy = torch.randn((9, 77), dtype=torch.float64).to(dtype).to(gpu.device)
+    dx, dw = _grads(kernkit.rms_norm, x, w, dy)
+    ex_dx, ex_dw = _grads(rms_norm_ref, x.double(), None if w is None else w.double(), dy.double())
+    rf_dx, rf_dw = _grads(rms_norm_ref, x, w, dy)
+    assert_within_ref_error(dx, ex_dx, rf_dx, factor=3.0, what="dx")
+    if w is not None:
+        assert dw.dtype == torch.float32
+        assert_within_ref_error(dw, ex_dw, rf_dw.float(), factor=3.0, what="dw")
+
+
+def test_cuda_gradcheck_opcheck_compile_determinism(gpu):
     from kernkit.norm import _rms_norm_fwd
 
-    x, w = _inputs((3, 11), torch.float64, "cuda")
+    x, w = _inputs((3, 11), torch.float64, gpu.device)
     x.requires_grad_(); w.requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: kernkit.rms_norm(a, b, 1e-5), (x, w))
-    xb, wb = _inputs((4, 3, 40), torch.bfloat16, "cuda")
+    xb, wb = _inputs((4, 3, 40), torch.bfloat16, gpu.device)
     torch.library.opcheck(_rms_norm_fwd, (xb.requires_grad_(), wb.requires_grad_(), 1e-6))
-    f = torch.compile(lambda a, b: kernkit.rms_norm(a, b).sum(), fullgraph=True)
+    f = torch.compile(lambda a, b: kernkit.rms_norm(a, b).sum(), fullgraph=True, backend="aot_eager")
     f(xb, wb).backward()
-    x1, w1 = _inputs((2048, 512), torch.bfloat16, "cuda")
+    x1, w1 = _inputs((2048, 512) if gpu.kind == "cuda" else (200, 300), torch.bfloat16, gpu.device)
     dy = torch.randn_like(x1)
     g1 = _grads(kernkit.rms_norm, x1, w1, dy)
     g2 = _grads(kernkit.rms_norm, x1, w1, dy)

@@ -398,16 +398,40 @@ def test_selective_scan_bad_inputs(change, exc, match):
         kernkit.selective_scan(**args)
 
 
-@pytest.mark.cuda
+# --------------------------------------------------------------------------- CUDA kernels (GPU, or simt on CPU)
+
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_linear_scan_cuda(dtype, reverse):
-    _check_linear_scan((3, 700, 5, 40), (3, 700, 1, 40), dtype, reverse, device="cuda")
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+def test_linear_scan_cuda(gpu, dtype, reverse):
+    _check_linear_scan((3, 700, 5, 40), (3, 700, 1, 40), dtype, reverse, device=gpu.device)
+    _check_linear_scan((2, 33, 300), (1, 33, 1), dtype, reverse, device=gpu.device)  # several blocks, broadcast a
+    if gpu.session:
+        names = {torch.float32: "float", torch.float64: "double", torch.float16: "__half",
+                 torch.bfloat16: "__nv_bfloat16"}
+        assert set(gpu.session.kernels) == {f"linear_scan_kernel<{names[dtype]}>"}
 
 
-@pytest.mark.cuda
+def test_linear_scan_cuda_gradcheck(gpu):
+    g = _gen(1)
+    a = (torch.rand(2, 9, 3, generator=g, dtype=torch.float64) * 0.9).to(gpu.device).requires_grad_()
+    b = torch.randn(2, 9, 3, generator=g, dtype=torch.float64).to(gpu.device).requires_grad_()
+    h0 = torch.randn(2, 3, generator=g, dtype=torch.float64).to(gpu.device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, y, z: kernkit.linear_scan(x, y, z, reverse=True), (a, b, h0))
+
+
 @pytest.mark.parametrize("act", [None, "silu"])
 @pytest.mark.parametrize("W", [1, 2, 4, 7])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_causal_conv1d_cuda(dtype, W, act):
-    _check_conv(dtype, 300, W, act, device="cuda")
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+def test_causal_conv1d_cuda(gpu, dtype, W, act):
+    _check_conv(dtype, 300 if W != 4 else 1, W, act, device=gpu.device)
+    if gpu.session:
+        assert {k.split("<")[0] for k in gpu.session.kernels} == {"conv_fwd_kernel", "conv_dx_kernel", "conv_dw_kernel"}
+
+
+def test_causal_conv1d_cuda_gradcheck(gpu):
+    g = _gen(7)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(gpu.device).requires_grad_()
+    args = (mk(2, 3, 11), mk(3, 4), mk(3), mk(2, 3, 3))
+    assert torch.autograd.gradcheck(
+        lambda x, w, b, i: kernkit.causal_conv1d(x, w, b, activation="silu", initial_state=i,
+                                                 return_final_state=True), args)
