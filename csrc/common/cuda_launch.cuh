@@ -9,7 +9,7 @@
 
 #ifdef KK_SIMT
 #define KK_LAUNCH(grid, block, smem, stream, ...)                                                       \
-  ::kk_simt::make_launch(::kk_simt::LaunchSpec{#__VA_ARGS__, __FILE__, __LINE__, dim3(grid), dim3(block), \
+  ::kk_simt::make_launch(::kk_simt::LaunchSpec{#__VA_ARGS__, __PRETTY_FUNCTION__, __FILE__, __LINE__, dim3(grid), dim3(block), \
                                                size_t(smem), nullptr, nullptr, nullptr},               \
                          &__VA_ARGS__)
 #define KK_SHARED(T, name, dims)                                                                   \

@@ -118,10 +118,12 @@ inline void cp_async(const char* what, void* dst, const void* src, int src_bytes
 
 }  // namespace detail
 #else
+namespace detail {
 // Shared-window address of a generic pointer to shared memory (what .shared operands take).
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
+}  // namespace detail
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -206,7 +208,7 @@ __device__ __forceinline__ void ldmatrix_x1(uint32_t (&r)[1], const void* smem_r
 #ifdef KK_SIMT
   detail::ldmatrix<1, false>(r, smem_row, kk_file, kk_line);
 #else
-  asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(smem_addr(smem_row)));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(detail::smem_addr(smem_row)));
 #endif
 }
 // ldmatrix.sync.aligned.m8n8.x2.shared.b16: r[i] = {Mi[g][2t], Mi[g][2t+1]}; rows from lanes 0-15.
@@ -216,7 +218,7 @@ __device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* smem_r
 #else
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
-               : "r"(smem_addr(smem_row)));
+               : "r"(detail::smem_addr(smem_row)));
 #endif
 }
 // ldmatrix.sync.aligned.m8n8.x4.shared.b16: r[i] = {Mi[g][2t], Mi[g][2t+1]}; rows from lanes 0-31.
@@ -226,7 +228,7 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_r
 #else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(smem_row)));
+               : "r"(detail::smem_addr(smem_row)));
 #endif
 }
 // ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16: r[0] = {M0[2t][g], M0[2t+1][g]}; rows from lanes 0-7.
@@ -236,7 +238,7 @@ __device__ __forceinline__ void ldmatrix_x1_trans(uint32_t (&r)[1], const void* 
 #else
   asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n"
                : "=r"(r[0])
-               : "r"(smem_addr(smem_row)));
+               : "r"(detail::smem_addr(smem_row)));
 #endif
 }
 // ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16: r[i] = {Mi[2t][g], Mi[2t+1][g]}; rows from lanes 0-15.
@@ -246,7 +248,7 @@ __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* 
 #else
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
-               : "r"(smem_addr(smem_row)));
+               : "r"(detail::smem_addr(smem_row)));
 #endif
 }
 // ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: r[i] = {Mi[2t][g], Mi[2t+1][g]}; rows from lanes 0-31.
@@ -256,7 +258,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 #else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(smem_row)));
+               : "r"(detail::smem_addr(smem_row)));
 #endif
 }
 
@@ -273,7 +275,7 @@ __device__ __forceinline__ void cp_async_ca(void* smem_dst, const void* gmem_src
 #ifdef KK_SIMT
   detail::cp_async<Bytes>("cp.async.ca", smem_dst, gmem_src, src_bytes, kk_file, kk_line);
 #else
-  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_addr(smem_dst)), "l"(gmem_src),
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(detail::smem_addr(smem_dst)), "l"(gmem_src),
                "n"(Bytes), "r"(src_bytes)
                : "memory");
 #endif
@@ -285,7 +287,7 @@ __device__ __forceinline__ void cp_async_cg(void* smem_dst, const void* gmem_src
 #ifdef KK_SIMT
   detail::cp_async<Bytes>("cp.async.cg", smem_dst, gmem_src, src_bytes, kk_file, kk_line);
 #else
-  asm volatile("cp.async.cg.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_addr(smem_dst)), "l"(gmem_src),
+  asm volatile("cp.async.cg.shared.global [%0], [%1], %2, %3;\n" ::"r"(detail::smem_addr(smem_dst)), "l"(gmem_src),
                "n"(Bytes), "r"(src_bytes)
                : "memory");
 #endif

@@ -6,6 +6,7 @@
 
 #include "common/cuda_entry.h"
 #include "simt/runtime.h"
+#include "simt/selftest/fragments.h"
 #include "simt/selftest/selftest.h"
 
 namespace py = pybind11;
@@ -83,6 +84,55 @@ PYBIND11_MODULE(_simt, m) {
         kk_simt::convert_bits(kind, reinterpret_cast<const void*>(in), reinterpret_cast<void*>(out), n);
       },
       py::arg("kind"), py::arg("src"), py::arg("dst"), py::arg("n"));
+  m.def("fragment_checks", [] {
+    std::vector<kernkit::simt_selftest::CheckResult> rs;
+    {
+      py::gil_scoped_release nogil;
+      rs = kernkit::simt_selftest::run_fragment_checks();
+    }
+    py::list out;
+    for (const auto& r : rs) out.append(py::make_tuple(r.name, r.passed, r.detail));
+    return out;
+  });
+  m.def("captures", [] {  // every wrapper's per-lane registers (golden-fragment comparison with a GPU)
+    kernkit::simt_selftest::Captures c;
+    {
+      py::gil_scoped_release nogil;
+      c = kernkit::simt_selftest::capture_all();
+    }
+    py::dict d;
+    const char* mma[3] = {"mma_bf16", "mma_f16", "mma_s8"};
+    const char* ldsm[3] = {"x1", "x2", "x4"};
+    for (int k = 0; k < 3; ++k) {
+      d[mma[k]] = c.mma[k];
+      d[(std::string("gemm_") + (mma[k] + 4)).c_str()] = c.gemm[k];
+      for (int t = 0; t < 2; ++t) d[(std::string("ldmatrix_") + ldsm[k] + (t ? "_trans" : "")).c_str()] = c.ldsm[t][k];
+    }
+    d["misc"] = c.misc;
+    return d;
+  });
+  // One-warp GEMM tile D(16x8) = A B + C through cp.async, ldmatrix and mma; a, b as 16-bit patterns
+  // (bf16: B is K x N; f16 and s8: B given transposed, N x K) or int8 values.
+  m.def("gemm_tile", [](const std::string& kind, const std::vector<int>& a, const std::vector<int>& b,
+                        const std::vector<double>& c) {
+    namespace st = kernkit::simt_selftest;
+    const size_t k = kind == "s8" ? 32 : 16;
+    if (a.size() != 16 * k || b.size() != 8 * k || c.size() != 128) throw std::invalid_argument("gemm_tile: bad sizes");
+    std::vector<double> out;
+    py::gil_scoped_release nogil;
+    if (kind == "s8") {
+      std::vector<int8_t> a8(a.begin(), a.end()), b8(b.begin(), b.end());
+      std::vector<int32_t> c32(c.begin(), c.end());
+      for (int32_t v : st::gemm_tile_s8(a8, b8, c32)) out.push_back(v);
+      return out;
+    }
+    std::vector<uint16_t> a16(a.begin(), a.end()), b16(b.begin(), b.end());
+    std::vector<float> cf(c.begin(), c.end());
+    if (kind == "bf16") for (float v : st::gemm_tile_bf16(a16, b16, cf)) out.push_back(v);
+    else if (kind == "f16") for (float v : st::gemm_tile_f16(a16, b16, cf)) out.push_back(v);
+    else throw std::invalid_argument("gemm_tile: kind must be bf16, f16 or s8");
+    return out;
+  }, py::arg("kind"), py::arg("a"), py::arg("b"), py::arg("c"));
   m.def("planted_bugs", [] {
     py::list out;
     std::vector<kernkit::simt_selftest::PlantedResult> rs;

@@ -22,6 +22,7 @@
 #include <sanitizer/asan_interface.h>
 #endif
 
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -360,6 +361,33 @@ std::string resolve_loc(uint32_t loc) {
   return out;
 }
 
+// "k<T, W>" launched inside "... [with T = float; W = __half]" -> "k<float, __half>".
+std::string instance_name(const char* name, const char* context) {
+  std::string out = name;
+  const std::string ctx = context ? context : "";
+  const auto with = ctx.rfind("[with ");
+  if (with == std::string::npos) return out;
+  const std::string args = ctx.substr(with + 6, ctx.size() - with - 7);
+  auto is_id = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
+  size_t pos = 0;
+  while (pos < args.size()) {
+    size_t end = args.find("; ", pos);
+    if (end == std::string::npos) end = args.size();
+    const std::string pair = args.substr(pos, end - pos);
+    const auto eq = pair.find(" = ");
+    if (eq != std::string::npos) {
+      const std::string param = pair.substr(0, eq), value = pair.substr(eq + 3);
+      for (size_t p = 0; (p = out.find(param, p)) != std::string::npos;) {
+        const bool whole = (p == 0 || !is_id(out[p - 1])) && (p + param.size() >= out.size() || !is_id(out[p + param.size()]));
+        if (whole) { out.replace(p, param.size(), value); p += value.size(); }
+        else p += param.size();
+      }
+    }
+    pos = end + 2;
+  }
+  return out;
+}
+
 std::string format_error(const LaunchState& L, const Error& e) {
   std::string text = e.text;
   for (size_t i = 0; i < e.locs.size(); ++i) {
@@ -368,7 +396,7 @@ std::string format_error(const LaunchState& L, const Error& e) {
     for (size_t p; (p = text.find(mark)) != std::string::npos;) text.replace(p, mark.size(), where);
   }
   std::ostringstream s;
-  s << "simt: " << e.kind << " in kernel " << L.spec.name << " (launched at " << short_path(L.spec.file) << ":"
+  s << "simt: " << e.kind << " in kernel " << instance_name(L.spec.name, L.spec.context) << " (launched at " << short_path(L.spec.file) << ":"
     << L.spec.line << ")";
   if (e.in_block) {
     s << ", block (" << e.block.x << "," << e.block.y << "," << e.block.z << ")";
@@ -1134,7 +1162,8 @@ bool instrumented() {
 }
 
 void launch(const LaunchSpec& s) {
-  const std::string where = std::string("simt: kernel ") + s.name + " launched at " + short_path(s.file) + ":" +
+  const std::string kname = instance_name(s.name, s.context);
+  const std::string where = "simt: kernel " + kname + " launched at " + short_path(s.file) + ":" +
                             std::to_string(s.line) + ": ";
   const dim3 g = s.grid, b = s.block;
   const unsigned long long nthreads = (unsigned long long)b.x * b.y * b.z;
@@ -1157,7 +1186,7 @@ void launch(const LaunchSpec& s) {
                              "cudaFuncAttributeMaxDynamicSharedMemorySize))");
   {
     std::lock_guard<std::mutex> lk(g_rec_mu);
-    g_records.push_back(LaunchRecord{s.name, short_path(s.file), s.line, {g.x, g.y, g.z}, {b.x, b.y, b.z}, s.smem});
+    g_records.push_back(LaunchRecord{kname, short_path(s.file), s.line, {g.x, g.y, g.z}, {b.x, b.y, b.z}, s.smem});
   }
   if (tls_w) throw std::runtime_error(where + "launched from inside a kernel (dynamic parallelism is not emulated)");
   std::lock_guard<std::mutex> lk(g_launch_mu);

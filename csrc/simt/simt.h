@@ -132,7 +132,8 @@ void yield_point();  // a scheduling point (used by __nanosleep); also polls the
 
 // Launch
 struct LaunchSpec {
-  const char* name;
+  const char* name;     // the kernel as written at the launch site, e.g. "k<T, 4>"
+  const char* context;  // __PRETTY_FUNCTION__ there, whose "[with T = float]" names the instance
   const char* file;
   int line;
   dim3 grid, block;

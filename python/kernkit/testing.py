@@ -132,14 +132,15 @@ def simt(*, racecheck: bool | None = None, seed: int | None = None, workers: int
 def _env_session():
     """KERNKIT_SIMT=1: simt for the whole process (KERNKIT_SIMT_SEED, KERNKIT_SIMT_RACECHECK=0/1)."""
     if os.environ.get("KERNKIT_SIMT", "").strip() not in ("1", "true", "yes", "on"):
-        return
+        return None
     seed = os.environ.get("KERNKIT_SIMT_SEED", "").strip()
     race = os.environ.get("KERNKIT_SIMT_RACECHECK", "").strip()
     cm = simt(seed=int(seed) if seed else None, racecheck=None if not race else race not in ("0", "false", "no"))
-    cm.__enter__()  # stays active until the process ends
+    cm.__enter__()
+    return cm
 
 
-_env_session()
+_ENV_SESSION = _env_session()  # kept referenced: it stays active until the process ends
 
 
 # --------------------------------------------------------------------------- self-test
@@ -186,17 +187,30 @@ def _planted_checks(backend, checks):
 
 
 def _fragment_checks(backend, checks):
-    if not hasattr(backend, "fragment_checks"):
-        return
     for name, ok, detail in backend.fragment_checks():
         _check(checks, name, ok, detail)
-    if hasattr(backend, "gemm_tiles"):
-        for name, a, b, c in backend.gemm_tiles():
-            A, B, C = (torch.tensor(x, dtype=torch.float64) for x in (a, b, c))
-            ref = A @ B
-            err = (C - ref).abs().max().item()
-            tol = 0.0 if "s8" in name else 1e-5 * max(1.0, ref.abs().max().item())
-            _check(checks, f"one-warp GEMM tile {name} vs torch.matmul", err <= tol, f"max error {err:.3g}")
+    g = torch.Generator().manual_seed(0)
+    for kind, dt, k in (("bf16", torch.bfloat16, 16), ("f16", torch.float16, 16), ("s8", torch.int8, 32)):
+        if dt == torch.int8:
+            a, b = (torch.randint(-128, 128, s, generator=g, dtype=torch.int32) for s in ((16, k), (k, 8)))
+            c = torch.randint(-1000, 1000, (16, 8), generator=g, dtype=torch.int32).double()
+            a_bits, b_bits = a.flatten().tolist(), b.t().contiguous().flatten().tolist()
+            a, b = a.double(), b.double()
+        else:
+            a, b = (torch.randn(s, generator=g).to(dt) for s in ((16, k), (k, 8)))
+            c = torch.randn(16, 8, generator=g, dtype=torch.float64)
+            bb = b if kind == "bf16" else b.t().contiguous()  # bf16 loads B (K x N) with ldmatrix.trans
+            a_bits, b_bits = ((t.flatten().view(torch.int16).int() & 0xffff).tolist() for t in (a, bb))
+            a, b, c = a.double(), b.double(), c.float().double()
+        d = torch.tensor(backend.gemm_tile(kind, a_bits, b_bits, c.flatten().tolist()), dtype=torch.float64)
+        ref = (torch.matmul(a, b) + c).flatten()
+        if dt == torch.int8:
+            ref = ((ref.long() + 2**31) % 2**32 - 2**31).double()  # int32 accumulators wrap
+            err, tol = (d - ref).abs().max().item(), 0.0
+        else:  # one rounding of the exact sum to fp32
+            err, tol = ((d - ref).abs() / ref.abs().clamp_min(1e-30)).max().item(), 2.0**-23
+        _check(checks, f"one-warp GEMM tile m16n8k{k} {kind} vs torch.matmul", err <= tol,
+               f"max {'relative ' if dt != torch.int8 else ''}error {err:.3g}")
 
 
 def simt_selftest() -> dict:

@@ -8,8 +8,13 @@
 //  * + - * / are done in fp32 and rounded once to half (exactly what a correctly rounded half op
 //    gives, since fp32 has more than 2*11+2 bits); NaN results are 0x7fff;
 //  * __hfma rounds a*b+c exactly once (sm_80 fma.rn.f16 semantics);
-//  * hexp/hlog/hsqrt/... are computed in double and rounded once (the GPU uses fp32 approximations
-//    with fix-ups, so its results agree except in rare last-bit cases).
+//  * hexp/hlog/hsqrt/... are computed in double and rounded once, i.e. correctly rounded (the GPU
+//    uses fp32 approximations, with fix-up tables for half, so it can differ in the last bit);
+//  * conversions work on bit patterns only, so a process-wide FTZ/DAZ mode (e.g. set by a library
+//    built with -ffast-math) cannot change them; fp32 arithmetic on subnormals would still flush.
+// The class interface mirrors CUDA's host-compiler one: implicit conversions from float, double and
+// every integer type, to float, every integer type (round toward zero, saturating) and bool. As with
+// CUDA, mixed expressions such as `h * 2.0f` or `acc += h` are ambiguous; convert explicitly.
 // cuda_bf16.h builds on the same core (kk_simt::fp) for __nv_bfloat16.
 #pragma once
 #include "simt/simt.h"
@@ -44,30 +49,18 @@ inline std::uint32_t f32_bits(float f) { std::uint32_t u; std::memcpy(&u, &f, 4)
 inline float f32_from(std::uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline std::uint64_t f64_bits(double d) { std::uint64_t u; std::memcpy(&u, &d, 8); return u; }
 
-// Rounds d to the 16-bit format. `tail` (RN only) says where the exact value lies relative to d when
-// d itself is an already-rounded double: +1 farther from zero, -1 closer to zero, 0 exactly d. It only
-// matters when d sits exactly halfway between two 16-bit values (a double can be off from the exact
-// value by far less than half a 16-bit ulp, so it cannot be on the other side of any other boundary).
-// Every NaN gives 0x7fff.
+// Rounds the finite nonzero value sig * 2^(e-52), sig in [2^52, 2^53), to the 16-bit format.
+// `tail` (RN only) says where the exact value lies relative to that value when it is itself an
+// already-rounded double: +1 farther from zero, -1 closer to zero, 0 exactly it. It only matters when
+// the value sits exactly halfway between two 16-bit values (a double is off from the exact result by
+// far less than half a 16-bit ulp, so it cannot be on the other side of any other boundary).
 template <int M, int E>
-inline unsigned short round_f64(double d, Mode mode = kRN, int tail = 0) {
+inline unsigned short round_sig(bool neg, int e, std::uint64_t sig, Mode mode, int tail) {
   constexpr int kBias = (1 << (E - 1)) - 1;
   constexpr std::uint64_t kInf = std::uint64_t((1u << E) - 1u) << M;
-  const std::uint64_t u = f64_bits(d);
-  const bool neg = (u >> 63) != 0;
-  const std::uint64_t a = u & 0x7fffffffffffffffULL;
-  const unsigned short sign = neg ? 0x8000u : 0u;
-  if (a > 0x7ff0000000000000ULL) return 0x7fffu;
-  if (a == 0x7ff0000000000000ULL) return static_cast<unsigned short>(sign | kInf);
   std::uint64_t mag = 0, rem = 0, half = 1;  // truncated magnitude; discarded part vs. half an ulp
-  const int e = int(a >> 52) - 1023;
-  const std::uint64_t sig = (a & 0x000fffffffffffffULL) | 0x0010000000000000ULL;
-  if (a == 0) {
-    // exact zero
-  } else if (a < 0x0010000000000000ULL) {
-    rem = 1, half = 2;  // double subnormal: far below half the smallest 16-bit subnormal
-  } else if (e > kBias) {
-    mag = kInf - 1, rem = 3, half = 2;  // beyond the largest finite value (+ half ulp): overflow
+  if (e > kBias) {
+    mag = kInf - 1, rem = 3, half = 2;  // |x| >= 2^(bias+1): past the overflow threshold in any mode
   } else if (e >= 1 - kBias) {
     constexpr int sh = 52 - M;
     mag = (std::uint64_t(e + kBias - 1) << M) + (sig >> sh);  // the implicit bit bumps the exponent
@@ -76,7 +69,7 @@ inline unsigned short round_f64(double d, Mode mode = kRN, int tail = 0) {
   } else {
     const int sh = 52 - M + (1 - kBias) - e;  // subnormal result: grid 2^(1-bias-M)
     if (sh > 54) {
-      rem = 1, half = 2;
+      rem = 1, half = 2;  // below half the smallest subnormal
     } else {
       mag = sig >> sh;
       rem = sig & ((std::uint64_t(1) << sh) - 1);
@@ -90,7 +83,54 @@ inline unsigned short round_f64(double d, Mode mode = kRN, int tail = 0) {
     case kRD: up = neg && rem != 0; break;
     case kRU: up = !neg && rem != 0; break;
   }
-  return static_cast<unsigned short>(sign | (mag + (up ? 1u : 0u)));
+  return static_cast<unsigned short>((neg ? 0x8000u : 0u) | (mag + (up ? 1u : 0u)));
+}
+
+// Rounds a double to the 16-bit format (bit manipulation only, so FTZ/DAZ modes cannot interfere).
+// Every NaN gives the canonical 0x7fff.
+template <int M, int E>
+inline unsigned short round_f64(double d, Mode mode = kRN, int tail = 0) {
+  constexpr std::uint64_t kInf = std::uint64_t((1u << E) - 1u) << M;
+  const std::uint64_t u = f64_bits(d);
+  const bool neg = (u >> 63) != 0;
+  const std::uint64_t a = u & 0x7fffffffffffffffULL;
+  if (a > 0x7ff0000000000000ULL) return 0x7fffu;
+  if (a == 0x7ff0000000000000ULL || a == 0) return static_cast<unsigned short>((neg ? 0x8000u : 0u) | (a ? kInf : 0));
+  if (a < 0x0010000000000000ULL) return round_sig<M, E>(neg, -1100, std::uint64_t(1) << 52, mode, 0);  // subnormal: tiny
+  return round_sig<M, E>(neg, int(a >> 52) - 1023, (a & 0x000fffffffffffffULL) | 0x0010000000000000ULL, mode, tail);
+}
+
+// Rounds a float to the 16-bit format from its bits alone.
+template <int M, int E>
+inline unsigned short round_f32(float f, Mode mode = kRN) {
+  constexpr std::uint64_t kInf = std::uint64_t((1u << E) - 1u) << M;
+  const std::uint32_t u = f32_bits(f);
+  const bool neg = (u >> 31) != 0;
+  const std::uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return 0x7fffu;
+  if (a == 0x7f800000u || a == 0) return static_cast<unsigned short>((neg ? 0x8000u : 0u) | (a ? kInf : 0));
+  if (a >= 0x00800000u)
+    return round_sig<M, E>(neg, int(a >> 23) - 127, std::uint64_t((a & 0x7fffffu) | 0x800000u) << 29, mode, 0);
+  const int top = 31 - __builtin_clz(a);  // float subnormal: a * 2^-149, normalise
+  return round_sig<M, E>(neg, top - 149, std::uint64_t(a) << (52 - top), mode, 0);
+}
+
+// float -> double without the FPU (exact; immune to DAZ).
+inline double widen(float f) {
+  const std::uint32_t u = f32_bits(f);
+  const std::uint64_t sign = std::uint64_t(u >> 31) << 63;
+  const std::uint32_t a = u & 0x7fffffffu;
+  std::uint64_t r;
+  if (a >= 0x7f800000u) r = sign | 0x7ff0000000000000ULL | (std::uint64_t(a & 0x7fffffu) << 29);
+  else if (a >= 0x00800000u) r = sign | (std::uint64_t((a >> 23) + 896u) << 52) | (std::uint64_t(a & 0x7fffffu) << 29);
+  else if (a == 0) r = sign;
+  else {
+    const int top = 31 - __builtin_clz(a);
+    r = sign | (std::uint64_t(top - 149 + 1023) << 52) | ((std::uint64_t(a) << (52 - top)) & 0x000fffffffffffffULL);
+  }
+  double d;
+  std::memcpy(&d, &r, 8);
+  return d;
 }
 
 // 64-bit integer magnitude to double, rounded to odd (sticky) so a second rounding to <= 51 bits is exact.
@@ -122,8 +162,8 @@ inline unsigned short round_int(I v, Mode mode) {
 // the rounding error of the double addition, which breaks a tie the double sum may have landed on.
 template <int M, int E>
 inline unsigned short fma_round(float a, float b, float c) {
-  const double p = double(a) * double(b);
-  const double dc = double(c);
+  const double p = widen(a) * widen(b);
+  const double dc = widen(c);
   const double s = p + dc;
   if (!std::isfinite(s)) return round_f64<M, E>(s);
   const double bb = s - p;
@@ -132,8 +172,8 @@ inline unsigned short fma_round(float a, float b, float c) {
   return round_f64<M, E>(s, kRN, tail);
 }
 
-inline unsigned short f32_to_f16(float f, Mode mode = kRN) { return round_f64<10, 5>(double(f), mode); }
-inline unsigned short f32_to_bf16(float f, Mode mode = kRN) { return round_f64<7, 8>(double(f), mode); }
+inline unsigned short f32_to_f16(float f, Mode mode = kRN) { return round_f32<10, 5>(f, mode); }
+inline unsigned short f32_to_bf16(float f, Mode mode = kRN) { return round_f32<7, 8>(f, mode); }
 
 inline float f16_to_f32(unsigned short h) {
   const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
@@ -269,7 +309,7 @@ template <> struct Fmt<__half> {
 
 // Generic implementations over a 16-bit type T (Fmt<T>) and its pair type T2 (.x, .y).
 template <typename T> inline T from_f32(float f, Mode m = kRN) {
-  return Fmt<T>::make(round_f64<Fmt<T>::kM, Fmt<T>::kE>(double(f), m));
+  return Fmt<T>::make(round_f32<Fmt<T>::kM, Fmt<T>::kE>(f, m));
 }
 template <typename T> inline float f(T h) { return Fmt<T>::to_f32(h); }
 template <typename T> inline bool isnan16(T h) {
@@ -323,7 +363,7 @@ template <typename T> inline T sat16(T a) {  // clamp to [0, 1]; NaN -> 0
 template <typename T> inline T relu16(T a) { return max16_nan(a, Fmt<T>::make(0)); }
 // Elementary functions: double precision, rounded once to T.
 template <typename T, typename F> inline T math16(T a, F fn) {
-  return Fmt<T>::make(round_f64<Fmt<T>::kM, Fmt<T>::kE>(fn(double(f(a)))));
+  return Fmt<T>::make(round_f64<Fmt<T>::kM, Fmt<T>::kE>(fn(widen(f(a)))));
 }
 template <typename T> inline T integral16(T a, Mode m) {
   if (isnan16(a)) return Fmt<T>::make(0x7fffu);

@@ -941,7 +941,10 @@ std::vector<CheckResult> check_captures(const Captures& cap) {
       const double ref = std::exp2(double(misc_ex2_input(t))), got = u2f(m[t * kMiscWords + 11]);
       const double rel = std::fabs(got - ref) / ref;
       worst = std::max(worst, rel);
-      if (!(rel <= 0x1p-21) && ex.passed) ex.passed = false, ex.detail = fmt("thread %lld: ", t) + std::to_string(got) + " vs " + std::to_string(ref) + "; ";
+      if (!(rel <= 0x1p-21) && ex.passed) {
+        ex.passed = false;
+        ex.detail = fmt("thread %lld: ", t) + std::to_string(got) + " vs " + std::to_string(ref) + "; ";
+      }
     }
     char buf[64];
     std::snprintf(buf, sizeof buf, "max rel. error %.3g", worst);
