@@ -3,8 +3,9 @@
 #   bash scripts/gpu_check.sh "$OUT"
 # builds kernkit with its CUDA kernels (ptxas -v to catch register spills),
 # runs the CUDA tests, compute-sanitizer memcheck + racecheck on them, and the
-# GPU benchmarks, writing at most 8 files into the output folder (the device
-# tool brings back 8). Keeps going after a failing step; exits non-zero if any failed.
+# GPU benchmarks, and captures golden per-lane fragments of every mma/ldmatrix wrapper to compare
+# with the simt emulator, writing at most 8 files into the output folder (the device tool brings
+# back 8). Keeps going after a failing step; exits non-zero if any failed.
 set -uo pipefail
 OUT=${1:-${OUT:-gpu_results}}
 mkdir -p "$OUT"
@@ -33,7 +34,6 @@ note "[ptxas] kernels with register spills: $spills (details in build.log)"
 cd /tmp  # import the installed package, not the source tree
 REPO=$OLDPWD
 python -m kernkit | tee -a "$SUMMARY"
-run_step cuda-tests "$OUT/tests.log" python -m pytest "$REPO/tests" -q -m cuda -rs
 run_step all-tests "$OUT/tests_all.log" python -m pytest "$REPO/tests" -q -rs -x
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 {
@@ -46,6 +46,11 @@ export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 }
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
 cd "$REPO"
+# golden fragments: the simt self-test's capture kernels on the GPU, checked there against the PTX
+# tables and CuTe's layouts, then compared with the emulator (results in fragments.json + summary)
+run_step fragments "$OUT/fragments.tmp" bash -c "nvcc -std=c++17 -O2 -arch=sm_90a -Icsrc scripts/gpu_fragments.cu \
+  -o /tmp/gpu_fragments && /tmp/gpu_fragments '$OUT/fragments.json' && python scripts/compare_fragments.py '$OUT/fragments.json'"
+grep -E "^(OK|BAD)|difference|failed" "$OUT/fragments.tmp" >> "$SUMMARY"; rm -f "$OUT/fragments.tmp"
 run_step bench "$OUT/bench.log" python -m benchmarks --device cuda --json "$OUT/bench_cuda.json" --plot "$OUT/bench_cuda.png"
 note "overall: $([ $status -eq 0 ] && echo PASS || echo FAIL)"
 exit $status

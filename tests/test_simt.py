@@ -158,3 +158,17 @@ def test_cuda_tensors_under_simt_are_rejected():
     with testing.simt():
         with pytest.raises(RuntimeError, match="got a CUDA tensor"):
             kernkit.linear_scan(torch.rand(1, 3, 2, device="cuda"), torch.rand(1, 3, 2, device="cuda"))
+
+
+@needs_simt
+def test_golden_fragment_comparison_machinery():
+    # scripts/gpu_check.sh compares a GPU's captures with the emulator's through this function; the
+    # emulator compared with itself must agree everywhere, and a corrupted capture must not.
+    from kernkit import _simt
+
+    caps = _simt.captures()
+    assert all(ok for _, ok, _ in _simt.compare_captures(caps))
+    caps["mma_s8"][5] ^= 1
+    caps["ldmatrix_x4_trans"][0] ^= 1 << 16
+    bad = [name for name, ok, _ in _simt.compare_captures(caps) if not ok]
+    assert any("s8" in n for n in bad) and any("trans" in n or "x4" in n for n in bad), bad

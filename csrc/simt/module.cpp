@@ -111,6 +111,28 @@ PYBIND11_MODULE(_simt, m) {
     d["misc"] = c.misc;
     return d;
   });
+  // Golden fragments from a GPU (scripts/gpu_fragments.cu) against the emulator's captures.
+  m.def("compare_captures", [](py::dict golden) {
+    namespace st = kernkit::simt_selftest;
+    st::Captures g;
+    const char* mma[3] = {"mma_bf16", "mma_f16", "mma_s8"};
+    const char* ldsm[3] = {"x1", "x2", "x4"};
+    auto get = [&](const std::string& k) { return golden[k.c_str()].cast<std::vector<uint32_t>>(); };
+    for (int k = 0; k < 3; ++k) {
+      g.mma[k] = get(mma[k]);
+      g.gemm[k] = get(std::string("gemm_") + (mma[k] + 4));
+      for (int t = 0; t < 2; ++t) g.ldsm[t][k] = get(std::string("ldmatrix_") + ldsm[k] + (t ? "_trans" : ""));
+    }
+    g.misc = get("misc");
+    std::vector<st::CheckResult> rs;
+    {
+      py::gil_scoped_release nogil;
+      rs = st::compare_captures(g, st::capture_all());
+    }
+    py::list out;
+    for (const auto& r : rs) out.append(py::make_tuple(r.name, r.passed, r.detail));
+    return out;
+  }, py::arg("golden"));
   // One-warp GEMM tile D(16x8) = A B + C through cp.async, ldmatrix and mma; a, b as 16-bit patterns
   // (bf16: B is K x N; f16 and s8: B given transposed, N x K) or int8 values.
   m.def("gemm_tile", [](const std::string& kind, const std::vector<int>& a, const std::vector<int>& b,
@@ -133,6 +155,19 @@ PYBIND11_MODULE(_simt, m) {
     else throw std::invalid_argument("gemm_tile: kind must be bf16, f16 or s8");
     return out;
   }, py::arg("kind"), py::arg("a"), py::arg("b"), py::arg("c"));
+  m.def("bench", [](const std::string& kind, int n, int threads) {
+    if (n < 0 || threads < 1 || threads > 1024) throw std::invalid_argument("bench: bad n or threads");
+    std::vector<float> buf(1024, 1.f);
+    py::gil_scoped_release nogil;
+    kernkit::simt_selftest::run_bench(kind, n, threads, buf.data());
+  }, py::arg("kind"), py::arg("n"), py::arg("threads") = 32);
+  m.def("attention_block", [](uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t o, int n_tiles, double scale) {
+    if (n_tiles < 1) throw std::invalid_argument("attention_block: n_tiles >= 1");
+    py::gil_scoped_release nogil;
+    kernkit::simt_selftest::run_attention_block(reinterpret_cast<const void*>(q), reinterpret_cast<const void*>(k),
+                                                reinterpret_cast<const void*>(v), reinterpret_cast<float*>(o),
+                                                n_tiles, float(scale));
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("n_tiles"), py::arg("scale"));
   m.def("planted_bugs", [] {
     py::list out;
     std::vector<kernkit::simt_selftest::PlantedResult> rs;

@@ -315,13 +315,21 @@ std::vector<std::pair<const char*, int>> g_sites;
 std::map<std::pair<const char*, int>, uint32_t> g_site_index;
 
 uint32_t site_loc(const char* file, int line) {
+  // A per-thread cache in front of the shared table: collectives note a site per lane.
+  thread_local std::map<std::pair<const char*, int>, uint32_t> cache;
+  const auto key = std::make_pair(file, line);
+  if (auto hit = cache.find(key); hit != cache.end()) return hit->second;
   std::lock_guard<std::mutex> g(g_site_mu);
-  auto key = std::make_pair(file, line);
   auto it = g_site_index.find(key);
-  if (it != g_site_index.end()) return it->second;
-  const uint32_t idx = 0x80000000u | uint32_t(g_sites.size());
-  g_sites.push_back(key);
-  g_site_index.emplace(key, idx);
+  uint32_t idx;
+  if (it != g_site_index.end()) {
+    idx = it->second;
+  } else {
+    idx = 0x80000000u | uint32_t(g_sites.size());
+    g_sites.push_back(key);
+    g_site_index.emplace(key, idx);
+  }
+  cache.emplace(key, idx);
   return idx;
 }
 uint32_t pc_loc(const void* pc) { return uint32_t((uintptr_t(pc) - module_base() - 1) & 0x7fffffffu); }
@@ -753,13 +761,13 @@ int barrier_impl(int id, int count, int kind, int pred, const char* file, int li
   Fiber& f = *w.cur;
   check_watchdog(w);
   RtScope rt(f);
-  const uint32_t here = site_loc(file, line);
-  if (id < 0 || id > 15) fail(w, "barrier misuse", "barrier id " + std::to_string(id) + " at @@0@@ is outside 0..15", {here});
+  auto here = [&] { return site_loc(file, line); };
+  if (id < 0 || id > 15) fail(w, "barrier misuse", "barrier id " + std::to_string(id) + " at @@0@@ is outside 0..15", {here()});
   if (count != 0 && (count % 32 != 0 || count > w.nthreads))
     fail(w, "barrier misuse",
          "named barrier at @@0@@ with thread count " + std::to_string(count) +
              ": the count must be a multiple of 32 and at most the block size (" + std::to_string(w.nthreads) + ")",
-         {here});
+         {here()});
   const int need = count == 0 ? w.nthreads : count;
   Barrier& b = w.bars[id];
   if (need == w.nthreads && w.exited > 0) {
@@ -768,7 +776,7 @@ int barrier_impl(int id, int count, int kind, int pred, const char* file, int li
     fail(w, "exit before barrier",
          thread_str(w, f.tid) + " reaches a barrier at @@0@@, but " + thread_str(w, gone) +
              " has already exited; every thread of the block must reach every __syncthreads",
-         {here});
+         {here()});
   }
   if (b.arrived == 0) {
     b.need = need;
@@ -779,13 +787,13 @@ int barrier_impl(int id, int count, int kind, int pred, const char* file, int li
   } else {
     if (b.need != need)
       fail(w, "barrier misuse", "barrier " + std::to_string(id) + " at @@0@@ waited for with thread counts " +
-                                    std::to_string(b.need) + " and " + std::to_string(need), {here});
+                                    std::to_string(b.need) + " and " + std::to_string(need), {here()});
     if (id == 0 && count == 0 && (b.line != line || std::strcmp(b.file, file) != 0))
       fail(w, "divergent barrier",
            thread_str(w, f.tid) + " reaches __syncthreads at @@0@@ while " + thread_str(w, b.first_tid) +
                " waits at a different __syncthreads at " + site_str(b.file, b.line) +
                " (a barrier in divergent code: all threads of the block must reach the same one)",
-           {here});
+           {here()});
   }
   b.acc[0] += pred != 0;
   b.acc[1] &= int(pred != 0);
@@ -868,20 +876,20 @@ void warp_collective(const char* what, unsigned mask, WarpFn fn, const void* in,
   Fiber& f = *w.cur;
   check_watchdog(w);
   RtScope rt(f);
-  const uint32_t here = site_loc(file, line);
+  auto here = [&] { return site_loc(file, line); };
   const int wi = f.tid >> 5, lane = f.tid & 31;
   Warp& wp = w.warps[wi];
   const unsigned bit = 1u << lane;
   if (!(mask & bit))
     fail(w, "collective misuse", std::string(what) + " at @@0@@ with mask " + hex32(mask) +
-                                     ", which does not include the calling lane " + std::to_string(lane), {here});
+                                     ", which does not include the calling lane " + std::to_string(lane), {here()});
   if (mask & ~wp.present)
     fail(w, "collective misuse", std::string(what) + " at @@0@@: mask " + hex32(mask) + " names lanes " +
                                      hex32(mask & ~wp.present) + " that do not exist (the block has " +
-                                     std::to_string(w.nthreads) + " threads)", {here});
+                                     std::to_string(w.nthreads) + " threads)", {here()});
   if (mask & wp.exited)
     fail(w, "collective misuse", std::string(what) + " at @@0@@: mask " + hex32(mask) + " names lanes " +
-                                     hex32(mask & wp.exited) + " that have already exited", {here});
+                                     hex32(mask & wp.exited) + " that have already exited", {here()});
   Group* g = nullptr;
   for (auto& x : wp.groups)
     if (x.mask & mask) { g = &x; break; }
@@ -892,7 +900,7 @@ void warp_collective(const char* what, unsigned mask, WarpFn fn, const void* in,
            "lane " + std::to_string(lane) + " calls " + what + " (mask " + hex32(mask) + ") at @@0@@ while lane " +
                std::to_string(other) + " of the same warp waits in " + g->what + " (mask " + hex32(g->mask) + ") at " +
                site_str(g->file[other], g->line[other]),
-           {here});
+           {here()});
     }
   } else {
     wp.groups.push_back(Group{what, fn, mask, 0, {}, {}, {}});

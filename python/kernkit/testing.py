@@ -176,6 +176,28 @@ def _conversion_checks(backend, checks):
                f"{int(bad.sum())} mismatches")
 
 
+def attention_block_reference(q, k, v, scale):
+    """fp64 softmax(q k^T * scale) v for the self-test's FlashAttention-like block."""
+    p = torch.softmax(q.double() @ k.double().t() * scale, dim=-1)
+    return p @ v.double()
+
+
+def _attention_block_check(backend, checks):
+    g = torch.Generator().manual_seed(1)
+    for n_tiles in (1, 3):
+        q, k, v = (torch.randn(n, 64, generator=g).to(torch.bfloat16) for n in (64, 64 * n_tiles, 64 * n_tiles))
+        o = torch.empty(64, 64)
+        with simt(seed=3):
+            backend.attention_block(q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), n_tiles, 0.125)
+        exact = attention_block_reference(q, k, v, 0.125)
+        # P is rounded to bf16 before P V, as in FlashAttention: compare with that precision's error
+        same = (torch.softmax(q.float() @ k.float().t() * 0.125, -1).to(torch.bfloat16).float() @ v.float())
+        err, ref_err = (o.double() - exact).abs().max().item(), (same.double() - exact).abs().max().item()
+        _check(checks, f"FlashAttention-like block (cp.async, ldmatrix(.trans), mma, quad shuffles, online "
+               f"softmax), {n_tiles} KV tile(s), vs torch", err <= 2 * ref_err + 1e-3,
+               f"max error {err:.3g} (bf16-P reference {ref_err:.3g})")
+
+
 def _planted_checks(backend, checks):
     for r in backend.planted_bugs():
         msg, fixed = r["message"], r["fixed_message"]
@@ -226,5 +248,6 @@ def simt_selftest() -> dict:
     checks: list = []
     _conversion_checks(backend, checks)
     _fragment_checks(backend, checks)
+    _attention_block_check(backend, checks)
     _planted_checks(backend, checks)
     return {"ok": all(c["ok"] for c in checks), "instrumented": bool(backend.instrumented()), "checks": checks}

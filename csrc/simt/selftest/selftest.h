@@ -20,5 +20,11 @@ struct PlantedResult {
 };
 std::vector<PlantedResult> run_planted_bugs();
 
+// bench.cu: one launch of a cost-measuring loop ("barrier" with `threads` threads, "shfl", "mma",
+// "ldmatrix", "memory"), n iterations; buf holds >= 1024 floats.
+void run_bench(const std::string& kind, int n, int threads, void* buf);
+// One FlashAttention-2-style block: q (64 x 64), k, v (n_tiles*64 x 64) bf16 row-major; o (64 x 64) fp32.
+void run_attention_block(const void* q, const void* k, const void* v, float* o, int n_tiles, float scale);
+
 }  // namespace simt_selftest
 }  // namespace kernkit
