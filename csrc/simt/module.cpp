@@ -168,6 +168,7 @@ PYBIND11_MODULE(_simt, m) {
                                                 reinterpret_cast<const void*>(v), reinterpret_cast<float*>(o),
                                                 n_tiles, float(scale));
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("n_tiles"), py::arg("scale"));
+  m.def("planted_global_out_of_bounds", &kernkit::simt_selftest::run_global_out_of_bounds, py::arg("run") = true);
   m.def("planted_bugs", [] {
     py::list out;
     std::vector<kernkit::simt_selftest::PlantedResult> rs;

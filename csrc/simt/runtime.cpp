@@ -17,6 +17,7 @@
 
 #include <dlfcn.h>
 #include <sys/mman.h>
+#include <ucontext.h>
 #include <unistd.h>
 #ifdef __SANITIZE_ADDRESS__
 #include <sanitizer/asan_interface.h>
@@ -39,7 +40,7 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Context switch
 // ---------------------------------------------------------------------------------------------
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(KK_SIMT_UCONTEXT)
 extern "C" void kk_simt_switch(void** save_sp, void* new_sp);
 extern "C" void kk_simt_trampoline();
 // Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores
@@ -109,7 +110,31 @@ void* make_stack(char* lo, char* hi, void (*fn)(void*), void* arg) {
 }
 inline void switch_to(void** save, void* to) { kk_simt_switch(save, to); }
 #else
-#error "simt's fiber switch is written for x86-64 only (build with KERNKIT_BUILD_SIMT=0 elsewhere)"
+// Portable fallback (other CPUs): ucontext. Same semantics, slower switches (a signal-mask system
+// call each). A fiber's context sits at the top of its own stack; "stack pointers" are contexts.
+#define KK_SIMT_UCONTEXT 1
+void uc_trampoline(unsigned fn_hi, unsigned fn_lo, unsigned arg_hi, unsigned arg_lo) {
+  auto fn = reinterpret_cast<void (*)(void*)>((uintptr_t(fn_hi) << 32) | fn_lo);
+  fn(reinterpret_cast<void*>((uintptr_t(arg_hi) << 32) | arg_lo));
+  std::abort();  // fibers never return
+}
+void* make_stack(char* lo, char* hi, void (*fn)(void*), void* arg) {
+#ifdef __SANITIZE_ADDRESS__
+  __asan_unpoison_memory_region(lo, size_t(hi - lo));
+#endif
+  auto* uc = reinterpret_cast<ucontext_t*>((uintptr_t(hi) - sizeof(ucontext_t)) & ~uintptr_t(63));
+  getcontext(uc);
+  uc->uc_stack.ss_sp = lo;
+  uc->uc_stack.ss_size = size_t(reinterpret_cast<char*>(uc) - lo);
+  uc->uc_link = nullptr;
+  const uintptr_t f = uintptr_t(fn), a = uintptr_t(arg);
+  makecontext(uc, reinterpret_cast<void (*)()>(&uc_trampoline), 4, unsigned(f >> 32), unsigned(f), unsigned(a >> 32),
+              unsigned(a));
+  return uc;
+}
+inline void switch_to(void** save, void* to) {
+  swapcontext(static_cast<ucontext_t*>(*save), static_cast<ucontext_t*>(to));
+}
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -125,7 +150,16 @@ constexpr size_t kDefaultDynSmem = 48 << 10;    // dynamic without cudaFuncSetAt
 constexpr size_t kRedzone = 64;
 constexpr uint16_t kNone = 0xffff;
 
-Options g_opts;
+#ifdef KK_SIMT_INSTRUMENTED
+constexpr bool kInstrumented = true;
+#else
+constexpr bool kInstrumented = false;
+#endif
+Options g_opts = [] {
+  Options o;
+  o.racecheck = kInstrumented;  // the race checker needs the access hooks
+  return o;
+}();
 std::mutex g_opts_mu;
 std::mutex g_launch_mu;  // one launch at a time (workers and their memory are shared)
 std::mutex g_rec_mu;
@@ -276,6 +310,9 @@ Worker& get_worker(int i) {
     w->valid.assign(kArenaBytes, 0);
     w->written.assign(kArenaBytes, 0);
     w->fibers.resize(kMaxThreads);
+#ifdef KK_SIMT_UCONTEXT
+    w->sched_sp = new ucontext_t();  // the scheduler's context (lives as long as the worker)
+#endif
     for (int t = 0; t < kMaxThreads; ++t) {
       w->fibers[t].stack_lo = w->stacks + t * per + kGuardBytes;
       w->fibers[t].stack_hi = w->stacks + (t + 1) * per;
@@ -727,6 +764,16 @@ bool run_block(Worker& w, LaunchState& L, unsigned long long blin) {
   return !w.failed;
 }
 
+// The race shadow covers one block (a new block starts a new epoch), so it can be dropped between
+// blocks: done when it outgrows `keep_pages` pages (32 KiB each).
+void release_shadow(Worker& w, size_t keep_pages) {
+  if (w.pages.size() <= keep_pages) return;
+  for (auto& kv : w.pages) std::free(kv.second);
+  w.pages.clear();
+  w.last_key = ~uintptr_t(0);
+  w.last_page = nullptr;
+}
+
 void worker_loop(LaunchState& L, int index) {
   Worker& w = get_worker(index);
   w.L = &L;
@@ -735,18 +782,15 @@ void worker_loop(LaunchState& L, int index) {
   while (!L.abort.load()) {
     const unsigned long long b = L.next.fetch_add(1);
     if (b >= L.nblocks) break;
-    if (!run_block(w, L, b)) {
+    const bool ok = run_block(w, L, b);
+    release_shadow(w, 8192);  // 256 MiB
+    if (!ok) {
       std::lock_guard<std::mutex> g(L.err_mu);
       if (!L.has_error) { L.has_error = true; L.error = w.error; }
       L.abort = true;
     }
   }
-  if (w.pages.size() > 4096) {  // do not keep a large race shadow between launches
-    for (auto& kv : w.pages) std::free(kv.second);
-    w.pages.clear();
-  }
-  w.last_key = ~uintptr_t(0);
-  w.last_page = nullptr;
+  release_shadow(w, 1024);  // keep up to 32 MiB for the next launch
   tls_w = nullptr;
 }
 
@@ -1161,13 +1205,7 @@ void clear_launch_records() {
   std::lock_guard<std::mutex> g(g_rec_mu);
   g_records.clear();
 }
-bool instrumented() {
-#ifdef KK_SIMT_INSTRUMENTED
-  return true;
-#else
-  return false;
-#endif
-}
+bool instrumented() { return kInstrumented; }
 
 void launch(const LaunchSpec& s) {
   const std::string kname = instance_name(s.name, s.context);
@@ -1248,8 +1286,10 @@ void launch(const LaunchSpec& s) {
 }  // namespace kk_simt
 
 // ---------------------------------------------------------------------------------------------
-// -fsanitize=thread instrumentation hooks (the kernels' loads and stores)
+// -fsanitize=thread instrumentation hooks (the kernels' loads and stores). Only in the instrumented
+// build: the sanitizer build compiles the kernels with ASan instead.
 // ---------------------------------------------------------------------------------------------
+#ifdef KK_SIMT_INSTRUMENTED
 #define KK_HOOK(n)                                                                                          \
   extern "C" void __tsan_read##n(void* p) { kk_simt::hook(p, n, false, __builtin_return_address(0)); }      \
   extern "C" void __tsan_write##n(void* p) { kk_simt::hook(p, n, true, __builtin_return_address(0)); }     \
@@ -1263,10 +1303,11 @@ KK_HOOK(4)
 KK_HOOK(8)
 KK_HOOK(16)
 #undef KK_HOOK
-extern "C" void __tsan_read_range(void* p, unsigned long n) { kk_simt::hook(p, n, false, __builtin_return_address(0)); }
-extern "C" void __tsan_write_range(void* p, unsigned long n) { kk_simt::hook(p, n, true, __builtin_return_address(0)); }
+extern "C" void __tsan_read_range(void* p, long n) { kk_simt::hook(p, size_t(n), false, __builtin_return_address(0)); }
+extern "C" void __tsan_write_range(void* p, long n) { kk_simt::hook(p, size_t(n), true, __builtin_return_address(0)); }
 extern "C" void __tsan_init() {}
 extern "C" void __tsan_func_entry(void*) {}
-extern "C" void __tsan_func_exit() {}
-extern "C" void __tsan_vptr_update(void**, void*) {}
-extern "C" void __tsan_vptr_read(void**) {}
+extern "C" void __tsan_func_exit(void*) {}
+extern "C" void __tsan_vptr_update(void*, void*) {}
+extern "C" void __tsan_vptr_read(void*) {}
+#endif  // KK_SIMT_INSTRUMENTED

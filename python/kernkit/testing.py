@@ -31,7 +31,7 @@ from . import _C, _native
 
 try:
     from . import _simt as _backend
-except ImportError:  # built with KERNKIT_BUILD_SIMT=0, or a platform simt does not support
+except ImportError:  # built with KERNKIT_BUILD_SIMT=0
     _backend = None
 
 __all__ = ["simt", "simt_available", "simt_selftest", "SimtSession"]
@@ -40,7 +40,7 @@ _attached = False
 
 
 def simt_available() -> bool:
-    """Whether this build has the simt backend (``KERNKIT_BUILD_SIMT``, on by default on x86-64)."""
+    """Whether this build has the simt backend (``KERNKIT_BUILD_SIMT``, on by default)."""
     return _backend is not None
 
 
@@ -48,7 +48,7 @@ def _require_backend():
     global _attached
     if _backend is None:
         raise RuntimeError("kernkit.testing.simt: this kernkit build has no simt backend (it was built with "
-                           "KERNKIT_BUILD_SIMT=0, or on a CPU other than x86-64); rebuild with KERNKIT_BUILD_SIMT=1")
+                           "KERNKIT_BUILD_SIMT=0); rebuild with KERNKIT_BUILD_SIMT=1")
     if not _attached:
         _C.attach_simt(_backend.entry_points())
         _attached = True

@@ -144,6 +144,13 @@ __global__ void spin(unsigned* flag, int fixed) {
   }
 }
 
+// A global-memory read one past the end of a heap buffer: found by ASan in the sanitizer build (the
+// process stops with ASan's report), not by the access hooks.
+constexpr int kGoRead = __LINE__ + 2;
+__global__ void global_out_of_bounds(const float* in, float* out) {
+  out[threadIdx.x] = in[threadIdx.x + 1]; KK_AT(kGoRead);
+}
+
 std::string run_catch(void (*fn)(int), int fixed) {
   try {
     fn(fixed);
@@ -208,6 +215,13 @@ std::vector<PlantedResult> run_planted_bugs() {
   }
   kk_simt::set_options(saved);
   return out;
+}
+
+int run_global_out_of_bounds(bool run) {
+  if (!run) return kGoRead;
+  std::vector<float> in(kN, 1.f), out(kN);
+  KK_LAUNCH(1, kN, 0, nullptr, global_out_of_bounds)(in.data(), out.data());
+  return kGoRead;
 }
 
 }  // namespace simt_selftest

@@ -19,6 +19,9 @@ struct PlantedResult {
   std::string message, fixed_message;
 };
 std::vector<PlantedResult> run_planted_bugs();
+// Reads one float past a heap buffer from a kernel (when run) and returns the line doing it. Only
+// meaningful in the ASan build, which stops the process there with a report naming that line.
+int run_global_out_of_bounds(bool run);
 
 // bench.cu: one launch of a cost-measuring loop ("barrier" with `threads` threads, "shfl", "mma",
 // "ldmatrix", "memory"), n iterations; buf holds >= 1024 floats.
