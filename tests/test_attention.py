@@ -442,7 +442,8 @@ def test_bad_inputs(name, make, kw, exc, match):
 
 
 @pytest.mark.parametrize("cu_q, cu_k, exc, match", [
-    (torch.tensor([0, 3, 8]), torch.tensor([0, 4, 8], dtype=torch.int32), TypeError, "cu_seqlens_q"),
+    (torch.tensor([0., 3., 8.]), torch.tensor([0, 4, 8], dtype=torch.int32), TypeError, "cu_seqlens_q"),
+    (torch.tensor([0, 3, 8], dtype=torch.int16), torch.tensor([0, 4, 8]), TypeError, "cu_seqlens_q"),
     (torch.tensor([0, 3, 9], dtype=torch.int32), torch.tensor([0, 4, 8], dtype=torch.int32), ValueError, "end at 8"),
     (torch.tensor([0, 5, 3, 8], dtype=torch.int32), torch.tensor([0, 4, 6, 8], dtype=torch.int32), ValueError,
      "non-decreasing"),

@@ -286,7 +286,9 @@ def _call(a):
     (dict(g=torch.zeros(2, 10, 4)), ValueError, "g must be"),
     (dict(g=torch.zeros(3, dtype=torch.int64)), TypeError, "g has dtype"),
     (dict(initial_state=torch.zeros(2, 3, 8, 5)), ValueError, "initial_state must have shape"),
-    (dict(initial_state=torch.zeros(2, 3, 8, 4, dtype=torch.bfloat16)), TypeError, "initial_state must be float32"),
+    (dict(initial_state=torch.zeros(2, 3, 8, 4, dtype=torch.int32)), TypeError, "initial_state has dtype"),
+    (dict(cu_seqlens=torch.tensor([0., 10.]), q=torch.zeros(1, 10, 3, 8), k=torch.zeros(1, 10, 3, 8),
+          v=torch.zeros(1, 10, 3, 4)), TypeError, "cu_seqlens"),
     (dict(k=torch.zeros(2, 10, 4, 8)), ValueError, "k must have q's shape"),
     (dict(v=torch.zeros(2, 10, 2, 4)), ValueError, "v must match q"),
     (dict(v=torch.zeros(2, 10, 3, 4, dtype=torch.float64)), TypeError, "share one dtype"),
@@ -309,7 +311,7 @@ def test_bad_varlen_inputs():
     with pytest.raises(ValueError, match="cu_seqlens"):
         kernkit.linear_attn(q, k, v, g, cu_seqlens=torch.tensor([0, 4, 9], dtype=torch.int32))
     with pytest.raises(TypeError, match="cu_seqlens"):
-        kernkit.linear_attn(q, k, v, g, cu_seqlens=torch.tensor([0, 4, 10]))
+        kernkit.linear_attn(q, k, v, g, cu_seqlens=torch.tensor([0, 4, 10], dtype=torch.int16))
     with pytest.raises(ValueError, match="initial_state must have shape"):
         kernkit.linear_attn(q, k, v, g, cu_seqlens=torch.tensor([0, 4, 10], dtype=torch.int32),
                             initial_state=torch.zeros(1, 2, 8, 4))

@@ -6,6 +6,7 @@ message that names the function and the argument."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -57,16 +58,32 @@ def finite_float(fn: str, name: str, v, *, min_value: float | None = None) -> fl
     return v
 
 
-def cu_seqlens(fn: str, name: str, cu, total: int) -> None:
-    """Packed-sequence offsets: 1-D int32, starting at 0, non-decreasing, ending at `total`."""
-    tensor(fn, name, cu, dtypes=(torch.int32,))
+def cu_seqlens(fn: str, name: str, cu, total: int) -> torch.Tensor:
+    """Packed-sequence offsets: 1-D int32 or int64 (flash-linear-attention's convention), starting
+    at 0, non-decreasing, ending at `total`. Returns them as a contiguous int32 tensor (what the
+    kernels read)."""
+    tensor(fn, name, cu, dtypes=(torch.int32, torch.int64))
     if cu.dim() != 1 or cu.numel() < 1:
-        raise ValueError(f"{fn}: {name} must be a 1-D int32 tensor of batch+1 offsets")
-    if cu.device.type == "meta":
-        return
-    c = cu.cpu()
-    if int(c[0]) != 0 or int(c[-1]) != total or bool((c[1:] < c[:-1]).any()):
-        raise ValueError(f"{fn}: {name} must start at 0, be non-decreasing and end at {total} (the packed length)")
+        raise ValueError(f"{fn}: {name} must be a 1-D int32 or int64 tensor of batch+1 offsets")
+    if cu.device.type != "meta":
+        c = cu.cpu()
+        if int(c[0]) != 0 or int(c[-1]) != total or bool((c[1:] < c[:-1]).any()):
+            raise ValueError(f"{fn}: {name} must start at 0, be non-decreasing and end at {total} "
+                             "(the packed length)")
+    return cu.to(torch.int32).contiguous()
+
+
+def integral(fn: str, name: str, v) -> int:
+    """An integer argument given as a Python int, a numpy integer or a 0-d integer tensor (as
+    flash-attn's callers often pass them); bools and floats are rejected."""
+    if isinstance(v, torch.Tensor):
+        if v.dim() != 0 or v.dtype.is_floating_point or v.dtype.is_complex or v.dtype == torch.bool:
+            raise TypeError(f"{fn}: {name} must be an int (or a 0-d integer tensor), got a tensor of shape "
+                            f"{tuple(v.shape)} and dtype {str(v.dtype).replace('torch.', '')}")
+        return int(v.item())
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{fn}: {name} must be an int, got {type(v).__name__}")
+    return int(v)
 
 
 def values_readable(t: torch.Tensor) -> bool:

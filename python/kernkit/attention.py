@@ -187,15 +187,13 @@ def _options(fn, q, causal, window, sinks, softcap, scale, activation, sigmoid_b
         left, right = window
     except (TypeError, ValueError):
         raise ValueError(f"{fn}: window must be a pair (left, right), got {window!r}") from None
+    left, right = chk.integral(fn, "window[0]", left), chk.integral(fn, "window[1]", right)
     for name, w in (("window[0]", left), ("window[1]", right)):
-        if isinstance(w, bool) or not isinstance(w, int):
-            raise TypeError(f"{fn}: {name} must be an int, got {type(w).__name__}")
         if w < -1:
             raise ValueError(f"{fn}: {name} must be >= -1 (-1 = unbounded), got {w}")
     if causal:
         right = 0
-    if isinstance(sinks, bool) or not isinstance(sinks, int):
-        raise TypeError(f"{fn}: sinks must be an int, got {type(sinks).__name__}")
+    sinks = chk.integral(fn, "sinks", sinks)
     if sinks < 0:
         raise ValueError(f"{fn}: sinks must be >= 0, got {sinks}")
     softcap = chk.finite_float(fn, "softcap", softcap, min_value=0.0)
@@ -267,20 +265,21 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
                       cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, **kwargs):
     """Attention over packed variable-length sequences (flash-attn's varlen API).
 
-    q ``(total_q, Hq, D)``, k/v ``(total_k, Hkv, D/Dv)``; ``cu_seqlens_q/k`` int32 ``(batch + 1,)``
+    q ``(total_q, Hq, D)``, k/v ``(total_k, Hkv, D/Dv)``; ``cu_seqlens_q/k`` int32 or int64 ``(batch + 1,)``
     offsets (sequence b is rows ``cu[b]:cu[b+1]``; empty sequences allowed). Masks apply per
     sequence. Same keyword options as :func:`flash_attn`; lse is ``(Hq, total_q)``."""
     fn = "flash_attn_varlen"
     _check_qkv(fn, q, k, v, 3)
-    if q.device.type != "meta":
-        chk.cu_seqlens(fn, "cu_seqlens_q", cu_seqlens_q, q.shape[0])
-        chk.cu_seqlens(fn, "cu_seqlens_k", cu_seqlens_k, k.shape[0])
+    cu_seqlens_q = chk.cu_seqlens(fn, "cu_seqlens_q", cu_seqlens_q, q.shape[0])
+    cu_seqlens_k = chk.cu_seqlens(fn, "cu_seqlens_k", cu_seqlens_k, k.shape[0])
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError(f"{fn}: cu_seqlens_q and cu_seqlens_k must have the same length (batch + 1)")
     chk.same_device(fn, "cu_seqlens_q", cu_seqlens_q, "q", q)
     chk.same_device(fn, "cu_seqlens_k", cu_seqlens_k, "q", q)
+    max_seqlen_q = chk.integral(fn, "max_seqlen_q", max_seqlen_q)
+    max_seqlen_k = chk.integral(fn, "max_seqlen_k", max_seqlen_k)
     for name, m in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
-        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+        if m < 0:
             raise ValueError(f"{fn}: {name} must be a non-negative int, got {m!r}")
     return_lse = kwargs.get("return_lse", False)
     opts = _options(fn, q, **{**_DEFAULTS, **kwargs})

@@ -219,12 +219,12 @@ def _scale_of(fn, scale, K):
     return chk.finite_float(fn, "scale", scale)
 
 
-def _check_state(fn, name, s, want_shape, acc, q):
+def _check_state(fn, name, s, want_shape, acc, q, any_float=False):
     chk.tensor(fn, name, s)
     chk.same_device(fn, name, s, "q", q)
     if tuple(s.shape) != tuple(want_shape):
         raise ValueError(f"{fn}: {name} must have shape {tuple(want_shape)} (N, H, K, V), got {tuple(s.shape)}")
-    if s.dtype != acc:
+    if s.dtype != acc and not any_float:
         raise TypeError(f"{fn}: {name} must be {str(acc).replace('torch.', '')} (states are kept in "
                         f"{'float64 for float64 inputs' if acc == torch.float64 else 'float32'}), got {s.dtype}")
 
@@ -245,10 +245,11 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
             (RetNet / Lightning attention; see :func:`retnet_decay`), ``(B, T, H)`` per-step scalar gate
             (simple GLA, Mamba-2 style), or ``(B, T, H, K)`` per-step vector gate (GLA). Differentiable.
         scale: multiplies ``q S`` (default ``K ** -0.5``).
-        initial_state: ``(N, H, K, V)`` float32 (float64 for float64 inputs), N = B or the number of
-            packed sequences. Differentiable.
+        initial_state: ``(N, H, K, V)``, N = B or the number of packed sequences; any float dtype
+            (the state is kept in float32, float64 for float64 inputs; its gradient comes back in the
+            dtype given). Differentiable.
         output_final_state: also return the final state ``(N, H, K, V)``.
-        cu_seqlens: int32 ``(N + 1,)`` offsets of packed sequences along T (B must be 1); each sequence
+        cu_seqlens: int32 or int64 ``(N + 1,)`` offsets of packed sequences along T (B must be 1); each sequence
             starts from its own initial state (or zeros).
         chunk_size: rows per chunk (a multiple of 16 up to 128). Results agree across chunk sizes up
             to rounding.
@@ -276,8 +277,7 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
         if B != 1:
             raise ValueError(f"{fn}: with cu_seqlens the batch size must be 1 (sequences packed along T), got B={B}")
         chk.same_device(fn, "cu_seqlens", cu_seqlens, "q", q)
-        chk.cu_seqlens(fn, "cu_seqlens", cu_seqlens, T)
-        cu_seqlens = cu_seqlens.contiguous()
+        cu_seqlens = chk.cu_seqlens(fn, "cu_seqlens", cu_seqlens, T)
         N = cu_seqlens.numel() - 1
     if g is not None:
         chk.tensor(fn, "g", g)
@@ -289,8 +289,10 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
         _check_gate_values(fn, g)
         g = g.to(acc).contiguous()
     if initial_state is not None:
-        _check_state(fn, "initial_state", initial_state, (N, H, K, V), acc, q)
-        initial_state = initial_state.contiguous()
+        # any float dtype (fla accepts the input dtype): the kernels keep states in `acc`, and the
+        # gradient flows back through the cast in the given dtype
+        _check_state(fn, "initial_state", initial_state, (N, H, K, V), acc, q, any_float=True)
+        initial_state = initial_state.to(acc).contiguous()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     o, ht = call(_fwd_op, q, k, v, g, initial_state, cu_seqlens, scale, chunk_size, output_final_state)
     return o, (ht if output_final_state else None)
