@@ -240,38 +240,44 @@ void linear_scan(uintptr_t a, Strides as, uintptr_t b, Strides bs, uintptr_t h, 
   else KK_CPU_KERNEL(linear_scan_cpu)(p);
 }
 
-CausalConvParams conv_params(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init, uintptr_t y,
+CausalConvParams conv_params(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init, uintptr_t seq_idx, uintptr_t y,
                              uintptr_t final_state, int64_t B, int64_t D, int64_t L, int64_t W, bool silu, int dtype,
-                             int threads) {
+                             int wdtype, int threads) {
   require(B >= 0 && D >= 0 && L >= 0 && W >= 1 && W <= 64, "causal_conv1d: sizes out of range (1 <= W <= 64)");
+  const DType xt = dtype_from_code(dtype, "x"), wt = dtype_from_code(wdtype, "weight");
+  require(wt == xt || (wt == DType::f32 && (xt == DType::f16 || xt == DType::bf16)),
+          "causal_conv1d: weight dtype must match x or be float32 for 16-bit x");
+  require(!seq_idx || (!init && !final_state), "causal_conv1d: seq_idx excludes initial/final states");
   return CausalConvParams{ptr(x), ptr(w), ptr(bias), ptr(init), ptr(y), ptr(final_state), B, D, L, W, silu,
-                          dtype_from_code(dtype, "x"), threads};
+                          xt, threads, wt, ptr<const int32_t>(seq_idx)};
 }
 
-void causal_conv1d_fwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init, uintptr_t y, uintptr_t final_state,
-                       int64_t B, int64_t D, int64_t L, int64_t W, bool silu, int dtype, int threads, int device,
-                       intptr_t stream) {
-  const CausalConvParams p = conv_params(x, w, bias, init, y, final_state, B, D, L, W, silu, dtype, threads);
+void causal_conv1d_fwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init, uintptr_t seq_idx, uintptr_t y,
+                       uintptr_t final_state, int64_t B, int64_t D, int64_t L, int64_t W, bool silu, int dtype,
+                       int wdtype, int threads, int device, intptr_t stream) {
+  const CausalConvParams p = conv_params(x, w, bias, init, seq_idx, y, final_state, B, D, L, W, silu, dtype, wdtype,
+                                         threads);
   if (B == 0 || D == 0) return;
   require(x && w && y, "causal_conv1d: null data pointer");
   require_cuda(device);
   py::gil_scoped_release nogil;
   if (device != kCpuDevice) run_cuda(&CudaEntryPoints::causal_conv1d_fwd_cuda, p, device, stream);
-  else if (p.dtype == DType::f64) causal_conv1d_fwd_f64(p);
+  else if (p.dtype == DType::f64 || p.seq_idx) causal_conv1d_fwd_exact(p);
   else KK_CPU_KERNEL(causal_conv1d_fwd_cpu)(p);
 }
 
-void causal_conv1d_bwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init, uintptr_t dy, uintptr_t dfinal,
-                       uintptr_t dx, uintptr_t dw, uintptr_t dbias, uintptr_t dinit, int64_t B, int64_t D, int64_t L,
-                       int64_t W, bool silu, int dtype, int threads, int device, intptr_t stream) {
-  const CausalConvBwdParams p{conv_params(x, w, bias, init, 0, 0, B, D, L, W, silu, dtype, threads), ptr(dy),
-                              ptr(dfinal), ptr(dx), ptr(dw), ptr(dbias), ptr(dinit)};
+void causal_conv1d_bwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init, uintptr_t seq_idx, uintptr_t dy,
+                       uintptr_t dfinal, uintptr_t dx, uintptr_t dw, uintptr_t dbias, uintptr_t dinit, int64_t B,
+                       int64_t D, int64_t L, int64_t W, bool silu, int dtype, int wdtype, int threads, int device,
+                       intptr_t stream) {
+  const CausalConvBwdParams p{conv_params(x, w, bias, init, seq_idx, 0, 0, B, D, L, W, silu, dtype, wdtype, threads),
+                              ptr(dy), ptr(dfinal), ptr(dx), ptr(dw), ptr(dbias), ptr(dinit)};
   if (D == 0) return;
   require(w && dw && (B == 0 || (x && dy && dx)), "causal_conv1d_backward: null data pointer");
   require_cuda(device);
   py::gil_scoped_release nogil;
   if (device != kCpuDevice) run_cuda(&CudaEntryPoints::causal_conv1d_bwd_cuda, p, device, stream);
-  else if (p.fwd.dtype == DType::f64) causal_conv1d_bwd_f64(p);
+  else if (p.fwd.dtype == DType::f64 || p.fwd.seq_idx) causal_conv1d_bwd_exact(p);
   else KK_CPU_KERNEL(causal_conv1d_bwd_cpu)(p);
 }
 

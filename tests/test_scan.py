@@ -181,6 +181,88 @@ def test_causal_conv1d_matches_reference(isa, dtype, L, W, act):
     _check_conv(dtype, L, W, act)
 
 
+def _check_conv_mixed(dtype, act, device, L=77, W=4):
+    """16-bit x with fp32 weight and bias (Mamba under autocast): y in x's dtype, fp32 weight grads."""
+    g = _gen(11)
+    B, D = 2, 5
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    x, init, dy = (mk(*s).to(dtype).to(device) for s in ((B, D, L), (B, D, W - 1), (B, D, L)))
+    w, bias = mk(D, W).float().to(device), mk(D).float().to(device)
+    kw = dict(activation=act)
+    y = kernkit.causal_conv1d(x, w, bias, initial_state=init, **kw)
+    assert y.dtype == dtype
+    ye = causal_conv1d_ref(x.double(), w.double(), bias.double(), initial_state=init.double(), **kw)
+    ys = causal_conv1d_ref(x, w, bias, initial_state=init, **kw)  # fp32 sums, as causal-conv1d
+    assert_within_ref_error(y, ye, ys)
+    fn = lambda a, b_, c, d: kernkit.causal_conv1d(a, b_, c, initial_state=d, **kw)
+    rf = lambda a, b_, c, d: causal_conv1d_ref(a, b_, c, initial_state=d, **kw)
+    got = _grads(fn, [x, w, bias, init], dy)
+    ex = _grads(rf, [x.double(), w.double(), bias.double(), init.double()], dy.double())
+    sm = _grads(rf, [x, w, bias, init], dy)
+    assert got[1].dtype == got[2].dtype == torch.float32 and got[0].dtype == got[3].dtype == dtype
+    for name, gg, e, s in zip(("dx", "dw", "dbias", "dinit"), got, ex, sm):
+        assert_within_ref_error(gg, e, s, factor=3.0, what=name)
+    for gg, e in zip(got[1:3], ex[1:3]):  # causal-conv1d's weight-gradient tolerance
+        torch.testing.assert_close(gg.double(), e, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("act", [None, "silu"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_causal_conv1d_fp32_weights(isa, dtype, act):
+    _check_conv_mixed(dtype, act, "cpu")
+
+
+def _seq_idx(B, L, device):
+    rows = [[0] * 20 + [1] * 25 + [2] * (L - 45), [7] * L, [0] * 3 + [1] * (L - 3)][:B]
+    return torch.tensor(rows, dtype=torch.int32, device=device)
+
+
+def _check_conv_seq(dtype, act, device, W=4, L=60, wide=False):
+    """Packed sequences: a position feeds an output only within the same sequence index."""
+    g = _gen(12)
+    B, D = 3, 4
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    x, dy = (mk(B, D, L).to(dtype).to(device) for _ in range(2))
+    wd = torch.float32 if wide else dtype
+    w, bias = mk(D, W).to(wd).to(device), mk(D).to(wd).to(device)
+    seq = _seq_idx(B, L, device)
+    y = kernkit.causal_conv1d(x, w, bias, activation=act, seq_idx=seq)
+    ye = causal_conv1d_ref(x.double(), w.double(), bias.double(), activation=act, seq_idx=seq)
+    ys = causal_conv1d_ref(x, w, bias, activation=act, seq_idx=seq)
+    assert_within_ref_error(y, ye, ys)
+    # each packed sequence equals that sequence convolved on its own
+    alone = kernkit.causal_conv1d(x[:1, :, 20:45].contiguous(), w, bias, activation=act)
+    torch.testing.assert_close(y[:1, :, 20:45], alone)
+    fn = lambda a, b_, c: kernkit.causal_conv1d(a, b_, c, activation=act, seq_idx=seq)
+    rf = lambda a, b_, c: causal_conv1d_ref(a, b_, c, activation=act, seq_idx=seq)
+    got = _grads(fn, [x, w, bias], dy)
+    ex = _grads(rf, [x.double(), w.double(), bias.double()], dy.double())
+    sm = _grads(rf, [x, w, bias], dy)
+    for name, gg, e, s in zip(("dx", "dw", "dbias"), got, ex, sm):
+        assert_within_ref_error(gg, e, s, factor=3.0, what=name)
+    assert seq.dtype == torch.int32  # unchanged
+
+
+@pytest.mark.parametrize("act", [None, "silu"])
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+def test_causal_conv1d_seq_idx(isa, dtype, act):
+    _check_conv_seq(dtype, act, "cpu")
+    if dtype in (torch.bfloat16, torch.float16):
+        _check_conv_seq(dtype, act, "cpu", W=3, wide=True)
+
+
+def test_causal_conv1d_seq_idx_gradcheck_and_int64():
+    g = _gen(13)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
+    seq = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]])
+    args = (mk(1, 3, 11), mk(3, 4), mk(3))
+    assert torch.autograd.gradcheck(lambda x, w, b: kernkit.causal_conv1d(x, w, b, activation="silu", seq_idx=seq),
+                                    args)
+    y64 = kernkit.causal_conv1d(*args, seq_idx=seq)
+    y32 = kernkit.causal_conv1d(*args, seq_idx=seq.int())
+    assert torch.equal(y64, y32) and seq.dtype == torch.int64
+
+
 def test_causal_conv1d_defaults_and_streaming():
     g = _gen(6)
     x, w = torch.randn(2, 4, 50, generator=g), torch.randn(4, 4, generator=g)
@@ -208,8 +290,11 @@ def test_causal_conv1d_opcheck_compile_determinism():
 
     g = _gen(8)
     x, w, b, i = (torch.randn(*s, generator=g) for s in [(2, 8, 40), (8, 4), (8,), (2, 8, 3)])
-    torch.library.opcheck(_conv_op, (x, w, b, i, True, True))
-    torch.library.opcheck(_conv_op, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), None, False, False))
+    torch.library.opcheck(_conv_op, (x, w, b, i, None, True, True))
+    torch.library.opcheck(_conv_op, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), None, None, False,
+                                     False))
+    seq = torch.tensor([[0] * 15 + [1] * 25, [3] * 40], dtype=torch.int32)
+    torch.library.opcheck(_conv_op, (x, w.float(), b.float(), None, seq, True, False))
     f = torch.compile(lambda a, c: kernkit.causal_conv1d(a, c, activation="silu").sum(), fullgraph=True,
                       backend="aot_eager")
     ga = torch.autograd.grad(f(x, w), (x, w))
@@ -231,6 +316,22 @@ def test_causal_conv1d_opcheck_compile_determinism():
     (lambda: (torch.randn(2, 4, 9), torch.randn(4, 3), None, dict(initial_state=torch.randn(2, 4, 3))), ValueError,
      "initial_state"),
     (lambda: (torch.randn(2, 4, 9), torch.randn(4, 0), None, {}), ValueError, "width"),
+    (lambda: (torch.randn(2, 4, 9).double(), torch.randn(4, 3), None, {}), TypeError, "weight dtype"),
+    (lambda: (torch.randn(2, 4, 9).half(), torch.randn(4, 3).bfloat16(), None, {}), TypeError, "weight dtype"),
+    (lambda: (torch.randn(2, 4, 9).half(), torch.randn(4, 3), torch.randn(4).half(), {}), TypeError, "bias dtype"),
+    (lambda: (torch.randn(2, 4, 9).half(), torch.randn(4, 3), None, dict(initial_state=torch.randn(2, 4, 2))),
+     TypeError, "initial_state dtype"),
+    (lambda: (torch.randn(2, 4, 9), torch.randn(4, 3), None, dict(seq_idx=torch.zeros(2, 8, dtype=torch.int32))),
+     ValueError, "seq_idx must have shape"),
+    (lambda: (torch.randn(2, 4, 9), torch.randn(4, 3), None, dict(seq_idx=torch.zeros(2, 9))), TypeError, "seq_idx"),
+    (lambda: (torch.randn(2, 4, 9), torch.randn(4, 3), None, dict(seq_idx=torch.zeros(2, 9, dtype=torch.int32),
+                                                                  initial_state=torch.randn(2, 4, 2))),
+     ValueError, "seq_idx cannot be combined"),
+    (lambda: (torch.randn(2, 4, 9), torch.randn(4, 3), None, dict(seq_idx=torch.zeros(2, 9, dtype=torch.int32),
+                                                                  return_final_state=True)),
+     ValueError, "seq_idx cannot be combined"),
+    (lambda: (torch.randn(2, 4, 9), torch.randn(4, 3), None, dict(seq_idx=torch.full((2, 9), 2**40))),
+     ValueError, "fit in int32"),
 ])
 def test_causal_conv1d_bad_inputs(make, exc, match):
     x, w, b, kw = make()
@@ -424,6 +525,16 @@ def test_linear_scan_cuda_gradcheck(gpu):
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
 def test_causal_conv1d_cuda(gpu, dtype, W, act):
     _check_conv(dtype, 300 if W != 4 else 1, W, act, device=gpu.device)
+    if gpu.session:
+        assert {k.split("<")[0] for k in gpu.session.kernels} == {"conv_fwd_kernel", "conv_dx_kernel", "conv_dw_kernel"}
+
+
+@pytest.mark.parametrize("act", [None, "silu"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_causal_conv1d_cuda_fp32_weights_and_seq_idx(gpu, dtype, act):
+    _check_conv_mixed(dtype, act, gpu.device, L=40)
+    _check_conv_seq(dtype, act, gpu.device, W=3, wide=True)
+    _check_conv_seq(dtype, act, gpu.device, W=4)
     if gpu.session:
         assert {k.split("<")[0] for k in gpu.session.kernels} == {"conv_fwd_kernel", "conv_dx_kernel", "conv_dw_kernel"}
 

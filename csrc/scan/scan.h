@@ -37,6 +37,8 @@ struct CausalConvParams {
   bool silu;
   DType dtype;
   int threads;
+  DType wdtype;             // w and bias (and dw, dbias): dtype, or f32 with 16-bit x (fp32 sums)
+  const int32_t* seq_idx;   // (B, L) or null: ext position j feeds output t only if seq_idx matches
 };
 
 struct CausalConvBwdParams {
@@ -97,7 +99,8 @@ void linear_scan_cuda(const LinearScanParams& p, int device, intptr_t stream);
 void causal_conv1d_fwd_cuda(const CausalConvParams& p, int device, intptr_t stream);
 void causal_conv1d_bwd_cuda(const CausalConvBwdParams& p, int device, intptr_t stream);
 
-// fp64 paths (compiled once, plain loops): exist for gradcheck.
-void causal_conv1d_fwd_f64(const CausalConvParams& p);
-void causal_conv1d_bwd_f64(const CausalConvBwdParams& p);
+// The exact path (compiled once, plain loops, double sums): fp64 inputs (for gradcheck), and every
+// dtype when seq_idx is given.
+void causal_conv1d_fwd_exact(const CausalConvParams& p);
+void causal_conv1d_bwd_exact(const CausalConvBwdParams& p);
 }  // namespace kernkit

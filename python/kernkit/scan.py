@@ -122,22 +122,22 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, initial_state: Optional[torch.
 
 # --------------------------------------------------------------------------- causal_conv1d
 
-def _conv_impl(x, w, bias, init, silu, want_final):
+def _conv_impl(x, w, bias, init, seq_idx, silu, want_final):
     B, D, L = x.shape
     W = w.shape[1]
     y = advise_large(torch.empty_like(x))
     final = torch.empty((B, D, W - 1) if want_final else (0,), dtype=x.dtype, device=x.device)
-    _C.causal_conv1d_fwd(ptr(x), ptr(w), ptr(bias), ptr(init), ptr(y), ptr(final) if want_final else 0,
-                         B, D, L, W, silu, dtype_code(x), *launch_args(x))
+    _C.causal_conv1d_fwd(ptr(x), ptr(w), ptr(bias), ptr(init), ptr(seq_idx), ptr(y), ptr(final) if want_final else 0,
+                         B, D, L, W, silu, dtype_code(x), dtype_code(w), *launch_args(x))
     return y, final
 
 
-def _conv_fake(x, w, bias, init, silu, want_final):
+def _conv_fake(x, w, bias, init, seq_idx, silu, want_final):
     B, D, _ = x.shape
     return torch.empty_like(x), x.new_empty((B, D, w.shape[1] - 1) if want_final else (0,))
 
 
-def _conv_bwd_impl(dy, dfinal, x, w, bias, init, silu, need_dinit):
+def _conv_bwd_impl(dy, dfinal, x, w, bias, init, seq_idx, silu, need_dinit):
     B, D, L = x.shape
     W = w.shape[1]
     dy = dy.contiguous()
@@ -145,42 +145,42 @@ def _conv_bwd_impl(dy, dfinal, x, w, bias, init, silu, need_dinit):
     dx, dw = advise_large(torch.empty_like(x)), torch.empty_like(w)
     dbias = torch.empty_like(bias) if bias is not None else x.new_empty(0)
     dinit = x.new_empty((B, D, W - 1)) if need_dinit else x.new_empty(0)
-    _C.causal_conv1d_bwd(ptr(x), ptr(w), ptr(bias), ptr(init), ptr(dy), ptr(dfinal), ptr(dx), ptr(dw),
+    _C.causal_conv1d_bwd(ptr(x), ptr(w), ptr(bias), ptr(init), ptr(seq_idx), ptr(dy), ptr(dfinal), ptr(dx), ptr(dw),
                          ptr(dbias) if bias is not None else 0, ptr(dinit) if need_dinit else 0,
-                         B, D, L, W, silu, dtype_code(x), *launch_args(x))
+                         B, D, L, W, silu, dtype_code(x), dtype_code(w), *launch_args(x))
     return dx, dw, dbias, dinit
 
 
-def _conv_bwd_fake(dy, dfinal, x, w, bias, init, silu, need_dinit):
+def _conv_bwd_fake(dy, dfinal, x, w, bias, init, seq_idx, silu, need_dinit):
     B, D, _ = x.shape
     return (torch.empty_like(x), torch.empty_like(w), x.new_empty(bias.shape if bias is not None else (0,)),
             x.new_empty((B, D, w.shape[1] - 1) if need_dinit else (0,)))
 
 
 _conv_bwd_op = define_op(
-    "causal_conv1d_bwd(Tensor dy, Tensor? dfinal, Tensor x, Tensor w, Tensor? bias, Tensor? init, bool silu, "
-    "bool need_dinit) -> (Tensor, Tensor, Tensor, Tensor)",
+    "causal_conv1d_bwd(Tensor dy, Tensor? dfinal, Tensor x, Tensor w, Tensor? bias, Tensor? init, Tensor? seq_idx, "
+    "bool silu, bool need_dinit) -> (Tensor, Tensor, Tensor, Tensor)",
     impl=_conv_bwd_impl,
     fake=_conv_bwd_fake,
 )
 
 
 def _conv_setup(ctx, inputs, output):
-    x, w, bias, init, silu, want_final = inputs
+    x, w, bias, init, seq_idx, silu, want_final = inputs
     ctx.silu, ctx.want_final = silu, want_final
-    ctx.save_for_backward(x, w, bias, init)
+    ctx.save_for_backward(x, w, bias, init, seq_idx)
 
 
 def _conv_backward(ctx, dy, dfinal):
-    x, w, bias, init = ctx.saved_tensors
+    x, w, bias, init, seq_idx = ctx.saved_tensors
     need_dinit = init is not None and ctx.needs_input_grad[3]
-    dx, dw, dbias, dinit = _conv_bwd_op(dy, dfinal if ctx.want_final else None, x, w, bias, init, ctx.silu,
+    dx, dw, dbias, dinit = _conv_bwd_op(dy, dfinal if ctx.want_final else None, x, w, bias, init, seq_idx, ctx.silu,
                                         need_dinit)
-    return dx, dw, (dbias if bias is not None else None), (dinit if need_dinit else None), None, None
+    return dx, dw, (dbias if bias is not None else None), (dinit if need_dinit else None), None, None, None
 
 
 _conv_op = define_op(
-    "causal_conv1d_fwd(Tensor x, Tensor w, Tensor? bias, Tensor? init, bool silu, bool want_final)"
+    "causal_conv1d_fwd(Tensor x, Tensor w, Tensor? bias, Tensor? init, Tensor? seq_idx, bool silu, bool want_final)"
     " -> (Tensor, Tensor)",
     impl=_conv_impl,
     fake=_conv_fake,
@@ -191,13 +191,19 @@ _conv_op = define_op(
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
                   activation: Optional[str] = None, initial_state: Optional[torch.Tensor] = None,
-                  return_final_state: bool = False):
+                  return_final_state: bool = False, seq_idx: Optional[torch.Tensor] = None):
     """Causal depthwise conv1d (causal-conv1d's ``causal_conv1d_fn``), with streaming states.
 
     ``y[b, d, t] = bias[d] + sum_k weight[d, k] * ext[b, d, t + k]`` where ``ext = [initial_state | x]``
     (``initial_state`` ``(B, D, W-1)``: the W-1 inputs before x; zeros by default), then SiLU if
     ``activation`` is ``"silu"``/``"swish"``. x ``(B, D, L)``, weight ``(D, W)`` with any W in 1..64,
-    bias ``(D,)``; all one dtype (fp32, fp64, bf16, fp16).
+    bias ``(D,)``. x and initial_state share one dtype (fp32, fp64, bf16, fp16); weight and bias
+    have x's dtype, or are both float32 for bf16/fp16 x (Mamba's mixed precision: the sums run in
+    fp32, y comes back in x's dtype and the weight/bias gradients in float32).
+
+    ``seq_idx`` ``(B, L)`` int32/int64 (packed variable-length batches, causal-conv1d's semantics):
+    input position j contributes to output t only if ``seq_idx[b, j] == seq_idx[b, t]``; it cannot be
+    combined with ``initial_state`` or ``return_final_state`` (as in causal-conv1d).
 
     Returns ``y`` ``(B, D, L)``, or ``(y, final_state)`` with ``return_final_state=True`` —
     ``final_state`` ``(B, D, W-1)`` is the last W-1 inputs, the ``initial_state`` of the next chunk.
@@ -212,13 +218,18 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     W = weight.shape[1]
     if not 1 <= W <= 64:
         raise ValueError(f"{fn}: kernel width must be in [1, 64], got {W}")
-    for name, t in (("weight", weight), ("bias", bias), ("initial_state", initial_state)):
+    wide = weight.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)
+    for name, t, want in (("weight", weight, None), ("bias", bias, weight.dtype), ("initial_state", initial_state, x.dtype)):
         if t is None:
             continue
         chk.tensor(fn, name, t)
         chk.same_device(fn, name, t, "x", x)
-        if t.dtype != x.dtype:
-            raise TypeError(f"{fn}: {name} dtype {t.dtype} must match x ({x.dtype})")
+        if name == "weight" and t.dtype != x.dtype and not wide:
+            raise TypeError(f"{fn}: weight dtype {t.dtype} must match x ({x.dtype}), or be float32 for "
+                            "float16/bfloat16 x")
+        if want is not None and t.dtype != want:
+            raise TypeError(f"{fn}: {name} dtype {t.dtype} must match "
+                            f"{'weight' if name == 'bias' else 'x'} ({want})")
     if bias is not None and bias.shape != (x.shape[1],):
         raise ValueError(f"{fn}: bias must have shape ({x.shape[1]},), got {tuple(bias.shape)}")
     if initial_state is not None and initial_state.shape != (x.shape[0], x.shape[1], W - 1):
@@ -228,9 +239,22 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         raise ValueError(f"{fn}: activation must be None, 'silu' or 'swish', got {activation!r}")
     if not isinstance(return_final_state, bool):
         raise TypeError(f"{fn}: return_final_state must be a bool")
+    if seq_idx is not None:
+        chk.tensor(fn, "seq_idx", seq_idx, dtypes=(torch.int32, torch.int64))
+        chk.same_device(fn, "seq_idx", seq_idx, "x", x)
+        if seq_idx.shape != (x.shape[0], x.shape[2]):
+            raise ValueError(f"{fn}: seq_idx must have shape (batch, seqlen) = {(x.shape[0], x.shape[2])}, "
+                             f"got {tuple(seq_idx.shape)}")
+        if initial_state is not None or return_final_state:
+            raise ValueError(f"{fn}: seq_idx cannot be combined with initial_state or return_final_state "
+                             "(packed sequences have no single state to carry, as in causal-conv1d)")
+        if chk.values_readable(seq_idx) and seq_idx.dtype == torch.int64 and \
+                bool(((seq_idx < -2**31) | (seq_idx >= 2**31)).any()):
+            raise ValueError(f"{fn}: seq_idx values must fit in int32")
+        seq_idx = seq_idx.to(torch.int32).contiguous()
     y, final = call(_conv_op, x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
-                        None if initial_state is None else initial_state.contiguous(), activation is not None,
-                        return_final_state)
+                    None if initial_state is None else initial_state.contiguous(), seq_idx, activation is not None,
+                    return_final_state)
     return (y, final) if return_final_state else y
 
 

@@ -37,6 +37,23 @@ inline void conv_row(const float* ext, const float* w, int64_t W, float bias, in
   }
 }
 
+// Weights and bias have x's dtype T, or are fp32 next to 16-bit x (p.wdtype).
+template <typename T>
+void load_weights(const CausalConvParams& p, int64_t d, float* w) {
+  if (p.wdtype == DType::f32) std::memcpy(w, static_cast<const float*>(p.w) + d * p.W, sizeof(float) * p.W);
+  else widen(w, static_cast<const T*>(p.w) + d * p.W, p.W);
+}
+template <typename T>
+float load_bias(const CausalConvParams& p, int64_t d) {
+  if (!p.bias) return 0.f;
+  return p.wdtype == DType::f32 ? static_cast<const float*>(p.bias)[d] : to_float(static_cast<const T*>(p.bias)[d]);
+}
+template <typename T>
+void store_weight_grad(const CausalConvParams& p, void* out, int64_t i, double v) {
+  if (p.wdtype == DType::f32) static_cast<float*>(out)[i] = float(v);
+  else static_cast<T*>(out)[i] = from_float<T>(float(v));
+}
+
 inline Vec sigmoid_exact(Vec x) { return Vec::set1(1.f) / (Vec::set1(1.f) + exp(Vec::zero() - x)); }
 
 template <typename T>
@@ -48,8 +65,8 @@ void fwd(const CausalConvParams& p) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / p.D, d = r % p.D;
       load_ext<T>(p, b, d, ext.p);
-      widen(w, static_cast<const T*>(p.w) + d * W, W);
-      const float bias = p.bias ? to_float(static_cast<const T*>(p.bias)[d]) : 0.f;
+      load_weights<T>(p, d, w);
+      const float bias = load_bias<T>(p, d);
       conv_row(ext.p, w, W, bias, L, pre.p);
       if (p.silu)
         for (int64_t t = 0; t < L; t += Vec::size) {
@@ -77,8 +94,8 @@ void bwd(const CausalConvBwdParams& q) {
     float w[kMaxW];
     double dw[kMaxW];
     for (int64_t d = d0; d < d1; ++d) {
-      widen(w, static_cast<const T*>(p.w) + d * W, W);
-      const float bias = p.bias ? to_float(static_cast<const T*>(p.bias)[d]) : 0.f;
+      load_weights<T>(p, d, w);
+      const float bias = load_bias<T>(p, d);
       std::fill(dw, dw + W, 0.0);
       double dbias = 0.0;
       for (int64_t b = 0; b < p.B; ++b) {
@@ -124,9 +141,8 @@ void bwd(const CausalConvBwdParams& q) {
           for (int64_t i = 0; i < W1; ++i) di[i] = from_float<T>(dext[i]);
         }
       }
-      T* dwo = static_cast<T*>(q.dw) + d * W;
-      for (int64_t k = 0; k < W; ++k) dwo[k] = from_float<T>(float(dw[k]));
-      if (q.dbias) static_cast<T*>(q.dbias)[d] = from_float<T>(float(dbias));
+      for (int64_t k = 0; k < W; ++k) store_weight_grad<T>(p, q.dw, d * W + k, dw[k]);
+      if (q.dbias) store_weight_grad<T>(p, q.dbias, d, dbias);
     }
   });
 }
@@ -134,6 +150,7 @@ void bwd(const CausalConvBwdParams& q) {
 }  // namespace
 
 void causal_conv1d_fwd_cpu(const CausalConvParams& p) {
+  if (p.seq_idx) throw std::invalid_argument("causal_conv1d: seq_idx runs the exact path");
   switch (p.dtype) {
     case DType::f32: return fwd<float>(p);
     case DType::bf16: return fwd<bf16_t>(p);
@@ -143,6 +160,7 @@ void causal_conv1d_fwd_cpu(const CausalConvParams& p) {
 }
 
 void causal_conv1d_bwd_cpu(const CausalConvBwdParams& p) {
+  if (p.fwd.seq_idx) throw std::invalid_argument("causal_conv1d: seq_idx runs the exact path");
   switch (p.fwd.dtype) {
     case DType::f32: return bwd<float>(p);
     case DType::bf16: return bwd<bf16_t>(p);

@@ -1,43 +1,68 @@
-// fp64 versions of the scan-family ops as plain loops, compiled once (not per
-// ISA): they exist so torch.autograd.gradcheck can check the ops in fp64.
+// Exact versions of the scan-family ops as plain loops with double sums, compiled once (not per
+// ISA): fp64 inputs (so torch.autograd.gradcheck can check the ops), and causal_conv1d with seq_idx
+// for every dtype (packed sequences; a per-position mask the vector kernel does not carry).
 #include <cmath>
 #include <vector>
 
+#include "common/dtype.h"
 #include "common/parallel.h"
 #include "scan/scan.h"
 
 namespace kernkit {
 
-void causal_conv1d_fwd_f64(const CausalConvParams& p) {
+namespace {
+
+// Storage <-> double for every dtype the path serves.
+inline double get(const double* p, int64_t i) { return p[i]; }
+inline double get(const float* p, int64_t i) { return p[i]; }
+inline double get(const bf16_t* p, int64_t i) { return to_float(p[i]); }
+inline double get(const f16_t* p, int64_t i) { return to_float(p[i]); }
+inline void put(double* p, int64_t i, double v) { p[i] = v; }
+inline void put(float* p, int64_t i, double v) { p[i] = float(v); }
+inline void put(bf16_t* p, int64_t i, double v) { p[i] = bf16_from_float(float(v)); }
+inline void put(f16_t* p, int64_t i, double v) { p[i] = f16_from_float(float(v)); }
+
+// Whether ext position e (= input t' + W - 1) feeds output t of batch row b: always without seq_idx,
+// else only positions inside x with output t's sequence index.
+inline bool keep(const CausalConvParams& p, int64_t b, int64_t t, int64_t e) {
+  if (!p.seq_idx) return true;
+  const int64_t src = e - (p.W - 1);
+  return src >= 0 && p.seq_idx[b * p.L + src] == p.seq_idx[b * p.L + t];
+}
+
+template <typename T, typename Wt>
+void conv_fwd(const CausalConvParams& p) {
   const int64_t W = p.W, W1 = W - 1, L = p.L;
-  const double* x = static_cast<const double*>(p.x);
-  const double* w = static_cast<const double*>(p.w);
-  const double* init = static_cast<const double*>(p.init);
+  const T* x = static_cast<const T*>(p.x);
+  const Wt* w = static_cast<const Wt*>(p.w);
+  const T* init = static_cast<const T*>(p.init);
   parallel_for(p.B * p.D, p.threads, 1, [&](int64_t r0, int64_t r1) {
     std::vector<double> ext(L + W1);
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t d = r % p.D;
-      for (int64_t i = 0; i < W1; ++i) ext[i] = init ? init[r * W1 + i] : 0.0;
-      for (int64_t t = 0; t < L; ++t) ext[W1 + t] = x[r * L + t];
+      const int64_t b = r / p.D, d = r % p.D;
+      for (int64_t i = 0; i < W1; ++i) ext[i] = init ? get(init, r * W1 + i) : 0.0;
+      for (int64_t t = 0; t < L; ++t) ext[W1 + t] = get(x, r * L + t);
       for (int64_t t = 0; t < L; ++t) {
-        double acc = p.bias ? static_cast<const double*>(p.bias)[d] : 0.0;
-        for (int64_t k = 0; k < W; ++k) acc += w[d * W + k] * ext[t + k];
+        double acc = p.bias ? get(static_cast<const Wt*>(p.bias), d) : 0.0;
+        for (int64_t k = 0; k < W; ++k)
+          if (keep(p, b, t, t + k)) acc += get(w, d * W + k) * ext[t + k];
         if (p.silu) acc = acc / (1.0 + std::exp(-acc));
-        static_cast<double*>(p.y)[r * L + t] = acc;
+        put(static_cast<T*>(p.y), r * L + t, acc);
       }
       if (p.final_state)
-        for (int64_t i = 0; i < W1; ++i) static_cast<double*>(p.final_state)[r * W1 + i] = ext[L + i];
+        for (int64_t i = 0; i < W1; ++i) put(static_cast<T*>(p.final_state), r * W1 + i, ext[L + i]);
     }
   });
 }
 
-void causal_conv1d_bwd_f64(const CausalConvBwdParams& q) {
+template <typename T, typename Wt>
+void conv_bwd(const CausalConvBwdParams& q) {
   const CausalConvParams& p = q.fwd;
   const int64_t W = p.W, W1 = W - 1, L = p.L, E = L + W1;
-  const double* x = static_cast<const double*>(p.x);
-  const double* w = static_cast<const double*>(p.w);
-  const double* init = static_cast<const double*>(p.init);
-  const double* dy = static_cast<const double*>(q.dy);
+  const T* x = static_cast<const T*>(p.x);
+  const Wt* w = static_cast<const Wt*>(p.w);
+  const T* init = static_cast<const T*>(p.init);
+  const T* dy = static_cast<const T*>(q.dy);
   parallel_for(p.D, p.threads, 1, [&](int64_t d0, int64_t d1) {
     std::vector<double> ext(E), g(L), dext(E);
     for (int64_t d = d0; d < d1; ++d) {
@@ -45,36 +70,56 @@ void causal_conv1d_bwd_f64(const CausalConvBwdParams& q) {
       double dbias = 0;
       for (int64_t b = 0; b < p.B; ++b) {
         const int64_t r = b * p.D + d;
-        for (int64_t i = 0; i < W1; ++i) ext[i] = init ? init[r * W1 + i] : 0.0;
-        for (int64_t t = 0; t < L; ++t) ext[W1 + t] = x[r * L + t];
+        for (int64_t i = 0; i < W1; ++i) ext[i] = init ? get(init, r * W1 + i) : 0.0;
+        for (int64_t t = 0; t < L; ++t) ext[W1 + t] = get(x, r * L + t);
         for (int64_t t = 0; t < L; ++t) {
-          double gt = dy[r * L + t];
+          double gt = get(dy, r * L + t);
           if (p.silu) {
-            double pre = p.bias ? static_cast<const double*>(p.bias)[d] : 0.0;
-            for (int64_t k = 0; k < W; ++k) pre += w[d * W + k] * ext[t + k];
+            double pre = p.bias ? get(static_cast<const Wt*>(p.bias), d) : 0.0;
+            for (int64_t k = 0; k < W; ++k)
+              if (keep(p, b, t, t + k)) pre += get(w, d * W + k) * ext[t + k];
             const double s = 1.0 / (1.0 + std::exp(-pre));
             gt *= s * (1.0 + pre * (1.0 - s));
           }
           g[t] = gt;
           dbias += gt;
-          for (int64_t k = 0; k < W; ++k) dw[k] += gt * ext[t + k];
+          for (int64_t k = 0; k < W; ++k)
+            if (keep(p, b, t, t + k)) dw[k] += gt * ext[t + k];
         }
-        for (int64_t j = 0; j < E; ++j) {
+        for (int64_t j = 0; j < E; ++j) {  // dext[j] = sum_k w[k] g[j - k]
           double acc = 0;
           for (int64_t k = 0; k < W; ++k)
-            if (j - k >= 0 && j - k < L) acc += w[d * W + k] * g[j - k];
+            if (j - k >= 0 && j - k < L && keep(p, b, j - k, j)) acc += get(w, d * W + k) * g[j - k];
           dext[j] = acc;
         }
         if (q.dfinal)
-          for (int64_t i = 0; i < W1; ++i) dext[L + i] += static_cast<const double*>(q.dfinal)[r * W1 + i];
-        for (int64_t t = 0; t < L; ++t) static_cast<double*>(q.dx)[r * L + t] = dext[W1 + t];
+          for (int64_t i = 0; i < W1; ++i) dext[L + i] += get(static_cast<const T*>(q.dfinal), r * W1 + i);
+        for (int64_t t = 0; t < L; ++t) put(static_cast<T*>(q.dx), r * L + t, dext[W1 + t]);
         if (q.dinit)
-          for (int64_t i = 0; i < W1; ++i) static_cast<double*>(q.dinit)[r * W1 + i] = dext[i];
+          for (int64_t i = 0; i < W1; ++i) put(static_cast<T*>(q.dinit), r * W1 + i, dext[i]);
       }
-      for (int64_t k = 0; k < W; ++k) static_cast<double*>(q.dw)[d * W + k] = dw[k];
-      if (q.dbias) static_cast<double*>(q.dbias)[d] = dbias;
+      for (int64_t k = 0; k < W; ++k) put(static_cast<Wt*>(q.dw), d * W + k, dw[k]);
+      if (q.dbias) put(static_cast<Wt*>(q.dbias), d, dbias);
     }
   });
 }
+
+template <template <typename, typename> class Fn, typename P>
+void dispatch(const P& p, const CausalConvParams& f) {
+  const bool wide = f.wdtype == DType::f32 && f.dtype != DType::f32;
+  switch (f.dtype) {
+    case DType::f64: return Fn<double, double>::run(p);
+    case DType::f32: return Fn<float, float>::run(p);
+    case DType::bf16: return wide ? Fn<bf16_t, float>::run(p) : Fn<bf16_t, bf16_t>::run(p);
+    case DType::f16: return wide ? Fn<f16_t, float>::run(p) : Fn<f16_t, f16_t>::run(p);
+  }
+}
+template <typename T, typename Wt> struct Fwd { static void run(const CausalConvParams& p) { conv_fwd<T, Wt>(p); } };
+template <typename T, typename Wt> struct Bwd { static void run(const CausalConvBwdParams& p) { conv_bwd<T, Wt>(p); } };
+
+}  // namespace
+
+void causal_conv1d_fwd_exact(const CausalConvParams& p) { dispatch<Fwd>(p, p); }
+void causal_conv1d_bwd_exact(const CausalConvBwdParams& p) { dispatch<Bwd>(p, p.fwd); }
 
 }  // namespace kernkit

@@ -1,5 +1,6 @@
 // Causal depthwise conv1d on CUDA. Forward: one thread per output (row, t), plus
-// the W-1 final-state entries. Backward: dx/dinit one thread per extended input,
+// the W-1 final-state entries. Weights and bias are in x's dtype or fp32 (p.wdtype);
+// with seq_idx, an input feeds an output only when their sequence indices match. Backward: dx/dinit one thread per extended input,
 // recomputing the few pre-activations it needs; dweight/dbias one block per
 // channel, summed over (batch, time) with a fixed-order shared-memory tree
 // (deterministic, no atomics).
@@ -25,12 +26,27 @@ __device__ __forceinline__ typename AccOf<T>::type ext_at(const CausalConvParams
   return ld(static_cast<const T*>(p.x) + r * p.L + (j - W1));
 }
 
+// weight / bias element i: x's dtype, or fp32 next to 16-bit x
+template <typename T>
+__device__ __forceinline__ typename AccOf<T>::type wt_at(const CausalConvParams& p, const void* base, long long i) {
+  using A = typename AccOf<T>::type;
+  return p.wdtype == DType::f32 ? A(static_cast<const float*>(base)[i]) : A(ld(static_cast<const T*>(base) + i));
+}
+
+// Whether ext position e feeds output t of row r (seq_idx: inputs of output t's sequence only).
+__device__ __forceinline__ bool keep(const CausalConvParams& p, long long r, long long t, long long e) {
+  if (!p.seq_idx) return true;
+  const long long b = r / p.D, src = e - (p.W - 1);
+  return src >= 0 && p.seq_idx[b * p.L + src] == p.seq_idx[b * p.L + t];
+}
+
 template <typename T>
 __device__ __forceinline__ typename AccOf<T>::type pre_at(const CausalConvParams& p, long long r, long long t) {
   using A = typename AccOf<T>::type;
   const long long d = r % p.D;
-  A acc = p.bias ? ld(static_cast<const T*>(p.bias) + d) : A(0);
-  for (long long k = 0; k < p.W; ++k) acc += ld(static_cast<const T*>(p.w) + d * p.W + k) * ext_at<T>(p, r, t + k);
+  A acc = p.bias ? wt_at<T>(p, p.bias, d) : A(0);
+  for (long long k = 0; k < p.W; ++k)
+    if (keep(p, r, t, t + k)) acc += wt_at<T>(p, p.w, d * p.W + k) * ext_at<T>(p, r, t + k);
   return acc;
 }
 
@@ -76,7 +92,7 @@ __global__ void conv_dx_kernel(CausalConvBwdParams q) {
   A acc = 0;  // dext[j] = sum_k w[k] g[j - k]
   for (long long k = 0; k < p.W; ++k) {
     const long long t = j - k;
-    if (t >= 0 && t < p.L) acc += ld(static_cast<const T*>(p.w) + d * p.W + k) * grad_pre<T>(q, r, t);
+    if (t >= 0 && t < p.L && keep(p, r, t, j)) acc += wt_at<T>(p, p.w, d * p.W + k) * grad_pre<T>(q, r, t);
   }
   if (j >= p.L && q.dfinal) acc += ld(static_cast<const T*>(q.dfinal) + r * W1 + (j - p.L));
   if (j >= W1) static_cast<T*>(q.dx)[r * p.L + (j - W1)] = st<T>(acc);
@@ -94,7 +110,8 @@ __global__ void conv_dw_kernel(CausalConvBwdParams q) {
   for (long long i = threadIdx.x; i < p.B * p.L; i += blockDim.x) {
     const long long b = i / p.L, t = i % p.L, r = b * p.D + d;
     const A g = grad_pre<T>(q, r, t);
-    for (int k = 0; k < p.W; ++k) acc[k] += g * ext_at<T>(p, r, t + k);
+    for (int k = 0; k < p.W; ++k)
+      if (keep(p, r, t, t + k)) acc[k] += g * ext_at<T>(p, r, t + k);
     acc[p.W] += g;
   }
   for (int k = 0; k <= p.W; ++k) {
@@ -104,9 +121,11 @@ __global__ void conv_dw_kernel(CausalConvBwdParams q) {
       if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
       __syncthreads();
     }
-    if (threadIdx.x == 0) {
-      if (k < p.W) static_cast<T*>(q.dw)[d * p.W + k] = st<T>(red[0]);
-      else if (q.dbias) static_cast<T*>(q.dbias)[d] = st<T>(red[0]);
+    if (threadIdx.x == 0 && (k < p.W || q.dbias)) {
+      void* out = k < p.W ? q.dw : q.dbias;
+      const long long i = k < p.W ? d * p.W + k : d;
+      if (p.wdtype == DType::f32) static_cast<float*>(out)[i] = float(red[0]);
+      else static_cast<T*>(out)[i] = st<T>(red[0]);
     }
     __syncthreads();
   }

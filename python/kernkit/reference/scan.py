@@ -25,17 +25,32 @@ def linear_scan_ref(a: torch.Tensor, b: torch.Tensor, initial_state: Optional[to
 
 def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
                       activation: Optional[str] = None, initial_state: Optional[torch.Tensor] = None,
-                      return_final_state: bool = False):
-    """Depthwise causal conv over (B, D, L) with weight (D, W): F.conv1d on [initial_state | x]."""
+                      return_final_state: bool = False, seq_idx: Optional[torch.Tensor] = None):
+    """Depthwise causal conv over (B, D, L) with weight (D, W): F.conv1d on [initial_state | x],
+    computed in the weight's dtype when it is wider (causal-conv1d's fp32 weights with 16-bit x) and
+    returned in x's dtype. seq_idx (B, L): an input position counts for output t only if it has
+    output t's sequence index (packed sequences)."""
     D, W = weight.shape
+    dtype = torch.promote_types(x.dtype, weight.dtype)
     if initial_state is None:
         initial_state = x.new_zeros(x.shape[0], D, W - 1)
-    ext = torch.cat([initial_state.to(x.dtype), x], dim=-1)
-    y = F.conv1d(ext, weight.unsqueeze(1), bias, groups=D)
+    ext = torch.cat([initial_state.to(dtype), x.to(dtype)], dim=-1)
+    w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
+    if seq_idx is None:
+        y = F.conv1d(ext, w.unsqueeze(1), b, groups=D)
+    else:
+        L = x.shape[-1]
+        y = torch.zeros_like(x, dtype=dtype) if b is None else b[:, None].expand(x.shape).to(dtype).clone()
+        t = torch.arange(L, device=x.device)
+        for k in range(W):
+            src = t + k - (W - 1)
+            same = (src >= 0) & (seq_idx.gather(1, src.clamp(min=0).expand_as(seq_idx)) == seq_idx)
+            y = y + w[None, :, k, None] * ext[..., k:k + L] * same[:, None, :].to(dtype)
     if activation in ("silu", "swish"):
         y = F.silu(y)
+    y = y.to(x.dtype)
     if return_final_state:
-        return y, ext[..., ext.shape[-1] - (W - 1):]
+        return y, ext[..., ext.shape[-1] - (W - 1):].to(x.dtype)
     return y
 
 
