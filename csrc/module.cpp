@@ -262,7 +262,7 @@ void causal_conv1d_fwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init,
   require_cuda(device);
   py::gil_scoped_release nogil;
   if (device != kCpuDevice) run_cuda(&CudaEntryPoints::causal_conv1d_fwd_cuda, p, device, stream);
-  else if (p.dtype == DType::f64 || p.seq_idx) causal_conv1d_fwd_exact(p);
+  else if (p.dtype == DType::f64) causal_conv1d_fwd_exact(p);
   else KK_CPU_KERNEL(causal_conv1d_fwd_cpu)(p);
 }
 
@@ -277,7 +277,7 @@ void causal_conv1d_bwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init,
   require_cuda(device);
   py::gil_scoped_release nogil;
   if (device != kCpuDevice) run_cuda(&CudaEntryPoints::causal_conv1d_bwd_cuda, p, device, stream);
-  else if (p.fwd.dtype == DType::f64 || p.fwd.seq_idx) causal_conv1d_bwd_exact(p);
+  else if (p.fwd.dtype == DType::f64) causal_conv1d_bwd_exact(p);
   else KK_CPU_KERNEL(causal_conv1d_bwd_cpu)(p);
 }
 

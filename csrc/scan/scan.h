@@ -99,8 +99,7 @@ void linear_scan_cuda(const LinearScanParams& p, int device, intptr_t stream);
 void causal_conv1d_fwd_cuda(const CausalConvParams& p, int device, intptr_t stream);
 void causal_conv1d_bwd_cuda(const CausalConvBwdParams& p, int device, intptr_t stream);
 
-// The exact path (compiled once, plain loops, double sums): fp64 inputs (for gradcheck), and every
-// dtype when seq_idx is given.
+// The exact path (compiled once, plain loops, double sums) for fp64 inputs (gradcheck).
 void causal_conv1d_fwd_exact(const CausalConvParams& p);
 void causal_conv1d_bwd_exact(const CausalConvBwdParams& p);
 }  // namespace kernkit

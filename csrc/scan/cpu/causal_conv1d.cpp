@@ -1,6 +1,6 @@
 // Causal depthwise conv1d on CPU: y[t] = bias + sum_k w[k] * ext[t + k], where
 // ext = [initial state (W-1 inputs) | x] of one (batch, channel) row, optional
-// SiLU. Vectorised along time over an fp32 copy of ext; parallel over rows.
+// SiLU (and, with seq_idx, only inputs of output t's sequence). Vectorised along time over an fp32 copy of ext; parallel over rows.
 // The backward recomputes the pre-activation, and sums the weight and bias
 // gradients per channel over (batch, time) in a fixed order (one task per
 // channel): deterministic for any thread count.
@@ -54,6 +54,29 @@ void store_weight_grad(const CausalConvParams& p, void* out, int64_t i, double v
   else static_cast<T*>(out)[i] = from_float<T>(float(v));
 }
 
+// seq_idx (packed sequences): ext position t + k feeds output t only if input t + k - (W-1) has
+// output t's sequence index. The rows are convolved unmasked; only outputs within W-1 positions
+// after a change of index have masked pairs, and these are corrected here (few per sequence).
+inline bool masked(const int32_t* s, int64_t t, int64_t k, int64_t W1) {
+  const int64_t src = t + k - W1;
+  return src >= 0 && s[src] != s[t];
+}
+inline bool has_masked(const int32_t* s, int64_t t, int64_t W1) {
+  for (int64_t k = 0; k < W1; ++k)
+    if (masked(s, t, k, W1)) return true;
+  return false;
+}
+// pre[t] recomputed with the mask where any pair is masked.
+inline void fix_pre(const int32_t* s, const float* ext, const float* w, int64_t W, float bias, int64_t L, float* pre) {
+  for (int64_t t = 0; t < L; ++t) {
+    if (!has_masked(s, t, W - 1)) continue;
+    float acc = bias;
+    for (int64_t k = 0; k < W; ++k)
+      if (!masked(s, t, k, W - 1)) acc += w[k] * ext[t + k];
+    pre[t] = acc;
+  }
+}
+
 inline Vec sigmoid_exact(Vec x) { return Vec::set1(1.f) / (Vec::set1(1.f) + exp(Vec::zero() - x)); }
 
 template <typename T>
@@ -68,6 +91,7 @@ void fwd(const CausalConvParams& p) {
       load_weights<T>(p, d, w);
       const float bias = load_bias<T>(p, d);
       conv_row(ext.p, w, W, bias, L, pre.p);
+      if (p.seq_idx) fix_pre(p.seq_idx + b * L, ext.p, w, W, bias, L, pre.p);
       if (p.silu)
         for (int64_t t = 0; t < L; t += Vec::size) {
           const Vec x = Vec::load(pre.p + t);
@@ -107,8 +131,10 @@ void bwd(const CausalConvBwdParams& q) {
         std::memset(g.p, 0, sizeof(float) * W1);
         widen(gp, static_cast<const T*>(q.dy) + r * L, L);
         std::memset(gp + L, 0, sizeof(float) * (W1 + Vec::size));
+        const int32_t* seq = p.seq_idx ? p.seq_idx + b * L : nullptr;
         if (p.silu) {
           conv_row(ext.p, w, W, bias, L, dext.p);  // dext as scratch for the pre-activation
+          if (seq) fix_pre(seq, ext.p, w, W, bias, L, dext.p);
           for (int64_t t = 0; t < L; t += Vec::size) {
             const Vec x = Vec::load(dext.p + t), s = sigmoid_exact(x);
             (Vec::load(gp + t) * s * (Vec::set1(1.f) + x * (Vec::set1(1.f) - s))).store(gp + t);
@@ -130,6 +156,15 @@ void bwd(const CausalConvBwdParams& q) {
           for (int64_t k = 0; k < W; ++k) acc = fma(Vec::set1(w[k]), Vec::load(g.p + W1 + j - k), acc);
           acc.store(dext.p + j);
         }
+        if (seq)  // take the masked pairs back out of dw and dext
+          for (int64_t t = 0; t < L; ++t) {
+            if (!has_masked(seq, t, W1)) continue;
+            for (int64_t k = 0; k < W1; ++k)
+              if (masked(seq, t, k, W1)) {
+                dw[k] -= double(gp[t]) * double(ext[t + k]);
+                dext[t + k] -= w[k] * gp[t];
+              }
+          }
         if (q.dfinal) {
           const T* df = static_cast<const T*>(q.dfinal) + r * W1;
           for (int64_t i = 0; i < W1; ++i) dext[L + i] += to_float(df[i]);
@@ -150,7 +185,6 @@ void bwd(const CausalConvBwdParams& q) {
 }  // namespace
 
 void causal_conv1d_fwd_cpu(const CausalConvParams& p) {
-  if (p.seq_idx) throw std::invalid_argument("causal_conv1d: seq_idx runs the exact path");
   switch (p.dtype) {
     case DType::f32: return fwd<float>(p);
     case DType::bf16: return fwd<bf16_t>(p);
@@ -160,7 +194,6 @@ void causal_conv1d_fwd_cpu(const CausalConvParams& p) {
 }
 
 void causal_conv1d_bwd_cpu(const CausalConvBwdParams& p) {
-  if (p.fwd.seq_idx) throw std::invalid_argument("causal_conv1d: seq_idx runs the exact path");
   switch (p.fwd.dtype) {
     case DType::f32: return bwd<float>(p);
     case DType::bf16: return bwd<bf16_t>(p);

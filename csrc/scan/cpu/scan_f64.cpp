@@ -1,7 +1,7 @@
-// Exact versions of the scan-family ops as plain loops with double sums, compiled once (not per
-// ISA): fp64 inputs (so torch.autograd.gradcheck can check the ops), and causal_conv1d with seq_idx
-// for every dtype (packed sequences; a per-position mask the vector kernel does not carry).
+// fp64 versions of the scan-family ops as plain loops, compiled once (not per ISA): they exist so
+// torch.autograd.gradcheck can check the ops (seq_idx included) in fp64.
 #include <cmath>
+#include <stdexcept>
 #include <vector>
 
 #include "common/dtype.h"
@@ -12,15 +12,8 @@ namespace kernkit {
 
 namespace {
 
-// Storage <-> double for every dtype the path serves.
 inline double get(const double* p, int64_t i) { return p[i]; }
-inline double get(const float* p, int64_t i) { return p[i]; }
-inline double get(const bf16_t* p, int64_t i) { return to_float(p[i]); }
-inline double get(const f16_t* p, int64_t i) { return to_float(p[i]); }
 inline void put(double* p, int64_t i, double v) { p[i] = v; }
-inline void put(float* p, int64_t i, double v) { p[i] = float(v); }
-inline void put(bf16_t* p, int64_t i, double v) { p[i] = bf16_from_float(float(v)); }
-inline void put(f16_t* p, int64_t i, double v) { p[i] = f16_from_float(float(v)); }
 
 // Whether ext position e (= input t' + W - 1) feeds output t of batch row b: always without seq_idx,
 // else only positions inside x with output t's sequence index.
@@ -104,22 +97,16 @@ void conv_bwd(const CausalConvBwdParams& q) {
   });
 }
 
-template <template <typename, typename> class Fn, typename P>
-void dispatch(const P& p, const CausalConvParams& f) {
-  const bool wide = f.wdtype == DType::f32 && f.dtype != DType::f32;
-  switch (f.dtype) {
-    case DType::f64: return Fn<double, double>::run(p);
-    case DType::f32: return Fn<float, float>::run(p);
-    case DType::bf16: return wide ? Fn<bf16_t, float>::run(p) : Fn<bf16_t, bf16_t>::run(p);
-    case DType::f16: return wide ? Fn<f16_t, float>::run(p) : Fn<f16_t, f16_t>::run(p);
-  }
-}
-template <typename T, typename Wt> struct Fwd { static void run(const CausalConvParams& p) { conv_fwd<T, Wt>(p); } };
-template <typename T, typename Wt> struct Bwd { static void run(const CausalConvBwdParams& p) { conv_bwd<T, Wt>(p); } };
-
 }  // namespace
 
-void causal_conv1d_fwd_exact(const CausalConvParams& p) { dispatch<Fwd>(p, p); }
-void causal_conv1d_bwd_exact(const CausalConvBwdParams& p) { dispatch<Bwd>(p, p.fwd); }
+void causal_conv1d_fwd_exact(const CausalConvParams& p) {
+  if (p.dtype != DType::f64 || p.wdtype != DType::f64) throw std::invalid_argument("causal_conv1d: exact path is fp64");
+  conv_fwd<double, double>(p);
+}
+void causal_conv1d_bwd_exact(const CausalConvBwdParams& p) {
+  if (p.fwd.dtype != DType::f64 || p.fwd.wdtype != DType::f64)
+    throw std::invalid_argument("causal_conv1d: exact path is fp64");
+  conv_bwd<double, double>(p);
+}
 
 }  // namespace kernkit
