@@ -87,6 +87,24 @@ def _conv_rows(quick):
                                quick=quick)
             rows.append(Row(FAMILY, f"causal_conv1d W{W} silu", f"B{Bsz} D{Dm} L{L}", dtype_name(dtype), tk * 1e6,
                             "F.conv1d + slice", tb * 1e6, bandwidth(2 * x.numel() * x.element_size(), tk)))
+    # Mamba under autocast: bf16 activations, fp32 weights, packed sequences (seq_idx, 4 per row);
+    # the baseline converts to fp32, convolves each packed sequence on its own and converts back.
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(Bsz, Dm, L, generator=g).to(torch.bfloat16)
+    w, bias = torch.randn(Dm, 4, generator=g), torch.randn(Dm, generator=g)
+    cuts = [0, L // 4, L // 2, 3 * L // 4, L]
+    seq = torch.repeat_interleave(torch.arange(4, dtype=torch.int32), torch.tensor(cuts).diff())[None].repeat(Bsz, 1)
+
+    def per_sequence():
+        xf = x.float()
+        parts = [F.silu(F.conv1d(xf[..., a:b], w.unsqueeze(1), bias, padding=3, groups=Dm)[..., :b - a])
+                 for a, b in zip(cuts, cuts[1:])]
+        return torch.cat(parts, -1).to(x.dtype)
+
+    tk, tb = time_pair(lambda: kernkit.causal_conv1d(x, w, bias, activation="silu", seq_idx=seq), per_sequence,
+                       quick=quick)
+    rows.append(Row(FAMILY, "causal_conv1d W4 silu, fp32 w, seq_idx", f"B{Bsz} D{Dm} L{L} 4 seqs", "bfloat16",
+                    tk * 1e6, "fp32 F.conv1d per sequence", tb * 1e6, bandwidth(2 * x.numel() * x.element_size(), tk)))
     return rows
 
 
