@@ -83,6 +83,19 @@ inline void ldmatrix_fn(const ::kk_simt::Lanes& l, unsigned) {
   for (int lane = 0; lane < 32; ++lane) std::memcpy(l.out[lane], out[lane], N * sizeof(uint32_t));
 }
 
+// One lane's part of an emulated mma: its a/b/c registers in, its d registers out (d may alias c).
+template <typename In, typename Acc>
+inline void emulate_mma(const char* what, ::kk_simt::WarpFn fn, Acc (&d)[4], const uint32_t (&a)[4],
+                        const uint32_t (&b)[2], const Acc (&c)[4], const char* file, int line) {
+  In in;
+  std::memcpy(in.a, a, sizeof in.a);
+  std::memcpy(in.b, b, sizeof in.b);
+  std::memcpy(in.c, c, sizeof in.c);
+  Acc out[4];
+  ::kk_simt::warp_collective(what, 0xffffffffu, fn, &in, out, file, line);
+  for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
 template <int N, bool Trans>
 inline void ldmatrix(uint32_t (&r)[N], const void* row, const char* file, int line) {
   static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
@@ -136,13 +149,7 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 __device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                                                   const float (&c)[4] KK_PTX_SITE) {
 #ifdef KK_SIMT
-  detail::MmaF32In in;
-  std::memcpy(in.a, a, sizeof in.a);
-  std::memcpy(in.b, b, sizeof in.b);
-  std::memcpy(in.c, c, sizeof in.c);
-  float out[4];
-  ::kk_simt::warp_collective("mma.m16n8k16.bf16", 0xffffffffu, &detail::mma_f32_fn<0>, &in, out, kk_file, kk_line);
-  for (int i = 0; i < 4; ++i) d[i] = out[i];
+  detail::emulate_mma<detail::MmaF32In>("mma.m16n8k16.bf16", &detail::mma_f32_fn<0>, d, a, b, c, kk_file, kk_line);
 #else
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -157,13 +164,7 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t 
 __device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                                                  const float (&c)[4] KK_PTX_SITE) {
 #ifdef KK_SIMT
-  detail::MmaF32In in;
-  std::memcpy(in.a, a, sizeof in.a);
-  std::memcpy(in.b, b, sizeof in.b);
-  std::memcpy(in.c, c, sizeof in.c);
-  float out[4];
-  ::kk_simt::warp_collective("mma.m16n8k16.f16", 0xffffffffu, &detail::mma_f32_fn<1>, &in, out, kk_file, kk_line);
-  for (int i = 0; i < 4; ++i) d[i] = out[i];
+  detail::emulate_mma<detail::MmaF32In>("mma.m16n8k16.f16", &detail::mma_f32_fn<1>, d, a, b, c, kk_file, kk_line);
 #else
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -180,13 +181,7 @@ __device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], const uint32_t (
 __device__ __forceinline__ void mma_m16n8k32_s8(int (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                                                 const int (&c)[4] KK_PTX_SITE) {
 #ifdef KK_SIMT
-  detail::MmaS32In in;
-  std::memcpy(in.a, a, sizeof in.a);
-  std::memcpy(in.b, b, sizeof in.b);
-  std::memcpy(in.c, c, sizeof in.c);
-  int32_t out[4];
-  ::kk_simt::warp_collective("mma.m16n8k32.s8", 0xffffffffu, &detail::mma_s8_fn, &in, out, kk_file, kk_line);
-  for (int i = 0; i < 4; ++i) d[i] = out[i];
+  detail::emulate_mma<detail::MmaS32In>("mma.m16n8k32.s8", &detail::mma_s8_fn, d, a, b, c, kk_file, kk_line);
 #else
   asm volatile(
       "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "

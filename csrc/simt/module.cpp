@@ -25,6 +25,19 @@ const kernkit::CudaEntryPoints kEntry = {
 #undef KK_ENTRY_INIT
 };
 
+// The captures of every PTX wrapper under the names scripts/gpu_fragments.cu writes.
+template <typename F>
+void for_each_capture(kernkit::simt_selftest::Captures& c, F&& f) {
+  const char* mma[3] = {"mma_bf16", "mma_f16", "mma_s8"};
+  const char* ldsm[3] = {"x1", "x2", "x4"};
+  for (int k = 0; k < 3; ++k) {
+    f(mma[k], c.mma[k]);
+    f(std::string("gemm_") + (mma[k] + 4), c.gemm[k]);
+    for (int t = 0; t < 2; ++t) f(std::string("ldmatrix_") + ldsm[k] + (t ? "_trans" : ""), c.ldsm[t][k]);
+  }
+  f("misc", c.misc);
+}
+
 py::dict options_dict(const kk_simt::Options& o) {
   py::dict d;
   d["racecheck"] = o.racecheck;
@@ -101,29 +114,16 @@ PYBIND11_MODULE(_simt, m) {
       c = kernkit::simt_selftest::capture_all();
     }
     py::dict d;
-    const char* mma[3] = {"mma_bf16", "mma_f16", "mma_s8"};
-    const char* ldsm[3] = {"x1", "x2", "x4"};
-    for (int k = 0; k < 3; ++k) {
-      d[mma[k]] = c.mma[k];
-      d[(std::string("gemm_") + (mma[k] + 4)).c_str()] = c.gemm[k];
-      for (int t = 0; t < 2; ++t) d[(std::string("ldmatrix_") + ldsm[k] + (t ? "_trans" : "")).c_str()] = c.ldsm[t][k];
-    }
-    d["misc"] = c.misc;
+    for_each_capture(c, [&](const std::string& key, std::vector<uint32_t>& v) { d[key.c_str()] = v; });
     return d;
   });
   // Golden fragments from a GPU (scripts/gpu_fragments.cu) against the emulator's captures.
   m.def("compare_captures", [](py::dict golden) {
     namespace st = kernkit::simt_selftest;
     st::Captures g;
-    const char* mma[3] = {"mma_bf16", "mma_f16", "mma_s8"};
-    const char* ldsm[3] = {"x1", "x2", "x4"};
-    auto get = [&](const std::string& k) { return golden[k.c_str()].cast<std::vector<uint32_t>>(); };
-    for (int k = 0; k < 3; ++k) {
-      g.mma[k] = get(mma[k]);
-      g.gemm[k] = get(std::string("gemm_") + (mma[k] + 4));
-      for (int t = 0; t < 2; ++t) g.ldsm[t][k] = get(std::string("ldmatrix_") + ldsm[k] + (t ? "_trans" : ""));
-    }
-    g.misc = get("misc");
+    for_each_capture(g, [&](const std::string& key, std::vector<uint32_t>& v) {
+      v = golden[key.c_str()].cast<std::vector<uint32_t>>();
+    });
     std::vector<st::CheckResult> rs;
     {
       py::gil_scoped_release nogil;
