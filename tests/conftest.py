@@ -67,8 +67,8 @@ def gpu(request):
         return
     from kernkit.testing import simt, simt_available
 
-    if not simt_available():
-        pytest.fail("this kernkit build has no simt backend: the CUDA kernels cannot be tested here")
+    if not simt_available():  # built with KERNKIT_BUILD_SIMT=0 (test_simt.py fails unless that was intended)
+        pytest.skip("this kernkit build has no simt backend (KERNKIT_BUILD_SIMT=0)")
     seed = None if request.param == "simt" else int(request.param.rsplit("seed", 1)[1])
     with simt(seed=seed) as session:
         yield CudaTarget(request.param, "cpu", session)

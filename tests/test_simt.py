@@ -18,6 +18,13 @@ pytestmark = pytest.mark.simt
 needs_simt = pytest.mark.skipif(not testing.simt_available(), reason="built without the simt backend")
 
 
+def test_simt_is_built():
+    # CUDA kernels are only tested here through simt: a build without it must be a deliberate choice.
+    assert testing.simt_available() or os.environ.get("KERNKIT_BUILD_SIMT") == "0", \
+        "kernkit._simt is missing: the CUDA kernels' tests would all be skipped"
+    assert kernkit.info()["simt"] == testing.simt_available()
+
+
 @needs_simt
 def test_selftest_passes():
     report = testing.simt_selftest()

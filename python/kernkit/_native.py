@@ -112,4 +112,12 @@ def info() -> dict:
         "gpu_name": torch.cuda.get_device_name() if gpu_usable else None,
         "threads": torch.get_num_threads(),
         "thread_backend": native["thread_backend"],
+        "simt": _simt_built(),
     }
+
+
+def _simt_built() -> bool:
+    """Whether kernkit._simt (CUDA kernels run on the CPU, kernkit.testing.simt) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec(f"{__package__}._simt") is not None
