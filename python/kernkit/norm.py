@@ -96,8 +96,10 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: float 
     for statistics and one for the output), differentiable in ``x`` and ``weight``.
 
     Args:
-        x: ``(..., D)`` float32, float64, float16 or bfloat16, contiguous, on CPU or CUDA.
-        weight: optional ``(D,)`` scale, same dtype as ``x`` (or float32 for 16-bit ``x``).
+        x: ``(..., D)`` float32, float64, float16 or bfloat16, any layout (a strided ``x`` is copied
+            once, as ``F.rms_norm`` accepts any layout; its gradient comes back in ``x``'s layout), on
+            CPU or CUDA.
+        weight: optional ``(D,)`` scale, same dtype as ``x`` (or float32 for 16-bit ``x``), any stride.
         eps: added to the mean square before the square root (default 1e-6).
 
     Returns ``x * rsqrt(mean(x**2, -1, keepdim=True) + eps) * weight`` with
@@ -112,7 +114,7 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: float 
     chk.tensor(_FN, "x", x)
     if x.dim() == 0:
         raise ValueError(f"{_FN}: x must have at least one dimension, got a 0-d tensor")
-    chk.contiguous(_FN, "x", x)
+    x = x.contiguous()  # no-op for contiguous x; autograd returns dx in the caller's layout
     eps = chk.finite_float(_FN, "eps", eps, min_value=0.0)
     if weight is not None:
         chk.tensor(_FN, "weight", weight)
@@ -123,5 +125,5 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: float 
         if weight.dtype != x.dtype and not (weight.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)):
             raise TypeError(f"{_FN}: weight dtype {weight.dtype} must match x ({x.dtype}), or be float32 for "
                             f"float16/bfloat16 x")
-        chk.contiguous(_FN, "weight", weight)
+        weight = weight.contiguous()
     return call(_rms_norm_fwd, x, weight, eps)[0]
