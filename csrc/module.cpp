@@ -497,6 +497,10 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "kernkit native kernels (raw-pointer interface; use the kernkit package, not this module)";
   m.attr("__version__") = KK_VERSION;
   m.def("info", &info);
+  m.def("set_thread_backend", [](const std::string& name) {
+    if (!set_thread_backend(name.c_str()))
+      throw py::value_error("set_thread_backend: unknown or unavailable backend '" + name + "' (kernkit, gomp)");
+  }, py::arg("name"));
   m.def("set_cpu_isa", [](const std::string& name) { set_active_isa(name); }, py::arg("name"));
   m.def("cpu_isa", [] { return std::string(isa_name(active_isa())); });
   m.def("rms_norm_dw_blocks", &rms_norm_dw_blocks, py::arg("rows"));

@@ -1,7 +1,6 @@
-// parallel_for over [0, n): runs on torch's own OpenMP thread pool when torch
-// has loaded libgomp (the usual case), so kernkit and torch ops share one set of
-// threads instead of two pools spinning against each other; otherwise on a small
-// persistent pool of our own.
+// parallel_for over [0, n) on kernkit's own thread pool, whose caller never waits
+// for a worker that has not started (see parallel.cpp), so a busy machine costs
+// parallelism, not time slices.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -14,8 +13,11 @@ using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end);
 // items each, and calls fn on each range (the calling thread takes one).
 void parallel_for_impl(int64_t n, int num_threads, int64_t grain, void* ctx, RangeFn fn);
 
-// "gomp" (torch's OpenMP runtime) or "threads" (kernkit's own pool).
+// "kernkit" (the default pool, parallel.cpp says why) or "gomp" (torch's OpenMP
+// pool, chosen by KERNKIT_THREAD_BACKEND=gomp or set_thread_backend, for comparisons).
 const char* thread_backend();
+// Switches between the two; false if `name` is unknown or libgomp is not loaded.
+bool set_thread_backend(const char* name);
 
 template <typename F>
 inline void parallel_for(int64_t n, int num_threads, int64_t grain, const F& f) {
