@@ -12,11 +12,11 @@ import torch
 
 import kernkit
 
-from . import (bench_attention, bench_large, bench_linear_attn, bench_lowbit, bench_norm, bench_ring, bench_scan,
-               bench_simt)
+from . import (bench_attention, bench_large, bench_linear_attn, bench_load, bench_lowbit, bench_norm, bench_ring,
+               bench_scan, bench_simt)
 from .common import print_table, rows_to_json, plot
 
-FAMILIES = {m.FAMILY: m for m in (bench_attention, bench_large, bench_linear_attn, bench_lowbit, bench_norm,
+FAMILIES = {m.FAMILY: m for m in (bench_attention, bench_large, bench_linear_attn, bench_load, bench_lowbit, bench_norm,
                                    bench_ring, bench_scan, bench_simt)}
 
 

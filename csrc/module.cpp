@@ -116,6 +116,7 @@ py::dict info() {
   d["cpu_vendor"] = "other";
 #endif
   d["thread_backend"] = thread_backend();
+  d["adaptive_threads"] = adaptive_threads();
   d["cuda_compiled"] = cuda_compiled();
 #ifdef KK_WITH_CUDA
   d["cuda_archs"] = KK_CUDA_ARCHS;
@@ -501,6 +502,8 @@ PYBIND11_MODULE(_C, m) {
     if (!set_thread_backend(name.c_str()))
       throw py::value_error("set_thread_backend: unknown or unavailable backend '" + name + "' (kernkit, gomp)");
   }, py::arg("name"));
+  m.def("set_adaptive_threads", &set_adaptive_threads, py::arg("on"));
+  m.def("machine_contended", &machine_contended);
   m.def("set_cpu_isa", [](const std::string& name) { set_active_isa(name); }, py::arg("name"));
   m.def("cpu_isa", [] { return std::string(isa_name(active_isa())); });
   m.def("rms_norm_dw_blocks", &rms_norm_dw_blocks, py::arg("rows"));

@@ -18,7 +18,7 @@ def _run(code, **env):
 def test_info_fields():
     info = kernkit.info()
     for key in ("version", "isa_compiled", "isa_supported", "isa_selected", "cuda_compiled", "cuda_archs",
-                "gpu_usable", "threads", "thread_backend", "cpu_vendor"):
+                "gpu_usable", "threads", "thread_backend", "adaptive_threads", "cpu_vendor"):
         assert key in info
     assert info["cpu_vendor"] in ("intel", "amd", "other")
     assert info["version"] == kernkit.__version__

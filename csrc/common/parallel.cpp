@@ -4,6 +4,7 @@
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -18,17 +19,19 @@
 namespace kernkit {
 namespace {
 
-// ---------------------------------------------------------------------------
-// Why not torch's OpenMP pool: a GOMP parallel region ends in a barrier, so the
-// caller waits for every team thread, including one the OS has not scheduled
-// yet. With other busy processes on the machine that wait is a whole time slice
-// (~8 ms measured for a 15 µs rms_norm). Here the caller never waits for a worker
-// that has not started: the range is cut into chunks claimed from one counter,
-// the caller claims chunks too, and it only waits for chunks a worker has
-// actually begun. Idle workers spin briefly (yielding) and then sleep on a
-// futex, so they neither fight torch's threads nor burn a core between calls.
-// KERNKIT_THREAD_BACKEND=gomp selects torch's pool instead (for comparisons).
-// ---------------------------------------------------------------------------
+// Two ways to run a region, and a switch between them:
+// - torch's OpenMP pool (the default when torch has loaded libgomp): kernkit and
+//   torch ops share one set of threads, so on a quiet machine no two pools spin
+//   against each other (measured: a pool of our own next to torch's made the
+//   demo's train step ~35% slower).
+// - kernkit's own pool (the fallback, or KERNKIT_THREAD_BACKEND=kernkit): the
+//   caller never waits for a worker that has not started; see Pool.
+// - On a busy machine, neither: a GOMP region ends in a barrier that waits out a
+//   whole time slice of another process for a descheduled team thread (~8 ms for
+//   a 15 µs rms_norm), and any worker is as likely to lose its core mid-chunk as
+//   to help. ContentionMonitor notices that the process's threads are being
+//   preempted and then runs regions on the calling thread alone.
+// Which thread runs which range never changes a result (callers guarantee it).
 
 using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
 using OmpInt = int (*)();
@@ -53,7 +56,7 @@ const Gomp& gomp() {
 
 std::atomic<bool> g_use_gomp{[] {
   const char* forced = std::getenv("KERNKIT_THREAD_BACKEND");
-  return forced && std::strcmp(forced, "gomp") == 0 && gomp().parallel;
+  return !(forced && std::strcmp(forced, "kernkit") == 0) && gomp().parallel;
 }()};
 
 long futex(std::atomic<uint32_t>* addr, int op, uint32_t val) {
@@ -63,8 +66,9 @@ long futex(std::atomic<uint32_t>* addr, int op, uint32_t val) {
 inline void cpu_relax() { __builtin_ia32_pause(); }
 
 // How long an idle worker keeps polling for the next job before it sleeps: long
-// enough to bridge the Python overhead between back-to-back calls, short enough
-// that an idle process gives its cores back at once.
+// enough to bridge the Python code between calls (waking a sleeping worker costs
+// the caller 30-80 µs on a VM), short enough that an idle process gives its core
+// back soon.
 int64_t idle_spin_ns() {
   static const int64_t ns = [] {
     const char* s = std::getenv("KERNKIT_SPIN_US");
@@ -80,6 +84,49 @@ int64_t now_ns() {
 }
 
 thread_local bool t_in_parallel = false;  // nested parallel_for runs serially
+
+// Is the machine oversubscribed? The signal is the process's involuntary context
+// switches (the kernel preempting our threads for someone else's), sampled at
+// most every 50 ms by whichever call comes along. Measured on 2 cores: quiet,
+// ~40/s while training with torch's and kernkit's ops mixed; with two busy
+// processes, ~125/s for a lone caller and ~250/s for two threads. Above 150/s
+// regions run on the calling thread alone until a window falls below 80/s.
+// Why alone and not on a pool that does not wait for late workers: such a pool's
+// worker, next to torch's spinning OpenMP threads, itself oversubscribes the
+// cores, so the monitor would never see the machine quiet again (measured).
+class ContentionMonitor {
+ public:
+  std::atomic<bool> enabled{[] {
+    const char* s = std::getenv("KERNKIT_ADAPTIVE_THREADS");
+    return !(s && std::strcmp(s, "0") == 0);
+  }()};
+
+  bool contended() {
+    if (!enabled.load(std::memory_order_relaxed)) return false;
+    const int64_t now = now_ns();
+    int64_t last = window_start_.load(std::memory_order_relaxed);
+    if (now - last >= kWindowNs && window_start_.compare_exchange_strong(last, now)) {
+      rusage ru;
+      getrusage(RUSAGE_SELF, &ru);
+      const long delta = ru.ru_nivcsw - last_count_.exchange(ru.ru_nivcsw);
+      const double per_s = double(delta) * 1e9 / double(now - last);
+      const bool was = contended_.load(std::memory_order_relaxed);
+      contended_.store(was ? per_s >= 80 : (delta >= 8 && per_s >= 150), std::memory_order_relaxed);
+    }
+    return contended_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  static constexpr int64_t kWindowNs = 50'000'000;
+  std::atomic<int64_t> window_start_{0};
+  std::atomic<long> last_count_{0};
+  std::atomic<bool> contended_{false};
+};
+
+ContentionMonitor& contention() {
+  static ContentionMonitor m;
+  return m;
+}
 
 // The job ticket packs epoch | thread limit | chunk count | next chunk into one
 // word, so a worker claims a chunk with one CAS that also proves the job it read
@@ -97,6 +144,10 @@ struct Ticket {
   static int64_t next(uint64_t t) { return int64_t(t & kCountMask); }
 };
 
+// kernkit's own pool: the range is cut into chunks claimed from one counter, the
+// caller claims chunks too, and it waits only for chunks a worker has actually
+// begun, never for a worker that has not started. Idle workers poll (yielding
+// their core to anything runnable) and then sleep on a futex.
 class Pool {
  public:
   // Runs the job over the calling thread and up to nt - 1 workers; returns
@@ -244,6 +295,10 @@ void run_gomp(const Gomp& g, void* ctx, RangeFn fn, int64_t n, int nt) {
 
 const char* thread_backend() { return g_use_gomp.load() ? "gomp" : "kernkit"; }
 
+void set_adaptive_threads(bool on) { contention().enabled.store(on); }
+bool adaptive_threads() { return contention().enabled.load(); }
+bool machine_contended() { return contention().contended(); }
+
 bool set_thread_backend(const char* name) {
   if (std::strcmp(name, "kernkit") == 0) {
     g_use_gomp.store(false);
@@ -261,7 +316,7 @@ void parallel_for_impl(int64_t n, int num_threads, int64_t grain, void* ctx, Ran
   grain = std::max<int64_t>(grain, 1);
   const int64_t max_useful = (n + grain - 1) / grain;
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>({num_threads, max_useful, 255})));
-  if (nt == 1 || t_in_parallel) {
+  if (nt == 1 || t_in_parallel || contention().contended()) {
     fn(ctx, 0, n);
     return;
   }

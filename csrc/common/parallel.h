@@ -1,6 +1,8 @@
-// parallel_for over [0, n) on kernkit's own thread pool, whose caller never waits
-// for a worker that has not started (see parallel.cpp), so a busy machine costs
-// parallelism, not time slices.
+// parallel_for over [0, n): on torch's OpenMP pool when torch has loaded libgomp
+// (kernkit and torch ops share one set of threads), else on kernkit's own pool;
+// on the calling thread alone while the process is being preempted by other
+// processes (a busy machine), where a parallel region would wait out their time
+// slices. parallel.cpp has the measurements behind this.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -13,11 +15,16 @@ using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end);
 // items each, and calls fn on each range (the calling thread takes one).
 void parallel_for_impl(int64_t n, int num_threads, int64_t grain, void* ctx, RangeFn fn);
 
-// "kernkit" (the default pool, parallel.cpp says why) or "gomp" (torch's OpenMP
-// pool, chosen by KERNKIT_THREAD_BACKEND=gomp or set_thread_backend, for comparisons).
+// "gomp" (torch's OpenMP pool) or "kernkit" (our own; KERNKIT_THREAD_BACKEND=kernkit).
 const char* thread_backend();
 // Switches between the two; false if `name` is unknown or libgomp is not loaded.
 bool set_thread_backend(const char* name);
+// Whether regions run on the caller alone while the machine is busy
+// (KERNKIT_ADAPTIVE_THREADS=0 or set_adaptive_threads(false): never), and whether
+// that is the case now.
+void set_adaptive_threads(bool on);
+bool adaptive_threads();
+bool machine_contended();
 
 template <typename F>
 inline void parallel_for(int64_t n, int num_threads, int64_t grain, const F& f) {

@@ -112,6 +112,7 @@ def info() -> dict:
         "gpu_name": torch.cuda.get_device_name() if gpu_usable else None,
         "threads": torch.get_num_threads(),
         "thread_backend": native["thread_backend"],
+        "adaptive_threads": bool(native["adaptive_threads"]),
         "simt": _simt_built(),
     }
 
