@@ -267,6 +267,23 @@ void causal_conv1d_fwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init,
   else KK_CPU_KERNEL(causal_conv1d_fwd_cpu)(p);
 }
 
+// Decode update: state (B, D, S) is read as the inputs before x and overwritten in place with the
+// last S inputs of [state | x].
+void causal_conv1d_update(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t state, uintptr_t y, int64_t B,
+                          int64_t D, int64_t L, int64_t W, int64_t S, bool silu, int dtype, int wdtype, int threads,
+                          int device, intptr_t stream) {
+  CausalConvParams p = conv_params(x, w, bias, state, 0, y, state, B, D, L, W, silu, dtype, wdtype, threads);
+  require(S >= W - 1, "causal_conv1d_update: the state must hold at least width - 1 inputs");
+  p.state_len = S;
+  if (B == 0 || D == 0) return;
+  require(x && w && y && (state || S == 0), "causal_conv1d_update: null data pointer");
+  require_cuda(device);
+  py::gil_scoped_release nogil;
+  if (device != kCpuDevice) run_cuda(&CudaEntryPoints::causal_conv1d_update_cuda, p, device, stream);
+  else if (p.dtype == DType::f64) causal_conv1d_fwd_exact(p);
+  else KK_CPU_KERNEL(causal_conv1d_fwd_cpu)(p);
+}
+
 void causal_conv1d_bwd(uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t init, uintptr_t seq_idx, uintptr_t dy,
                        uintptr_t dfinal, uintptr_t dx, uintptr_t dw, uintptr_t dbias, uintptr_t dinit, int64_t B,
                        int64_t D, int64_t L, int64_t W, bool silu, int dtype, int wdtype, int threads, int device,
@@ -514,6 +531,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear_scan", &linear_scan);
   m.def("causal_conv1d_fwd", &causal_conv1d_fwd);
   m.def("causal_conv1d_bwd", &causal_conv1d_bwd);
+  m.def("causal_conv1d_update", &causal_conv1d_update);
   m.def("selective_scan_fwd", &selective_scan_fwd);
   m.def("selective_scan_bwd", &selective_scan_bwd);
   m.def("linear_attn_fwd", &linear_attn_fwd);

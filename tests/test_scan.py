@@ -339,6 +339,103 @@ def test_causal_conv1d_bad_inputs(make, exc, match):
         kernkit.causal_conv1d(x, w, b, **kw)
 
 
+# --------------------------------------------------------------------------- causal_conv1d_update
+
+def _check_conv_update(dtype, W, S, L_new, act, device="cpu", wide=False, B=2, D=37, steps=3, cuda_kernels=False):
+    """Several update calls against the fp64 reference (the anchor error rule), the state bitwise equal to the
+    reference's, and the whole stream equal to one causal_conv1d call over [state | all new inputs]."""
+    from kernkit.reference import causal_conv1d_update_ref
+
+    g = _gen(11)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    wdt = torch.float32 if wide else dtype
+    w, bias, state0 = mk(D, W), mk(D), mk(B, D, S)
+    xs = [mk(B, D, L_new) for _ in range(steps)]
+    st_k, st_e, st_s = state0.to(dtype).to(device).clone(), state0.clone(), state0.to(dtype).clone()
+    ys = []
+    for x in xs:
+        x1 = x[..., 0] if L_new == 1 else x  # (B, D) for one token
+        xin = x1.to(dtype).to(device)
+        with torch.no_grad():
+            y = kernkit.causal_conv1d_update(xin, st_k, w.to(wdt).to(device), bias.to(wdt).to(device), activation=act)
+        ye = causal_conv1d_update_ref(x1.to(dtype).double(), st_e, w.to(wdt).double(), bias.to(wdt).double(),
+                                      activation=act)
+        yr = causal_conv1d_update_ref(x1.to(dtype), st_s, w.to(wdt), bias.to(wdt), activation=act)
+        assert y.shape == x1.shape and y.dtype == dtype
+        assert_within_ref_error(y.cpu(), ye, yr)
+        assert torch.equal(st_k.cpu(), st_e.to(dtype)), "the state is the last S inputs, copied exactly"
+        ys.append(y.cpu().reshape(B, D, L_new))
+    # equal to one causal_conv1d call (the same kernel arithmetic on CPU) over the whole stream
+    whole = torch.cat([x.to(dtype) for x in xs], -1)
+    init = state0.to(dtype)[..., S - (W - 1):] if W > 1 else None
+    yw = kernkit.causal_conv1d(whole, w.to(wdt), bias.to(wdt), activation=act, initial_state=init)
+    if not cuda_kernels:  # the CPU update runs causal_conv1d's own row kernel: bitwise the same
+        assert torch.equal(torch.cat(ys, -1), yw.cpu())
+    else:
+        assert_within_ref_error(torch.cat(ys, -1), causal_conv1d_ref(whole.double(), w.to(wdt).double(),
+                                                                      bias.to(wdt).double(), activation=act,
+                                                                      initial_state=None if init is None else
+                                                                      init.double()), yw)
+
+
+@pytest.mark.parametrize("act", [None, "silu"])
+@pytest.mark.parametrize("W, S, L_new", [(4, 3, 1), (4, 4, 1), (4, 4, 3), (4, 6, 9), (2, 1, 1), (1, 0, 2), (7, 6, 17)])
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+def test_causal_conv1d_update_matches_reference(isa, dtype, W, S, L_new, act):
+    _check_conv_update(dtype, W, S, L_new, act)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_causal_conv1d_update_fp32_weights(dtype):
+    _check_conv_update(dtype, 4, 4, 1, "silu", wide=True)
+
+
+def test_causal_conv1d_update_prefill_then_decode_equals_one_call():
+    g = _gen(12)
+    x, w, b = torch.randn(2, 24, 40, generator=g), torch.randn(24, 4, generator=g), torch.randn(24, generator=g)
+    y_pre, state = kernkit.causal_conv1d(x[..., :30], w, b, activation="silu", return_final_state=True)
+    ys = [kernkit.causal_conv1d_update(x[..., t], state, w, b, activation="silu") for t in range(30, 40)]
+    whole = kernkit.causal_conv1d(x, w, b, activation="silu")
+    assert torch.equal(torch.cat([y_pre, torch.stack(ys, -1)], -1), whole)
+
+
+def test_causal_conv1d_update_compile_and_opcheck():
+    from kernkit.scan import _conv_update_op
+
+    g = _gen(13)
+    x, w, b, s = (torch.randn(*sh, generator=g) for sh in [(2, 8, 1), (8, 4), (8,), (2, 8, 4)])
+    torch.library.opcheck(_conv_update_op, (x, s.clone(), w, b, True))
+    s1, s2 = s.clone(), s.clone()
+    f = torch.compile(lambda a, st: kernkit.causal_conv1d_update(a, st, w, b, activation="silu"), fullgraph=True,
+                      backend="aot_eager")
+    y1 = f(x[..., 0], s1)
+    y2 = kernkit.causal_conv1d_update(x[..., 0], s2, w, b, activation="silu")
+    assert torch.equal(y1, y2) and torch.equal(s1, s2)
+
+
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda: (torch.randn(2, 4), torch.randn(2, 4, 2), torch.randn(4, 4), {}), ValueError, "conv_state must be"),
+    (lambda: (torch.randn(2, 4), torch.randn(2, 5, 3), torch.randn(4, 4), {}), ValueError, "conv_state must be"),
+    (lambda: (torch.randn(2, 4), torch.randn(2, 4, 3).double(), torch.randn(4, 4), {}), TypeError, "conv_state dtype"),
+    (lambda: (torch.randn(2, 4), torch.randn(2, 4, 6)[..., :3], torch.randn(4, 4), {}), ValueError, "contiguous"),
+    (lambda: (torch.randn(2, 4), torch.randn(2, 4, 3), torch.randn(5, 4), {}), ValueError, "weight must be"),
+    (lambda: (torch.randn(2), torch.randn(2, 4, 3), torch.randn(4, 4), {}), ValueError, "x must be"),
+    (lambda: (torch.randn(2, 4), torch.randn(2, 4, 3), torch.randn(4, 4).double(), {}), TypeError, "weight dtype"),
+    (lambda: (torch.randn(2, 4), torch.randn(2, 4, 3), torch.randn(4, 4), dict(bias=torch.randn(3))), ValueError,
+     "bias must have shape"),
+    (lambda: (torch.randn(2, 4), torch.randn(2, 4, 3), torch.randn(4, 4), dict(activation="gelu")), ValueError,
+     "activation"),
+    (lambda: (torch.randn(2, 4, requires_grad=True), torch.randn(2, 4, 3), torch.randn(4, 4), {}), RuntimeError,
+     "not differentiable"),
+])
+def test_causal_conv1d_update_bad_inputs(make, exc, match):
+    x, s, w, kw = make()
+    before = s.clone()
+    with pytest.raises(exc, match=match):
+        kernkit.causal_conv1d_update(x, s, w, **kw)
+    assert torch.equal(s, before), "a rejected call must not touch the state"
+
+
 # --------------------------------------------------------------------------- selective_scan
 
 from kernkit.reference import selective_scan_ref  # noqa: E402
@@ -546,3 +643,16 @@ def test_causal_conv1d_cuda_gradcheck(gpu):
     assert torch.autograd.gradcheck(
         lambda x, w, b, i: kernkit.causal_conv1d(x, w, b, activation="silu", initial_state=i,
                                                  return_final_state=True), args)
+
+
+@pytest.mark.parametrize("act", [None, "silu"])
+@pytest.mark.parametrize("W, S, L_new", [(4, 4, 1), (4, 3, 5), (7, 9, 2)])
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+def test_causal_conv1d_update_cuda(gpu, dtype, W, S, L_new, act):
+    _check_conv_update(dtype, W, S, L_new, act, device=gpu.device, cuda_kernels=True)
+    if gpu.session:
+        assert {k.split("<")[0] for k in gpu.session.kernels} == {"conv_update_kernel", "conv_fwd_kernel"}
+
+
+def test_causal_conv1d_update_cuda_fp32_weights(gpu):
+    _check_conv_update(torch.bfloat16, 4, 4, 1, "silu", device=gpu.device, wide=True, cuda_kernels=True)

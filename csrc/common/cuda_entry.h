@@ -13,7 +13,8 @@
   X(rms_norm_bwd_cuda, RmsNormBwdParams)         \
   X(linear_scan_cuda, LinearScanParams)          \
   X(causal_conv1d_fwd_cuda, CausalConvParams)    \
-  X(causal_conv1d_bwd_cuda, CausalConvBwdParams)
+  X(causal_conv1d_bwd_cuda, CausalConvBwdParams)  \
+  X(causal_conv1d_update_cuda, CausalConvParams)
 
 namespace kernkit {
 

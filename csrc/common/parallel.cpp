@@ -30,7 +30,8 @@ namespace {
 //   whole time slice of another process for a descheduled team thread (~8 ms for
 //   a 15 µs rms_norm), and any worker is as likely to lose its core mid-chunk as
 //   to help. ContentionMonitor notices that the process's threads are being
-//   preempted and then runs regions on the calling thread alone.
+//   preempted; then small regions run on the calling thread alone and large ones
+//   on kernkit's pool.
 // Which thread runs which range never changes a result (callers guarantee it).
 
 using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
@@ -85,15 +86,20 @@ int64_t now_ns() {
 
 thread_local bool t_in_parallel = false;  // nested parallel_for runs serially
 
+// On a busy machine, calls with fewer thread-worthy pieces of work than this run
+// on the caller alone; larger ones on kernkit's pool, whose caller never waits for
+// a worker that has not started (a GOMP region would wait out another process's
+// time slice at its barrier). Measured with two busy processes on two cores:
+// a lone caller was fastest for rms_norm / decode steps; for a 2048-token
+// attention forward it was ~1.6x slower than two threads.
+constexpr int64_t kBusyMinUnits = 16;
+
 // Is the machine oversubscribed? The signal is the process's involuntary context
 // switches (the kernel preempting our threads for someone else's), sampled at
 // most every 50 ms by whichever call comes along. Measured on 2 cores: quiet,
 // ~40/s while training with torch's and kernkit's ops mixed; with two busy
 // processes, ~125/s for a lone caller and ~250/s for two threads. Above 150/s
-// regions run on the calling thread alone until a window falls below 80/s.
-// Why alone and not on a pool that does not wait for late workers: such a pool's
-// worker, next to torch's spinning OpenMP threads, itself oversubscribes the
-// cores, so the monitor would never see the machine quiet again (measured).
+// the busy-machine rules below apply until a window falls below 80/s.
 class ContentionMonitor {
  public:
   std::atomic<bool> enabled{[] {
@@ -311,16 +317,21 @@ bool set_thread_backend(const char* name) {
   return false;
 }
 
-void parallel_for_impl(int64_t n, int num_threads, int64_t grain, void* ctx, RangeFn fn) {
+void parallel_for_impl(int64_t n, int num_threads, int64_t grain, void* ctx, RangeFn fn, int64_t units) {
   if (n <= 0) return;
   grain = std::max<int64_t>(grain, 1);
   const int64_t max_useful = (n + grain - 1) / grain;
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>({num_threads, max_useful, 255})));
-  if (nt == 1 || t_in_parallel || contention().contended()) {
+  if (nt == 1 || t_in_parallel) {
     fn(ctx, 0, n);
     return;
   }
-  if (g_use_gomp.load(std::memory_order_relaxed)) return run_gomp(gomp(), ctx, fn, n, nt);
+  const bool busy = contention().contended();
+  if (busy && (units < 0 ? max_useful : units) < kBusyMinUnits) {
+    fn(ctx, 0, n);
+    return;
+  }
+  if (g_use_gomp.load(std::memory_order_relaxed) && !busy) return run_gomp(gomp(), ctx, fn, n, nt);
   // A few chunks per thread: a worker that starts late, or loses its core
   // mid-call, then holds up at most one small chunk.
   const int64_t chunks = std::min<int64_t>({max_useful, int64_t(nt) * 4, Ticket::kMaxChunks});

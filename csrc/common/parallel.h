@@ -11,9 +11,11 @@ namespace kernkit {
 
 using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end);
 
-// Splits [0, n) into at most `num_threads` contiguous ranges of at least `grain`
-// items each, and calls fn on each range (the calling thread takes one).
-void parallel_for_impl(int64_t n, int num_threads, int64_t grain, void* ctx, RangeFn fn);
+// Splits [0, n) into contiguous ranges of at least `grain` items each, for up to
+// `num_threads` threads, and calls fn on each range (the calling thread takes a
+// share). `units` says how many thread-worthy pieces of work the call holds
+// (default n / grain): on a busy machine, calls with few run on the caller alone.
+void parallel_for_impl(int64_t n, int num_threads, int64_t grain, void* ctx, RangeFn fn, int64_t units = -1);
 
 // "gomp" (torch's OpenMP pool) or "kernkit" (our own; KERNKIT_THREAD_BACKEND=kernkit).
 const char* thread_backend();
@@ -27,9 +29,9 @@ bool adaptive_threads();
 bool machine_contended();
 
 template <typename F>
-inline void parallel_for(int64_t n, int num_threads, int64_t grain, const F& f) {
+inline void parallel_for(int64_t n, int num_threads, int64_t grain, const F& f, int64_t units = -1) {
   parallel_for_impl(n, num_threads, grain, const_cast<F*>(&f),
-                    [](void* ctx, int64_t b, int64_t e) { (*static_cast<const F*>(ctx))(b, e); });
+                    [](void* ctx, int64_t b, int64_t e) { (*static_cast<const F*>(ctx))(b, e); }, units);
 }
 
 // Dynamic scheduling: workers started with parallel_for(workers, threads, 1, ...)
@@ -51,7 +53,7 @@ inline void run_tasks(int64_t n, int threads, const MakeScratch& make_scratch, c
   parallel_for(workers, threads, 1, [&](int64_t, int64_t) {
     auto scratch = make_scratch();
     for (int64_t t; (t = take_task(&counter)) < n;) task(n - 1 - t, *scratch);
-  });
+  }, n);
 }
 
 }  // namespace kernkit

@@ -39,7 +39,12 @@ struct CausalConvParams {
   int threads;
   DType wdtype;             // w and bias (and dw, dbias): dtype, or f32 with 16-bit x (fp32 sums)
   const int32_t* seq_idx;   // (B, L) or null: ext position j feeds output t only if seq_idx matches
+  // Entries per row of init and final_state: 0 means W-1; more for causal_conv1d_update's rolling
+  // state (S >= W-1: ext = [init (S) | x], outputs read its last W-1+L entries, final = its last S).
+  int64_t state_len = 0;
 };
+
+inline int64_t conv_state_len(const CausalConvParams& p) { return p.state_len ? p.state_len : p.W - 1; }
 
 struct CausalConvBwdParams {
   CausalConvParams fwd;    // y / final_state unused
@@ -93,11 +98,15 @@ KK_DECLARE_CPU_KERNEL(void, selective_scan_bwd_cpu, (const ::kernkit::SelectiveS
 KK_DECLARE_CPU_KERNEL(void, linear_scan_cpu, (const ::kernkit::LinearScanParams&))
 KK_DECLARE_CPU_KERNEL(void, causal_conv1d_fwd_cpu, (const ::kernkit::CausalConvParams&))
 KK_DECLARE_CPU_KERNEL(void, causal_conv1d_bwd_cpu, (const ::kernkit::CausalConvBwdParams&))
+// The forward kernels read each row of init whole before writing that row of final_state, so
+// the two may be one buffer (causal_conv1d_update's in-place state); the CUDA forward may not:
+// causal_conv1d_update_cuda is its in-place form (one thread per row).
 
 namespace kernkit {
 void linear_scan_cuda(const LinearScanParams& p, int device, intptr_t stream);
 void causal_conv1d_fwd_cuda(const CausalConvParams& p, int device, intptr_t stream);
 void causal_conv1d_bwd_cuda(const CausalConvBwdParams& p, int device, intptr_t stream);
+void causal_conv1d_update_cuda(const CausalConvParams& p, int device, intptr_t stream);
 
 // The exact path (compiled once, plain loops, double sums) for fp64 inputs (gradcheck).
 void causal_conv1d_fwd_exact(const CausalConvParams& p);

@@ -258,6 +258,82 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     return (y, final) if return_final_state else y
 
 
+def _conv_update_impl(x, conv_state, w, bias, silu):
+    B, D, L = x.shape
+    y = torch.empty_like(x)
+    _C.causal_conv1d_update(ptr(x), ptr(w), ptr(bias), ptr(conv_state), ptr(y), B, D, L, w.shape[1],
+                            conv_state.shape[2], silu, dtype_code(x), dtype_code(w), *launch_args(x))
+    return y
+
+
+def _conv_update_fake(x, conv_state, w, bias, silu):
+    return torch.empty_like(x)
+
+
+_conv_update_op = define_op(
+    "causal_conv1d_update_(Tensor x, Tensor(a!) conv_state, Tensor weight, Tensor? bias, bool silu) -> Tensor",
+    impl=_conv_update_impl,
+    fake=_conv_update_fake,
+)
+
+
+def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+                         bias: Optional[torch.Tensor] = None, activation: Optional[str] = None) -> torch.Tensor:
+    """Decode step of :func:`causal_conv1d` against a rolling state (causal-conv1d's ``causal_conv1d_update``).
+
+    x ``(B, D)`` (one new token) or ``(B, D, L)`` (a few); ``conv_state`` ``(B, D, S)`` with
+    ``S >= W - 1``, contiguous, x's dtype: the last S inputs seen, **updated in place** (it becomes the
+    last S entries of ``[conv_state | x]``; Mamba allocates ``S = W``). Outputs are those of
+    ``causal_conv1d`` over ``[conv_state | x]`` with the state's last W-1 entries as the initial state,
+    computed the same way (so a prefill by ``causal_conv1d(..., return_final_state=True)`` followed by
+    updates gives the one long call's outputs). weight ``(D, W)``, bias ``(D,)``: x's dtype, or float32
+    for bf16/fp16 x; ``activation`` None or ``"silu"``/``"swish"``. Returns y shaped like x.
+
+    Inference only (the state is overwritten): with gradients enabled and an input that requires them,
+    it raises; train with :func:`causal_conv1d` and ``initial_state``/``return_final_state``.
+    """
+    fn = "causal_conv1d_update"
+    for name, t in (("x", x), ("conv_state", conv_state), ("weight", weight)):
+        chk.tensor(fn, name, t)
+    if x.dim() not in (2, 3):
+        raise ValueError(f"{fn}: x must be (batch, dim) or (batch, dim, seqlen), got shape {tuple(x.shape)}")
+    x3 = x.unsqueeze(-1) if x.dim() == 2 else x
+    B, D = x3.shape[:2]
+    if weight.dim() != 2 or weight.shape[0] != D:
+        raise ValueError(f"{fn}: weight must be ({D}, width), got {tuple(weight.shape)}")
+    W = weight.shape[1]
+    if not 1 <= W <= 64:
+        raise ValueError(f"{fn}: kernel width must be in [1, 64], got {W}")
+    if conv_state.dim() != 3 or conv_state.shape[:2] != (B, D) or conv_state.shape[2] < W - 1:
+        raise ValueError(f"{fn}: conv_state must be (batch, dim, state_len) = ({B}, {D}, >= {W - 1}), "
+                         f"got {tuple(conv_state.shape)}")
+    if conv_state.dtype != x.dtype:
+        raise TypeError(f"{fn}: conv_state dtype {conv_state.dtype} must match x ({x.dtype})")
+    if not conv_state.is_contiguous():
+        raise ValueError(f"{fn}: conv_state must be contiguous (it is updated in place)")
+    wide = weight.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)
+    if weight.dtype != x.dtype and not wide:
+        raise TypeError(f"{fn}: weight dtype {weight.dtype} must match x ({x.dtype}), or be float32 for "
+                        "float16/bfloat16 x")
+    for name, t in (("conv_state", conv_state), ("weight", weight)):
+        chk.same_device(fn, name, t, "x", x)
+    if bias is not None:
+        chk.tensor(fn, "bias", bias)
+        chk.same_device(fn, "bias", bias, "x", x)
+        if bias.dtype != weight.dtype:
+            raise TypeError(f"{fn}: bias dtype {bias.dtype} must match weight ({weight.dtype})")
+        if bias.shape != (D,):
+            raise ValueError(f"{fn}: bias must have shape ({D},), got {tuple(bias.shape)}")
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"{fn}: activation must be None, 'silu' or 'swish', got {activation!r}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, conv_state, weight, bias)):
+        raise RuntimeError(f"{fn}: not differentiable (it overwrites conv_state); call it under torch.no_grad(), "
+                           "or train with causal_conv1d(initial_state=..., return_final_state=True)")
+    y = call(_conv_update_op, x3.contiguous(), conv_state, weight.contiguous(),
+             None if bias is None else bias.contiguous(), activation is not None)
+    return y.squeeze(-1) if x.dim() == 2 else y
+
+
 # --------------------------------------------------------------------------- selective_scan
 
 def _acc(t: torch.Tensor) -> torch.dtype:

@@ -18,14 +18,14 @@ namespace {
 
 constexpr int kMaxW = 64;
 
-// ext = [init | x] for row (b, d) as fp32, ext has L + W - 1 entries (+ padding).
+// ext = [init | x] for row (b, d) as fp32: S + L entries (S = conv_state_len(p)) + padding.
 template <typename T>
 void load_ext(const CausalConvParams& p, int64_t b, int64_t d, float* ext) {
-  const int64_t W1 = p.W - 1;
-  if (p.init) widen(ext, static_cast<const T*>(p.init) + (b * p.D + d) * W1, W1);
-  else std::memset(ext, 0, sizeof(float) * W1);
-  widen(ext + W1, static_cast<const T*>(p.x) + (b * p.D + d) * p.L, p.L);
-  std::memset(ext + W1 + p.L, 0, sizeof(float) * Vec::size);
+  const int64_t S = conv_state_len(p);
+  if (p.init) widen(ext, static_cast<const T*>(p.init) + (b * p.D + d) * S, S);
+  else std::memset(ext, 0, sizeof(float) * S);
+  widen(ext + S, static_cast<const T*>(p.x) + (b * p.D + d) * p.L, p.L);
+  std::memset(ext + S + p.L, 0, sizeof(float) * 2 * Vec::size);
 }
 
 // pre[t] = bias + sum_k w[k] ext[t + k] for t < L (pre has L + Vec::size room).
@@ -81,16 +81,16 @@ inline Vec sigmoid_exact(Vec x) { return Vec::set1(1.f) / (Vec::set1(1.f) + exp(
 
 template <typename T>
 void fwd(const CausalConvParams& p) {
-  const int64_t W = p.W, W1 = W - 1, L = p.L;
+  const int64_t W = p.W, W1 = W - 1, L = p.L, S = conv_state_len(p);
   parallel_for(p.B * p.D, p.threads, std::max<int64_t>(1, 8192 / std::max<int64_t>(L, 1)), [&](int64_t r0, int64_t r1) {
-    Buf<float> ext(size_t(L + W + 2 * Vec::size)), pre(size_t(L + Vec::size));
+    Buf<float> ext(size_t(S + L + 3 * Vec::size)), pre(size_t(L + Vec::size));
     float w[kMaxW];
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / p.D, d = r % p.D;
-      load_ext<T>(p, b, d, ext.p);
+      load_ext<T>(p, b, d, ext.p);  // the whole row of init first: final_state may be the same buffer
       load_weights<T>(p, d, w);
       const float bias = load_bias<T>(p, d);
-      conv_row(ext.p, w, W, bias, L, pre.p);
+      conv_row(ext.p + (S - W1), w, W, bias, L, pre.p);
       if (p.seq_idx) fix_pre(p.seq_idx + b * L, ext.p, w, W, bias, L, pre.p);
       if (p.silu)
         for (int64_t t = 0; t < L; t += Vec::size) {
@@ -102,8 +102,8 @@ void fwd(const CausalConvParams& p) {
       for (; t + Vec::size <= L; t += Vec::size) Vec::load(pre.p + t).store(y + t);
       for (; t < L; ++t) y[t] = from_float<T>(pre[t]);
       if (p.final_state) {
-        T* f = static_cast<T*>(p.final_state) + r * W1;
-        for (int64_t i = 0; i < W1; ++i) f[i] = from_float<T>(ext[L + i]);
+        T* f = static_cast<T*>(p.final_state) + r * S;
+        for (int64_t i = 0; i < S; ++i) f[i] = from_float<T>(ext[L + i]);
       }
     }
   });

@@ -25,25 +25,26 @@ inline bool keep(const CausalConvParams& p, int64_t b, int64_t t, int64_t e) {
 
 template <typename T, typename Wt>
 void conv_fwd(const CausalConvParams& p) {
-  const int64_t W = p.W, W1 = W - 1, L = p.L;
+  const int64_t W = p.W, W1 = W - 1, L = p.L, S = conv_state_len(p);
   const T* x = static_cast<const T*>(p.x);
   const Wt* w = static_cast<const Wt*>(p.w);
   const T* init = static_cast<const T*>(p.init);
   parallel_for(p.B * p.D, p.threads, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<double> ext(L + W1);
+    std::vector<double> ext(L + S);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / p.D, d = r % p.D;
-      for (int64_t i = 0; i < W1; ++i) ext[i] = init ? get(init, r * W1 + i) : 0.0;
-      for (int64_t t = 0; t < L; ++t) ext[W1 + t] = get(x, r * L + t);
+      for (int64_t i = 0; i < S; ++i) ext[i] = init ? get(init, r * S + i) : 0.0;  // before final_state is written
+      for (int64_t t = 0; t < L; ++t) ext[S + t] = get(x, r * L + t);
+      const double* e = ext.data() + (S - W1);
       for (int64_t t = 0; t < L; ++t) {
         double acc = p.bias ? get(static_cast<const Wt*>(p.bias), d) : 0.0;
         for (int64_t k = 0; k < W; ++k)
-          if (keep(p, b, t, t + k)) acc += get(w, d * W + k) * ext[t + k];
+          if (keep(p, b, t, t + k)) acc += get(w, d * W + k) * e[t + k];
         if (p.silu) acc = acc / (1.0 + std::exp(-acc));
         put(static_cast<T*>(p.y), r * L + t, acc);
       }
       if (p.final_state)
-        for (int64_t i = 0; i < W1; ++i) put(static_cast<T*>(p.final_state), r * W1 + i, ext[L + i]);
+        for (int64_t i = 0; i < S; ++i) put(static_cast<T*>(p.final_state), r * S + i, ext[L + i]);
     }
   });
 }

@@ -69,6 +69,27 @@ __global__ void conv_fwd_kernel(CausalConvParams p) {
   }
 }
 
+// causal_conv1d_update: init and final_state are one (B, D, S) buffer, so one thread owns a row:
+// it computes the L outputs from the state's last W-1 entries and x, then shifts the state
+// left by L in place (entry i takes ext(L + i), read before it is overwritten when L + i < S).
+template <typename T>
+__global__ void conv_update_kernel(CausalConvParams p) {
+  using A = typename AccOf<T>::type;
+  const long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= p.B * p.D) return;
+  const long long d = r % p.D, W1 = p.W - 1, S = p.state_len;
+  T* state = static_cast<T*>(p.final_state) + r * S;
+  const T* x = static_cast<const T*>(p.x) + r * p.L;
+  auto ext = [&](long long j) { return j < S ? ld(state + j) : ld(x + (j - S)); };
+  for (long long t = 0; t < p.L; ++t) {
+    A acc = p.bias ? wt_at<T>(p, p.bias, d) : A(0);
+    for (long long k = 0; k < p.W; ++k) acc += wt_at<T>(p, p.w, d * p.W + k) * ext(S - W1 + t + k);
+    if (p.silu) acc = acc * sigm(acc);
+    static_cast<T*>(p.y)[r * p.L + t] = st<T>(acc);
+  }
+  for (long long i = 0; i < S; ++i) state[i] = i + p.L < S ? state[i + p.L] : x[i + p.L - S];
+}
+
 // g(t) = dL/dpre at (row, t)
 template <typename T>
 __device__ __forceinline__ typename AccOf<T>::type grad_pre(const CausalConvBwdParams& q, long long r, long long t) {
@@ -141,6 +162,7 @@ void launch(const P& p, DType dtype, unsigned blocks, cudaStream_t s) {
   }
 }
 template <typename T> struct Fwd { static void go(const CausalConvParams& p, unsigned n, cudaStream_t s) { KK_LAUNCH(n, kThreads, 0, s, conv_fwd_kernel<T>)(p); } };
+template <typename T> struct Update { static void go(const CausalConvParams& p, unsigned n, cudaStream_t s) { KK_LAUNCH(n, kThreads, 0, s, conv_update_kernel<T>)(p); } };
 template <typename T> struct Dx { static void go(const CausalConvBwdParams& p, unsigned n, cudaStream_t s) { KK_LAUNCH(n, kThreads, 0, s, conv_dx_kernel<T>)(p); } };
 template <typename T> struct Dw { static void go(const CausalConvBwdParams& p, unsigned n, cudaStream_t s) { KK_LAUNCH(n, kThreads, 0, s, conv_dw_kernel<T>)(p); } };
 
@@ -151,6 +173,13 @@ void causal_conv1d_fwd_cuda(const CausalConvParams& p, int device, intptr_t stre
   cuda::DeviceGuard guard(device);
   launch<Fwd>(p, p.dtype, cuda::blocks_for(p.B * p.D * (p.L + p.W - 1), kThreads), reinterpret_cast<cudaStream_t>(stream));
   cuda::check(cudaGetLastError(), "causal_conv1d forward launch");
+}
+
+void causal_conv1d_update_cuda(const CausalConvParams& p, int device, intptr_t stream) {
+  if (p.B == 0 || p.D == 0) return;
+  cuda::DeviceGuard guard(device);
+  launch<Update>(p, p.dtype, cuda::blocks_for(p.B * p.D, kThreads), reinterpret_cast<cudaStream_t>(stream));
+  cuda::check(cudaGetLastError(), "causal_conv1d_update launch");
 }
 
 void causal_conv1d_bwd_cuda(const CausalConvBwdParams& q, int device, intptr_t stream) {

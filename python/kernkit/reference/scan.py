@@ -54,6 +54,19 @@ def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     return y
 
 
+def causal_conv1d_update_ref(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+                             bias: Optional[torch.Tensor] = None, activation: Optional[str] = None):
+    """causal-conv1d's update: x (B, D) or (B, D, L), conv_state (B, D, S >= W-1) is replaced in place by
+    the last S entries of [conv_state | x]; y is the conv over [conv_state | x]'s last W-1+L entries."""
+    x3 = x.unsqueeze(-1) if x.dim() == 2 else x
+    W, S = weight.shape[1], conv_state.shape[-1]
+    ext = torch.cat([conv_state, x3], dim=-1)
+    y = causal_conv1d_ref(x3, weight, bias, activation=activation,
+                          initial_state=conv_state[..., S - (W - 1):] if W > 1 else None)
+    conv_state.copy_(ext[..., ext.shape[-1] - S:])
+    return y.squeeze(-1) if x.dim() == 2 else y
+
+
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        initial_state=None, return_last_state=False):
     """mamba-ssm's ``selective_scan_ref`` semantics (plus an initial state), as a sequential loop
