@@ -26,12 +26,10 @@ namespace {
 //   demo's train step ~35% slower).
 // - kernkit's own pool (the fallback, or KERNKIT_THREAD_BACKEND=kernkit): the
 //   caller never waits for a worker that has not started; see Pool.
-// - On a busy machine, neither: a GOMP region ends in a barrier that waits out a
-//   whole time slice of another process for a descheduled team thread (~8 ms for
-//   a 15 µs rms_norm), and any worker is as likely to lose its core mid-chunk as
-//   to help. ContentionMonitor notices that the process's threads are being
-//   preempted; then small regions run on the calling thread alone and large ones
-//   on kernkit's pool.
+// - On a busy machine: a GOMP region ends in a barrier that waits out a whole
+//   time slice of another process for a descheduled team thread (~8 ms for a
+//   50 µs rms_norm). ContentionMonitor notices that the process's threads are
+//   being preempted; then all but large regions run on the calling thread alone.
 // Which thread runs which range never changes a result (callers guarantee it).
 
 using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
@@ -87,19 +85,22 @@ int64_t now_ns() {
 thread_local bool t_in_parallel = false;  // nested parallel_for runs serially
 
 // On a busy machine, calls with fewer thread-worthy pieces of work than this run
-// on the caller alone; larger ones on kernkit's pool, whose caller never waits for
-// a worker that has not started (a GOMP region would wait out another process's
-// time slice at its barrier). Measured with two busy processes on two cores:
-// a lone caller was fastest for rms_norm / decode steps; for a 2048-token
-// attention forward it was ~1.6x slower than two threads.
-constexpr int64_t kBusyMinUnits = 16;
+// on the caller alone (measured with two busy processes on two cores: as fast as
+// or faster than two threads for rms_norm, decode attention, decode steps, a
+// 6912x2560 ternary GEMV, and never a barrier stall); larger ones (a 2048-token
+// attention forward: 256 tasks) stay parallel, where the stall is small next to
+// the call and a second thread still adds throughput (~1.6x measured).
+constexpr int64_t kBusyMinUnits = 128;
 
 // Is the machine oversubscribed? The signal is the process's involuntary context
-// switches (the kernel preempting our threads for someone else's), sampled at
-// most every 50 ms by whichever call comes along. Measured on 2 cores: quiet,
-// ~40/s while training with torch's and kernkit's ops mixed; with two busy
-// processes, ~125/s for a lone caller and ~250/s for two threads. Above 150/s
-// the busy-machine rules below apply until a window falls below 80/s.
+// switches (the kernel preempting our threads for another runnable thread),
+// counted over windows of >= 50 ms by whichever call comes along. Measured on 2
+// cores: quiet, 40-120/s while training with torch's and kernkit's ops mixed
+// (torch's spinning OpenMP threads give way to any system task); with two busy
+// processes, ~250/s. Eight or more at >= 150/s start the busy-machine mode; a
+// window below 80/s ends it. (The mode never adds threads of its own, so it
+// cannot keep itself going: a pool of kernkit's own next to torch's spinning
+// threads measured ~390/s on a quiet machine.)
 class ContentionMonitor {
  public:
   std::atomic<bool> enabled{[] {
@@ -107,7 +108,7 @@ class ContentionMonitor {
     return !(s && std::strcmp(s, "0") == 0);
   }()};
 
-  bool contended() {
+  bool busy() {
     if (!enabled.load(std::memory_order_relaxed)) return false;
     const int64_t now = now_ns();
     int64_t last = window_start_.load(std::memory_order_relaxed);
@@ -115,18 +116,18 @@ class ContentionMonitor {
       rusage ru;
       getrusage(RUSAGE_SELF, &ru);
       const long delta = ru.ru_nivcsw - last_count_.exchange(ru.ru_nivcsw);
-      const double per_s = double(delta) * 1e9 / double(now - last);
-      const bool was = contended_.load(std::memory_order_relaxed);
-      contended_.store(was ? per_s >= 80 : (delta >= 8 && per_s >= 150), std::memory_order_relaxed);
+      const double per_s = last == 0 ? 0.0 : double(delta) * 1e9 / double(now - last);
+      const bool was = busy_.load(std::memory_order_relaxed);
+      busy_.store(was ? per_s >= 80 : (delta >= 8 && per_s >= 150), std::memory_order_relaxed);
     }
-    return contended_.load(std::memory_order_relaxed);
+    return busy_.load(std::memory_order_relaxed);
   }
 
  private:
   static constexpr int64_t kWindowNs = 50'000'000;
   std::atomic<int64_t> window_start_{0};
   std::atomic<long> last_count_{0};
-  std::atomic<bool> contended_{false};
+  std::atomic<bool> busy_{false};
 };
 
 ContentionMonitor& contention() {
@@ -303,7 +304,7 @@ const char* thread_backend() { return g_use_gomp.load() ? "gomp" : "kernkit"; }
 
 void set_adaptive_threads(bool on) { contention().enabled.store(on); }
 bool adaptive_threads() { return contention().enabled.load(); }
-bool machine_contended() { return contention().contended(); }
+bool machine_contended() { return contention().busy(); }
 
 bool set_thread_backend(const char* name) {
   if (std::strcmp(name, "kernkit") == 0) {
@@ -326,12 +327,11 @@ void parallel_for_impl(int64_t n, int num_threads, int64_t grain, void* ctx, Ran
     fn(ctx, 0, n);
     return;
   }
-  const bool busy = contention().contended();
-  if (busy && (units < 0 ? max_useful : units) < kBusyMinUnits) {
+  if (contention().busy() && (units < 0 ? max_useful : units) < kBusyMinUnits) {
     fn(ctx, 0, n);
     return;
   }
-  if (g_use_gomp.load(std::memory_order_relaxed) && !busy) return run_gomp(gomp(), ctx, fn, n, nt);
+  if (g_use_gomp.load(std::memory_order_relaxed)) return run_gomp(gomp(), ctx, fn, n, nt);
   // A few chunks per thread: a worker that starts late, or loses its core
   // mid-call, then holds up at most one small chunk.
   const int64_t chunks = std::min<int64_t>({max_useful, int64_t(nt) * 4, Ticket::kMaxChunks});
