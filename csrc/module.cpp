@@ -229,10 +229,12 @@ ScanOperand scan_operand(uintptr_t p, const Strides& st) {
 }
 
 void linear_scan(uintptr_t a, Strides as, uintptr_t b, Strides bs, uintptr_t h, uintptr_t h0, int64_t B, int64_t T,
-                 int64_t C, bool reverse, int dtype, int threads, int device, intptr_t stream) {
+                 int64_t C, bool reverse, int dtype, int64_t chunk, uintptr_t carry, int threads, int device,
+                 intptr_t stream) {
   LinearScanParams p{scan_operand(a, as), scan_operand(b, bs), ptr(h), ptr(h0), B, T, C, reverse,
-                     dtype_from_code(dtype, "a"), threads};
+                     dtype_from_code(dtype, "a"), threads, chunk, ptr(carry)};
   require(B >= 0 && T >= 0 && C >= 0, "linear_scan: negative size");
+  require(chunk == 0 || (chunk > 0 && carry), "linear_scan: a chunked scan needs its carry workspace");
   if (B == 0 || T == 0 || C == 0) return;
   require(a && b && h, "linear_scan: null data pointer");
   require_cuda(device);

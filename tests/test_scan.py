@@ -601,12 +601,27 @@ def test_selective_scan_bad_inputs(change, exc, match):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
 def test_linear_scan_cuda(gpu, dtype, reverse):
+    # few rows, long time: the chunked scan (chunks of 32 steps here, the last one short)
     _check_linear_scan((3, 700, 5, 40), (3, 700, 1, 40), dtype, reverse, device=gpu.device)
-    _check_linear_scan((2, 33, 300), (1, 33, 1), dtype, reverse, device=gpu.device)  # several blocks, broadcast a
+    _check_linear_scan((1, 1001, 2), (1, 1001, 1), dtype, reverse, device=gpu.device)
+    _check_linear_scan((2, 33, 300), (1, 33, 1), dtype, reverse, device=gpu.device)  # one thread per row
     if gpu.session:
         names = {torch.float32: "float", torch.float64: "double", torch.float16: "__half",
                  torch.bfloat16: "__nv_bfloat16"}
-        assert set(gpu.session.kernels) == {f"linear_scan_kernel<{names[dtype]}>"}
+        assert set(gpu.session.kernels) == {f"{k}<{names[dtype]}>" for k in (
+            "linear_scan_kernel", "chunk_carry_kernel", "chunk_start_kernel", "chunk_write_kernel")}
+
+
+def test_linear_scan_cuda_chunked_deterministic(gpu):
+    g = _gen(3)
+    a = (torch.rand(2, 3000, 3, generator=g) * 0.2 + 0.8).to(gpu.device)
+    b = torch.randn(2, 3000, 3, generator=g).to(gpu.device)
+    h1, h2 = kernkit.linear_scan(a, b), kernkit.linear_scan(a, b)
+    assert torch.equal(h1, h2)
+    # states handed between calls equal one long call (to rounding: the chunked carries regroup the products)
+    h_first = kernkit.linear_scan(a[:, :1700], b[:, :1700])
+    h_rest = kernkit.linear_scan(a[:, 1700:], b[:, 1700:], h_first[:, -1])
+    torch.testing.assert_close(torch.cat([h_first, h_rest], 1), h1, rtol=1e-5, atol=1e-5)
 
 
 def test_linear_scan_cuda_gradcheck(gpu):

@@ -24,6 +24,10 @@ struct LinearScanParams {
   bool reverse;        // scan from t = T-1 down to 0
   DType dtype;
   int threads;
+  // CUDA, few channels and long T: time in chunks of `chunk` steps (0: one thread walks a whole
+  // row), with `carry` a workspace of 2 * B * C * ceil(T / chunk) fp32 (fp64 for fp64) values.
+  int64_t chunk = 0;
+  void* carry = nullptr;
 };
 
 struct CausalConvParams {

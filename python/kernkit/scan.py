@@ -35,9 +35,28 @@ def _linear_scan_impl(a, b, h0, reverse):
     h = advise_large(torch.empty(b.shape, dtype=b.dtype, device=b.device))
     a3, b3 = _as_btc(a, B, T, C), _as_btc(b, B, T, C)
     h0c = None if h0 is None else h0.contiguous()
+    launch = launch_args(b)
+    chunk, carry = _scan_chunking(B, T, C, b, launch[1])
     _C.linear_scan(ptr(a3), _scan_strides(a3), ptr(b3), _scan_strides(b3), ptr(h), ptr(h0c), B, T, C, reverse,
-                   dtype_code(b), *launch_args(b))
+                   dtype_code(b), chunk, ptr(carry), *launch)
     return h
+
+
+_SCAN_ROWS_ENOUGH = 16384   # rows (batch x channel) that alone keep a GPU's threads busy
+
+
+def _scan_chunking(B, T, C, b, device_code):
+    """For the CUDA kernels (device_code != -1) with few rows and a long time axis: the chunk length
+    that gives ~_SCAN_ROWS_ENOUGH (row, chunk) threads, and the carry workspace it needs."""
+    rows = B * C
+    if device_code == -1 or rows >= _SCAN_ROWS_ENOUGH or T < 128:
+        return 0, None
+    chunk = max(32, -(-T // max(1, _SCAN_ROWS_ENOUGH // rows)))
+    if chunk >= T:
+        return 0, None
+    nchunks = -(-T // chunk)
+    acc = torch.float64 if b.dtype == torch.float64 else torch.float32
+    return chunk, torch.empty(2 * rows * nchunks, dtype=acc, device=b.device)
 
 
 def _linear_scan_fake(a, b, h0, reverse):
