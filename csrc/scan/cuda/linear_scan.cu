@@ -55,21 +55,35 @@ __device__ typename AccOf<T>::type walk(const LinearScanParams& p, long long row
   return state;
 }
 
-// Thread i = k * rows + row takes chunk k of row: consecutive threads, consecutive channels.
+// Thread i = k * rows + row takes chunk k of row (consecutive threads, consecutive channels):
+// steps [s0, s1). False for threads past the last chunk.
+struct Chunk {
+  long long i, row, s0, s1;
+};
+__device__ __forceinline__ bool chunk_of(const LinearScanParams& p, long long nchunks, Chunk& c) {
+  const long long rows = p.B * p.C;
+  c.i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (c.i >= rows * nchunks) return false;
+  c.row = c.i % rows;
+  c.s0 = (c.i / rows) * p.chunk;
+  c.s1 = c.s0 + p.chunk < p.T ? c.s0 + p.chunk : (long long)p.T;
+  return true;
+}
+
+// Pass 1: each chunk's carry, the product of its a and its end state from zero.
 template <typename T>
 __global__ void chunk_carry_kernel(LinearScanParams p, long long nchunks) {
   using A = typename AccOf<T>::type;
-  const long long rows = p.B * p.C, i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= rows * nchunks) return;
-  const long long row = i % rows, s0 = (i / rows) * p.chunk;
+  Chunk c;
+  if (!chunk_of(p, nchunks, c)) return;
   A prod;
-  const A end = walk<T>(p, row, s0, s0 + p.chunk < p.T ? s0 + p.chunk : (long long)p.T, A(0), false, &prod);
+  const A end = walk<T>(p, c.row, c.s0, c.s1, A(0), false, &prod);
   A* carry = static_cast<A*>(p.carry);
-  carry[2 * i] = prod;
-  carry[2 * i + 1] = end;
+  carry[2 * c.i] = prod;
+  carry[2 * c.i + 1] = end;
 }
 
-// One thread per row: the start state of each chunk, in place of its product.
+// Pass 2, one thread per row: the start state of each chunk, in place of its product.
 template <typename T>
 __global__ void chunk_start_kernel(LinearScanParams p, long long nchunks) {
   using A = typename AccOf<T>::type;
@@ -85,14 +99,13 @@ __global__ void chunk_start_kernel(LinearScanParams p, long long nchunks) {
   }
 }
 
+// Pass 3: each chunk again from its true start state, writing h.
 template <typename T>
 __global__ void chunk_write_kernel(LinearScanParams p, long long nchunks) {
   using A = typename AccOf<T>::type;
-  const long long rows = p.B * p.C, i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= rows * nchunks) return;
-  const long long row = i % rows, s0 = (i / rows) * p.chunk;
-  walk<T>(p, row, s0, s0 + p.chunk < p.T ? s0 + p.chunk : (long long)p.T, static_cast<const A*>(p.carry)[2 * i], true,
-          nullptr);
+  Chunk c;
+  if (!chunk_of(p, nchunks, c)) return;
+  walk<T>(p, c.row, c.s0, c.s1, static_cast<const A*>(p.carry)[2 * c.i], true, nullptr);
 }
 
 template <typename T>
