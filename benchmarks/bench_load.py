@@ -150,10 +150,9 @@ def run(device: str = "cpu", quick: bool = False) -> list[Row]:
     quiet = _measure(fns, window, rounds)
     with busy_processes(helpers):
         loaded = _measure(fns, window, rounds)
-    for name, shape, dtype, *_ in cases:
+    for name, shape, dtype, _, torch_name, _ in cases:
         tq, tl = quiet[f"ours:{name}"], loaded[f"ours:{name}"]
         bq, bl = quiet[f"torch:{name}"], loaded[f"torch:{name}"]
-        torch_name = next(c[4] for c in cases if c[0] == name)
         rate = f"quiet {tq * 1e6:.0f} us -> {tl / tq:.1f}x under load; {torch_name} {bq * 1e6:.0f} us -> {bl / bq:.1f}x"
         rows.append(Row(FAMILY, f"{name}, {helpers} busy", shape, dtype_name(dtype), tl * 1e6,
                         f"{torch_name} (same load)", bl * 1e6, rate,

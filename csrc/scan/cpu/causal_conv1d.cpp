@@ -90,8 +90,9 @@ void fwd(const CausalConvParams& p) {
       load_ext<T>(p, b, d, ext.p);  // the whole row of init first: final_state may be the same buffer
       load_weights<T>(p, d, w);
       const float bias = load_bias<T>(p, d);
-      conv_row(ext.p + (S - W1), w, W, bias, L, pre.p);
-      if (p.seq_idx) fix_pre(p.seq_idx + b * L, ext.p, w, W, bias, L, pre.p);
+      const float* window = ext.p + (S - W1);  // the last W-1 state entries, then x
+      conv_row(window, w, W, bias, L, pre.p);
+      if (p.seq_idx) fix_pre(p.seq_idx + b * L, window, w, W, bias, L, pre.p);
       if (p.silu)
         for (int64_t t = 0; t < L; t += Vec::size) {
           const Vec x = Vec::load(pre.p + t);
