@@ -105,7 +105,24 @@ def _conv_rows(quick):
                        quick=quick)
     rows.append(Row(FAMILY, "causal_conv1d W4 silu, fp32 w, seq_idx", f"B{Bsz} D{Dm} L{L} 4 seqs", "bfloat16",
                     tk * 1e6, "fp32 F.conv1d per sequence", tb * 1e6, bandwidth(2 * x.numel() * x.element_size(), tk)))
+    rows.append(_conv_update_row(quick))
     return rows
+
+
+def _conv_update_row(quick):
+    """One decode token through the rolling conv state (Mamba: D = 2 x 2560, state W = 4), against
+    causal-conv1d's PyTorch update (cat, conv1d over the window, copy the state back)."""
+    from kernkit.reference import causal_conv1d_update_ref
+
+    g = torch.Generator().manual_seed(4)
+    Bsz, Dm, W = 1, 5120, 4
+    x, w, bias = (torch.randn(*s, generator=g) for s in [(Bsz, Dm), (Dm, W), (Dm,)])
+    s_k, s_t = torch.randn(Bsz, Dm, W, generator=g), torch.randn(Bsz, Dm, W, generator=g)
+    with torch.no_grad():
+        tk, tb = time_pair(lambda: kernkit.causal_conv1d_update(x, s_k, w, bias, activation="silu"),
+                           lambda: causal_conv1d_update_ref(x, s_t, w, bias, activation="silu"), quick=quick)
+    return Row(FAMILY, "causal_conv1d_update, 1 token", f"B{Bsz} D{Dm} W{W} state {W}", "float32", tk * 1e6,
+               "PyTorch update", tb * 1e6, bandwidth(4 * (2 * W + 2) * Bsz * Dm, tk))
 
 
 def run(device: str = "cpu", quick: bool = False) -> list[Row]:
