@@ -345,73 +345,113 @@ void selective_scan_bwd(uintptr_t u, uintptr_t delta, uintptr_t z, uintptr_t Bm,
 
 LowbitParams lowbit_params(uintptr_t x, int64_t x_rs, uintptr_t packed, uintptr_t scale, bool per_row,
                            uintptr_t bias, uintptr_t y, int64_t M, int64_t N, int64_t K, int64_t Kp, int act_bits,
-                           bool binarize, int dtype, int threads, int64_t block) {
+                           bool binarize, int dtype, int threads, int64_t block, uintptr_t work) {
   require(M >= 0 && N >= 0 && K >= 1 && Kp >= K && Kp % block == 0 && Kp - K < block,
           "low-bit linear: inconsistent sizes");
   return LowbitParams{ptr(x), x_rs, ptr<const uint8_t>(packed), ptr<const float>(scale), per_row,
                       ptr<const float>(bias), ptr(y), M, N, K, Kp, act_bits, binarize,
-                      dtype_from_code(dtype, "x"), threads};
+                      dtype_from_code(dtype, "x"), threads, ptr(work)};
+}
+
+// The CUDA kernels' int32 tensor-core sums hold |x_q . w| <= 128 K exactly up to K = 2^24.
+void require_cuda_lowbit(int device, int64_t Kp, uintptr_t work, const char* fn) {
+  require_cuda(device);
+  require(Kp <= (int64_t(1) << 24), std::string(fn) + ": in_features above 2^24 are not supported by the CUDA kernels");
+  require(work, std::string(fn) + ": the CUDA kernels need their scratch buffer (lowbit_work_bytes)");
 }
 
 void ternary_linear(uintptr_t x, int64_t x_rs, uintptr_t packed, uintptr_t scale, bool per_row, uintptr_t bias,
                     uintptr_t y, int64_t M, int64_t N, int64_t K, int64_t Kp, int act_bits, int dtype, int threads,
-                    int device, intptr_t stream) {
+                    int device, intptr_t stream, uintptr_t work) {
   const LowbitParams p = lowbit_params(x, x_rs, packed, scale, per_row, bias, y, M, N, K, Kp, act_bits, false, dtype,
-                                       threads, kTernaryBlock);
+                                       threads, kTernaryBlock, work);
   require(act_bits == 8 || act_bits == 0, "ternary_linear: act_bits must be 8 or None");
   if (M == 0 || N == 0) return;
   require(x && packed && scale && y, "ternary_linear: null data pointer");
-  require_cpu(device, "ternary_linear");
+  if (device != kCpuDevice) {
+    require_cuda_lowbit(device, Kp, work, "ternary_linear");
+    py::gil_scoped_release nogil;
+    return run_cuda(&CudaEntryPoints::ternary_linear_cuda, p, device, stream);
+  }
   py::gil_scoped_release nogil;
   KK_CPU_KERNEL(ternary_linear_cpu)(p);
 }
 
 void binary_linear(uintptr_t x, int64_t x_rs, uintptr_t packed, uintptr_t alpha, uintptr_t bias, uintptr_t y,
                    int64_t M, int64_t N, int64_t K, int64_t Kp, bool binarize, int dtype, int threads, int device,
-                   intptr_t stream) {
+                   intptr_t stream, uintptr_t work) {
   const LowbitParams p = lowbit_params(x, x_rs, packed, alpha, true, bias, y, M, N, K, Kp, 0, binarize, dtype,
-                                       threads, kBinaryBlock);
+                                       threads, kBinaryBlock, work);
   if (M == 0 || N == 0) return;
   require(x && packed && alpha && y, "binary_linear: null data pointer");
-  require_cpu(device, "binary_linear");
+  if (device != kCpuDevice) {
+    require_cuda_lowbit(device, Kp, work, "binary_linear");
+    py::gil_scoped_release nogil;
+    return run_cuda(&CudaEntryPoints::binary_linear_cuda, p, device, stream);
+  }
   py::gil_scoped_release nogil;
   KK_CPU_KERNEL(binary_linear_cpu)(p);
 }
 
+// CUDA: work holds N doubles (row sums) and then one int (the NaN/inf flag); the flag is read back
+// (a synchronisation: the caller needs the answer).
 bool ternary_quantize(uintptr_t w, int64_t w_rs, uintptr_t packed, uintptr_t scale, bool per_row, int64_t N,
-                      int64_t K, int64_t Kp, int dtype, int threads, int device) {
+                      int64_t K, int64_t Kp, int dtype, int threads, int device, intptr_t stream, uintptr_t work) {
   // (any row stride: an expanded w with stride 0 just reads one row again)
   require(N >= 1 && K >= 1 && Kp >= K && Kp % kTernaryBlock == 0 && Kp - K < kTernaryBlock && w_rs >= 0,
           "ternary_quantize: inconsistent sizes");
   require(w && packed && scale, "ternary_quantize: null data pointer");
-  require_cpu(device, "ternary_quantize");
-  const TernaryQuantParams p{ptr(w), w_rs, ptr<uint8_t>(packed), ptr<float>(scale), per_row, N, K, Kp,
-                             dtype_from_code(dtype, "w"), threads};
-  py::gil_scoped_release nogil;
-  return KK_CPU_KERNEL(ternary_quantize_cpu)(p);
+  TernaryQuantParams p{ptr(w), w_rs, ptr<uint8_t>(packed), ptr<float>(scale), per_row, N, K, Kp,
+                       dtype_from_code(dtype, "w"), threads, nullptr, nullptr};
+  if (device == kCpuDevice) {
+    py::gil_scoped_release nogil;
+    return KK_CPU_KERNEL(ternary_quantize_cpu)(p);
+  }
+  require_cuda(device);
+  require(work, "ternary_quantize: the CUDA kernels need their scratch buffer");
+  p.row_sums = ptr<double>(work);
+  p.nonfinite = reinterpret_cast<int*>(p.row_sums + N);
+  int bad = 0;
+  {
+    py::gil_scoped_release nogil;
+    run_cuda(&CudaEntryPoints::ternary_quantize_cuda, p, device, stream);
+    if (device == kSimtDevice) {
+      bad = *p.nonfinite;
+    } else {
+#ifdef KK_WITH_CUDA
+      auto s = reinterpret_cast<cudaStream_t>(stream);
+      require(cudaMemcpyAsync(&bad, p.nonfinite, sizeof(int), cudaMemcpyDeviceToHost, s) == cudaSuccess &&
+                  cudaStreamSynchronize(s) == cudaSuccess,
+              "ternary_quantize: reading the NaN/inf flag back failed");
+#endif
+    }
+  }
+  return bad == 0;
 }
 
 void ternary_dequant(uintptr_t packed, uintptr_t scale, bool per_row, uintptr_t out, int64_t N, int64_t K,
-                     int64_t Kp, int threads, int device) {
+                     int64_t Kp, int threads, int device, intptr_t stream) {
   require(N >= 0 && K >= 1 && Kp >= K && Kp % kTernaryBlock == 0 && Kp - K < kTernaryBlock,
           "ternary_dequant: inconsistent sizes");
   if (N == 0) return;
   require(packed && scale && out, "ternary_dequant: null data pointer");
-  require_cpu(device, "ternary_dequant");
   const TernaryDequantParams p{ptr<const uint8_t>(packed), ptr<const float>(scale), per_row, ptr<float>(out), N, K, Kp,
                                threads};
+  if (device != kCpuDevice) require_cuda(device);
   py::gil_scoped_release nogil;
+  if (device != kCpuDevice) return run_cuda(&CudaEntryPoints::ternary_dequant_cuda, p, device, stream);
   KK_CPU_KERNEL(ternary_dequant_cpu)(p);
 }
 
 void act_quant_dequant(uintptr_t x, int64_t x_rs, uintptr_t out, int64_t M, int64_t K, int dtype, int threads,
-                       int device) {
+                       int device, intptr_t stream) {
   require(M >= 0 && K >= 1 && x_rs >= 0, "act_quant_dequant: inconsistent sizes");
   if (M == 0) return;
   require(x && out, "act_quant_dequant: null data pointer");
-  require_cpu(device, "act_quant_dequant");
   const ActDequantParams p{ptr(x), x_rs, ptr<float>(out), M, K, dtype_from_code(dtype, "x"), threads};
+  if (device != kCpuDevice) require_cuda(device);
   py::gil_scoped_release nogil;
+  if (device != kCpuDevice) return run_cuda(&CudaEntryPoints::act_quant_dequant_cuda, p, device, stream);
   KK_CPU_KERNEL(act_quant_dequant_cpu)(p);
 }
 
@@ -544,6 +584,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("ternary_quantize", &ternary_quantize);
   m.def("ternary_dequant", &ternary_dequant);
   m.def("act_quant_dequant", &act_quant_dequant);
+  m.def("lowbit_work_bytes", &lowbit_work_bytes);
   m.def("sgemm", &sgemm);
   m.def("advise_huge_pages", &advise_huge_pages);
   m.def("attach_simt", &attach_simt, py::arg("table"));

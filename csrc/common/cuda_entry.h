@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "lowbit/lowbit.h"
 #include "norm/rms_norm.h"
 #include "scan/scan.h"
 
@@ -14,7 +15,12 @@
   X(linear_scan_cuda, LinearScanParams)          \
   X(causal_conv1d_fwd_cuda, CausalConvParams)    \
   X(causal_conv1d_bwd_cuda, CausalConvBwdParams)  \
-  X(causal_conv1d_update_cuda, CausalConvParams)
+  X(causal_conv1d_update_cuda, CausalConvParams) \
+  X(ternary_linear_cuda, LowbitParams)           \
+  X(binary_linear_cuda, LowbitParams)            \
+  X(ternary_quantize_cuda, TernaryQuantParams)   \
+  X(ternary_dequant_cuda, TernaryDequantParams)  \
+  X(act_quant_dequant_cuda, ActDequantParams)
 
 namespace kernkit {
 

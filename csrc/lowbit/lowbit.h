@@ -29,7 +29,38 @@ struct LowbitParams {
   bool binarize_input;    // binary: sign activations + XNOR/popcount, else float activations
   DType dtype;            // of x and y
   int threads;
+  void* work;             // CUDA only: lowbit_work_bytes(M, Kp) bytes of scratch on the kernels' device
 };
+
+// The CUDA kernels' per-call scratch (the caller allocates it on the device, so a call makes no
+// allocation of its own): ternary int8: x_q (M, Kp) int8 zero-padded, s (M) fp32, sum x_q (M) int32;
+// binary XNOR: sign bits of x (M, Kp / 32) uint32 and beta = mean|x| (M) fp32.
+struct LowbitWork {
+  int8_t* xq;
+  float* s;
+  int* xsum;
+  uint32_t* xbits;
+  float* beta;
+};
+
+inline int64_t lowbit_align16(int64_t b) { return (b + 15) / 16 * 16; }
+inline int64_t lowbit_work_bytes(int64_t M, int64_t Kp) {
+  return lowbit_align16(M * Kp) + 3 * lowbit_align16(4 * M) + lowbit_align16(M * (Kp / 8));
+}
+inline LowbitWork lowbit_work(void* base, int64_t M, int64_t Kp) {
+  char* b = static_cast<char*>(base);
+  LowbitWork w;
+  w.xq = reinterpret_cast<int8_t*>(b);
+  b += lowbit_align16(M * Kp);
+  w.s = reinterpret_cast<float*>(b);
+  b += lowbit_align16(4 * M);
+  w.xsum = reinterpret_cast<int*>(b);
+  b += lowbit_align16(4 * M);
+  w.beta = reinterpret_cast<float*>(b);
+  b += lowbit_align16(4 * M);
+  w.xbits = reinterpret_cast<uint32_t*>(b);
+  return w;
+}
 
 // BitNet absmean ternary quantisation + packing of w (N, K): scale = mean|w| per
 // tensor (1 entry) or per row (N), clamped below at 1e-5; codes round(w / scale)
@@ -44,6 +75,8 @@ struct TernaryQuantParams {
   int64_t N, K, Kp;
   DType dtype;
   int threads;
+  double* row_sums;  // CUDA only: (N,) fp64 scratch on the device
+  int* nonfinite;    // CUDA only: one int on the device, set to 1 when w holds NaN or inf
 };
 
 // out (N, K) fp32 = (code - 1) * scale: the packed weights as a dense matrix.
@@ -66,6 +99,14 @@ struct ActDequantParams {
   DType dtype;
   int threads;
 };
+
+// CUDA kernels (csrc/lowbit/cuda/lowbit.cu): the same results as the CPU kernels, bit for bit on the
+// integer paths. LowbitParams.work / TernaryQuantParams.row_sums and .nonfinite: device scratch.
+void ternary_linear_cuda(const LowbitParams& p, int device, intptr_t stream);
+void binary_linear_cuda(const LowbitParams& p, int device, intptr_t stream);
+void ternary_quantize_cuda(const TernaryQuantParams& p, int device, intptr_t stream);
+void ternary_dequant_cuda(const TernaryDequantParams& p, int device, intptr_t stream);
+void act_quant_dequant_cuda(const ActDequantParams& p, int device, intptr_t stream);
 
 }  // namespace kernkit
 

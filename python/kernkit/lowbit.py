@@ -1,6 +1,7 @@
 """Low-bit weight matmuls: BitNet b1.58 ternary (2-bit packed) and binary (1-bit
 packed) weights, with int8 or floating-point activations, on CPU (AVX-512 VNNI /
-VPOPCNTDQ, AVX2, scalar). Formats (stable across versions):
+VPOPCNTDQ, AVX2, scalar) and CUDA (dp4a GEMV, int8 tensor-core GEMM, popcount).
+Formats (stable across versions, the same on every device):
 
 * ternary ``packed`` ``(N, Kp/4)`` uint8, Kp = K rounded up to 128: code = w + 1 (2 bits);
   per 128-weight block of 32 bytes, byte j holds weights ``32*i + j`` in bits ``2i..2i+1``
@@ -19,9 +20,8 @@ import torch
 
 from . import _C
 from . import _checks as chk
-from ._native import advise_large, dtype_code, launch_args, ptr, reject_cuda
+from ._native import advise_large, dtype_code, launch_args, ptr
 from ._ops import call, define_op
-from .reference.lowbit import act_quant_ref
 
 TERNARY_BLOCK, BINARY_BLOCK = 128, 64
 _ACT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -87,18 +87,8 @@ def ternary_quantize(w: torch.Tensor, per_row: bool = False):
 
 
 def _quantize_weight(w: torch.Tensor, per_row: bool = False):
-    if w.is_cpu:  # one fused kernel (it rejects NaN / inf itself)
-        return call(_absmean_pack_op, w.detach(), per_row)
-    _check_finite("ternary_quantize", w)
-    w_q, scale = _absmean_ternary(w, per_row)
-    return _ternary_pack(w_q), scale
-
-
-def _absmean_ternary(w: torch.Tensor, per_row: bool = False):
-    wf = w.detach().float()
-    scale = (wf.abs().mean(dim=1) if per_row else wf.abs().mean()).clamp(min=1e-5)
-    w_q = (wf / (scale[:, None] if per_row else scale)).round().clamp(-1, 1).to(torch.int8)
-    return w_q, scale
+    # one fused kernel on CPU and CUDA (it rejects NaN / inf itself)
+    return call(_absmean_pack_op, w.detach(), per_row)
 
 
 def binary_pack(signs: torch.Tensor) -> torch.Tensor:
@@ -151,14 +141,23 @@ def _rows(x):
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
+def _device_work(t: torch.Tensor, nbytes: int, device: int):
+    """Scratch for the CUDA kernels on t's device (None for the CPU kernels)."""
+    return None if device == -1 else torch.empty(max(nbytes, 16), dtype=torch.uint8, device=t.device)
+
+
 def _absmean_pack_impl(w, per_row):
     w2 = _rows(w.float() if w.dtype == torch.float64 else w)  # the reference works on w.float() too
     N, K = w2.shape
     Kp = _round_up(K, TERNARY_BLOCK)
     packed = torch.empty(N, Kp // 4, dtype=torch.uint8, device=w.device)
     scale = torch.empty((N,) if per_row else (), dtype=torch.float32, device=w.device)
+    threads, device, stream = launch_args(w2)
+    work = _device_work(w2, 8 * N + 8, device)  # CUDA: fp64 row sums and the NaN/inf flag
+    if work is not None:
+        work[8 * N:].zero_()
     if not _C.ternary_quantize(ptr(w2), w2.stride(0), ptr(packed), ptr(scale), per_row, N, K, Kp, dtype_code(w2),
-                               *launch_args(w2)[:2]):
+                               threads, device, stream, ptr(work)):
         raise ValueError("ternary_quantize: w contains NaN or inf")
     return packed, scale
 
@@ -178,7 +177,7 @@ def _dequant_impl(packed, scale, K):
     N = packed.shape[0]
     out = advise_large(torch.empty(N, K, dtype=torch.float32, device=packed.device))
     _C.ternary_dequant(ptr(packed), ptr(scale), scale.numel() > 1, ptr(out), N, K, packed.shape[1] * 4,
-                       *launch_args(packed)[:2])
+                       *launch_args(packed))
     return out
 
 
@@ -195,7 +194,7 @@ def _act_dequant_impl(x):
     x2 = _rows(x)
     out = advise_large(torch.empty(x2.shape, dtype=torch.float32, device=x.device))
     _C.act_quant_dequant(ptr(x2), x2.stride(0), ptr(out), x2.shape[0], x2.shape[1], dtype_code(x2),
-                         *launch_args(x2)[:2])
+                         *launch_args(x2))
     return out.reshape(x.shape)
 
 
@@ -246,13 +245,25 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
+# Float activations with more rows than this on a GPU: the weights expanded to x's dtype once and
+# cuBLAS's tensor-core GEMM (kernkit's float kernel is one warp per output feature: a GEMV).
+_CUDA_FLOAT_GEMV_MAX_ROWS = 16
+
+
 def _ternary_impl(x, packed, scale, bias, act_bits):
     x2 = _rows(x)
     M, K = x2.shape
-    N = packed.shape[0]
+    N, Kp = packed.shape[0], packed.shape[1] * 4
+    if x.is_cuda and act_bits == 0 and M > _CUDA_FLOAT_GEMV_MAX_ROWS:
+        w = _dequant_op(packed, torch.ones((), device=x.device), K).to(x.dtype)  # exact: -1, 0, 1
+        y = (x2 @ w.t()).float() * scale
+        y = (y if bias is None else y + bias).to(x.dtype)
+        return y.reshape(*x.shape[:-1], N)
     y = advise_large(torch.empty(M, N, dtype=x.dtype, device=x.device))
+    threads, device, stream = launch_args(x)
+    work = _device_work(x, _C.lowbit_work_bytes(M, Kp), device)
     _C.ternary_linear(ptr(x2), x2.stride(0), ptr(packed), ptr(scale), scale.numel() > 1, ptr(bias), ptr(y), M, N, K,
-                      packed.shape[1] * 4, act_bits, dtype_code(x), *launch_args(x))
+                      Kp, act_bits, dtype_code(x), threads, device, stream, ptr(work))
     return y.reshape(*x.shape[:-1], N)
 
 
@@ -286,9 +297,12 @@ def _binary_impl(x, packed, alpha, bias, binarize_input):
     x2 = _rows(x)
     M, K = x2.shape
     N = packed.shape[0]
+    Kp = packed.shape[1] * 8
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    threads, device, stream = launch_args(x)
+    work = _device_work(x, _C.lowbit_work_bytes(M, Kp), device)
     _C.binary_linear(ptr(x2), x2.stride(0), ptr(packed), ptr(alpha), ptr(bias), ptr(y), M, N, K,
-                     packed.shape[1] * 8, binarize_input, dtype_code(x), *launch_args(x))
+                     Kp, binarize_input, dtype_code(x), threads, device, stream, ptr(work))
     return y.reshape(*x.shape[:-1], N)
 
 
@@ -304,7 +318,6 @@ _binary_op = define_op(
 
 def _check_linear(fn, x, packed, scale, bias, per_byte, block, scale_name, scale_sizes):
     chk.tensor(fn, "x", x, dtypes=_ACT_DTYPES)
-    reject_cuda(fn, "x", x, "low-bit")
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"{fn}: x must be (..., in_features) with in_features >= 1, got {tuple(x.shape)}")
     if not isinstance(packed, torch.Tensor) or packed.dim() != 2:
@@ -312,16 +325,21 @@ def _check_linear(fn, x, packed, scale, bias, per_byte, block, scale_name, scale
     _check_packed(fn, packed, packed.shape[0], x.shape[-1], per_byte, block)
     chk.same_device(fn, "packed", packed, "x", x)
     chk.tensor(fn, scale_name, scale)
+    chk.same_device(fn, scale_name, scale, "x", x)
     if scale.numel() not in scale_sizes(packed.shape[0]):
         raise ValueError(f"{fn}: {scale_name} must have {' or '.join(map(str, scale_sizes(packed.shape[0])))} "
                          f"entries, got shape {tuple(scale.shape)}")
     if bias is not None:
         chk.tensor(fn, "bias", bias)
+        chk.same_device(fn, "bias", bias, "x", x)
         if bias.shape != (packed.shape[0],):
             raise ValueError(f"{fn}: bias must have shape ({packed.shape[0]},), got {tuple(bias.shape)}")
         bias = bias.float().contiguous()
-    # the kernels read packed rows as dense bytes
-    return packed.contiguous(), scale.float().contiguous().reshape(-1), bias
+    # the kernels read packed rows as dense bytes (the CUDA kernels in 16-byte loads)
+    packed = packed.contiguous()
+    if packed.data_ptr() % 16:
+        packed = packed.clone()
+    return packed, scale.float().contiguous().reshape(-1), bias
 
 
 def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -370,18 +388,13 @@ class _BitLinearFn(torch.autograd.Function):
     def backward(ctx, dy):
         x, packed, scale = ctx.saved_tensors
         K = x.shape[-1]
-        w = _dequant_op(packed, scale, K) if packed.is_cpu else \
-            ternary_unpack(packed, (packed.shape[0], K)).float() * scale
+        w = _dequant_op(packed, scale, K)
         x2 = x.reshape(-1, K)
         if ctx.act_bits == 8:
-            x2 = _act_dequant_op(x2) if x2.is_cpu else _act_dequant_ref(x2)
+            x2 = _act_dequant_op(x2)
         dy2 = dy.reshape(-1, dy.shape[-1])
         dx = _matmul(dy2, w.to(dy.dtype)).reshape(x.shape).to(x.dtype)
         dw = _matmul(dy2.t(), x2.to(dy.dtype))
         dbias = dy2.sum(0) if ctx.has_bias else None
         return dx, dw, dbias, None
 
-
-def _act_dequant_ref(x2):
-    xq, s = act_quant_ref(x2)
-    return xq.float() / s
