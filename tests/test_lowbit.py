@@ -3,7 +3,7 @@ import torch
 
 import kernkit
 from kernkit.nn import BitLinear
-from kernkit.reference import (binary_linear_ref, binary_quantize_ref, bitlinear_emulated, ternary_linear_ref,
+from kernkit.reference import (act_quant_ref, binary_linear_ref, binary_quantize_ref, bitlinear_emulated, ternary_linear_ref,
                                ternary_quantize_ref)
 
 SIZES = [1, 3, 17, 64, 4095, 4096]
@@ -328,3 +328,182 @@ def test_bad_inputs(make, exc, match):
         kernkit.ternary_linear(x, p, s)
     with pytest.raises(ValueError, match="act_bits"):
         kernkit.ternary_linear(torch.randn(2, 70), packed, scale, act_bits=4)
+
+
+# --------------------------------------------------------------------------- CUDA kernels (GPU, or simt on CPU)
+
+# (M, N, K): M = 1 (GEMV), 2..16 (GEMV, 4 rows per pass and a ragged last pass), > 16 (int8 tensor-core
+# tiles of 64 x 64 with ragged edges); K tails inside a 128-weight block and several blocks.
+CUDA_SHAPES = [(1, 1, 1), (1, 37, 300), (3, 9, 129), (7, 70, 256), (16, 5, 17), (17, 65, 300), (64, 64, 128),
+               (130, 70, 513)]
+
+
+def _kernels(gpu):
+    return {k.split("<")[0] for k in gpu.session.kernels} if gpu.session else None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=str)
+def test_ternary_int8_cuda_is_bit_exact(gpu, shape, dtype):
+    M, N, K = shape
+    g = _gen(M + N + K)
+    w = torch.randn(N, K, generator=g)
+    x = (torch.randn(M, K, generator=g) * 3).to(dtype)
+    bias = torch.randn(N, generator=g)
+    for per_row in (False, True):
+        w_q, s = ternary_quantize_ref(w, per_row)
+        packed = kernkit.ternary_pack(w_q).to(gpu.device)  # packed on the CPU, used on the device
+        for b in (None, bias):
+            y = kernkit.ternary_linear(x.to(gpu.device), packed, s.to(gpu.device),
+                                       None if b is None else b.to(gpu.device))
+            assert y.dtype == dtype and y.shape == (M, N) and y.device.type == torch.device(gpu.device).type
+            assert torch.equal(y.cpu(), ternary_linear_ref(x, w_q, s, b))
+    if gpu.session:
+        want = {"act_quant_kernel", "ternary_gemv_kernel" if M <= 16 else "ternary_mma_kernel"}
+        assert want <= _kernels(gpu)
+
+
+def test_ternary_int8_cuda_layouts(gpu):
+    # strided and batched activations, a packed weight at an odd byte offset (copied to 16-byte alignment)
+    g = _gen(11)
+    w = torch.randn(40, 300, generator=g)
+    w_q, s = ternary_quantize_ref(w)
+    packed = kernkit.ternary_pack(w_q)
+    x = torch.randn(2, 19, 600, generator=g)[..., ::2]
+    ref = ternary_linear_ref(x, w_q, s)
+    dev = gpu.device
+    assert torch.equal(kernkit.ternary_linear(x.to(dev), packed.to(dev), s.to(dev)).cpu(), ref)
+    assert torch.equal(kernkit.ternary_linear(x[:, :1].to(dev), packed.to(dev), s.to(dev)).cpu(), ref[:, :1])
+    odd = torch.empty(packed.numel() + 1, dtype=torch.uint8, device=dev)[1:].view(packed.shape)
+    odd.copy_(packed.to(dev))
+    assert torch.equal(kernkit.ternary_linear(x.to(dev), odd, s.to(dev)).cpu(), ref)
+
+
+@pytest.mark.parametrize("M", [1, 17])
+def test_ternary_int8_cuda_large_k_is_exact(gpu, M):
+    # |sum| = 127 K at K = 65536 (int32 lanes / tensor-core accumulators, exact)
+    K = 65536
+    dev = gpu.device
+    packed, scale = kernkit.ternary_quantize(torch.ones(2, K))
+    x = torch.ones(M, K)
+    x[-1] = -1
+    y = kernkit.ternary_linear(x.to(dev), packed.to(dev), scale.to(dev)).cpu()
+    expect = torch.full((M, 2), float(K))
+    expect[-1] = -float(K)
+    assert torch.equal(y, expect)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 37, 300), (5, 9, 129), (17, 20, 65)], ids=str)
+def test_float_activations_cuda(gpu, shape, dtype):
+    # ternary act_bits=None and binary without binarize_input: fp32 sums, error within 2x of the
+    # same-dtype PyTorch product's
+    M, N, K = shape
+    g = _gen(M * N + K)
+    w, x = torch.randn(N, K, generator=g), torch.randn(M, K, generator=g).to(dtype)
+    b = torch.randn(N, generator=g)
+    dev = gpu.device
+    w_q, s = ternary_quantize_ref(w)
+    signs, a = binary_quantize_ref(w)
+    cases = [
+        (lambda: kernkit.ternary_linear(x.to(dev), kernkit.ternary_pack(w_q).to(dev), s.to(dev), b.to(dev),
+                                        act_bits=None), w_q, s),
+        (lambda: kernkit.binary_linear(x.to(dev), kernkit.binary_pack(signs).to(dev), a.to(dev), b.to(dev)), signs, a),
+    ]
+    for run, wsign, sc in cases:
+        exact = (x.double() @ wsign.double().t()) * sc.double() + b.double()
+        same = ((x @ wsign.to(dtype).t()).float() * sc + b).to(dtype)
+        y = run()
+        assert y.dtype == dtype and y.shape == (M, N)
+        err = (y.cpu().double() - exact).abs().max().item()
+        assert err <= 2 * (same.double() - exact).abs().max().item() + 1e-5 * exact.abs().max().item()
+    if gpu.session:
+        assert "float_gemv_kernel" in _kernels(gpu)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 37, 300), (5, 9, 64), (20, 33, 1000)], ids=str)
+def test_binary_xnor_cuda(gpu, shape, dtype):
+    M, N, K = shape
+    g = _gen(M + 3 * N + K)
+    w, x, b = torch.randn(N, K, generator=g), torch.randn(M, K, generator=g).to(dtype), torch.randn(N, generator=g)
+    signs, a = binary_quantize_ref(w)
+    dev = gpu.device
+    y = kernkit.binary_linear(x.to(dev), kernkit.binary_pack(signs).to(dev), a.to(dev), b.to(dev),
+                              binarize_input=True).cpu()
+    # the integer part is exact; beta = mean|x| is an fp64 sum rounded once
+    exact = binary_linear_ref(x.double(), signs, a.double(), b.double(), True)
+    torch.testing.assert_close(y.double(), exact, rtol=2 ** -7 if dtype == torch.bfloat16 else 1e-5, atol=1e-4)
+    if gpu.session:
+        assert {"binarize_kernel", "xnor_kernel"} <= _kernels(gpu)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (37, 300), (129, 260)], ids=str)
+def test_quantizers_cuda_match_reference(gpu, shape, dtype):
+    from kernkit.lowbit import _act_dequant_op, _dequant_op
+
+    g = _gen(sum(shape))
+    dev = gpu.device
+    w = (torch.randn(*shape, generator=g) * 0.3).to(dtype)
+    for per_row in (False, True):
+        packed, scale = kernkit.ternary_quantize(w.to(dev), per_row=per_row)
+        w_q, s = ternary_quantize_ref(w, per_row)
+        assert torch.equal(scale.cpu(), s) and torch.equal(kernkit.ternary_unpack(packed, shape).cpu(), w_q)
+        dense = w_q.float() * (s[:, None] if per_row else s)
+        assert torch.equal(_dequant_op(packed, scale, shape[1]).cpu(), dense)
+    # strided weights, and x_q / s for the straight-through backward
+    wt = w.t().contiguous().t()
+    assert torch.equal(kernkit.ternary_quantize(wt.to(dev))[0].cpu(), kernkit.ternary_quantize(w.to(dev))[0].cpu())
+    x = (torch.randn(*shape, generator=g) * 4).to(dtype)
+    xq, xs = act_quant_ref(x)
+    assert torch.equal(_act_dequant_op(x.to(dev)).cpu(), xq.float() / xs)
+    if gpu.session:
+        assert {"abs_row_sum_kernel", "absmean_scale_kernel", "ternary_pack_kernel", "ternary_dequant_kernel",
+                "act_quant_dequant_kernel"} <= _kernels(gpu)
+
+
+def test_quantizer_cuda_rejects_non_finite(gpu):
+    w = torch.randn(7, 300)
+    w[5, 123] = float("nan")
+    with pytest.raises(ValueError, match="w contains NaN or inf"):
+        kernkit.ternary_quantize(w.to(gpu.device))
+    w[5, 123] = float("inf")
+    with pytest.raises(ValueError, match="w contains NaN or inf"):
+        kernkit.ternary_quantize(w.to(gpu.device))
+
+
+def test_bitlinear_trains_on_cuda_kernels(gpu):
+    # forward through the CUDA kernels, straight-through backward with the CUDA dequantisers: the same
+    # as the plain-PyTorch emulation
+    g = _gen(7)
+    layer = BitLinear(70, 20).to(gpu.device)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(20, 70, generator=g) * 0.1)
+        layer.bias.copy_(torch.randn(20, generator=g))
+    x = torch.randn(19, 70, generator=g).to(gpu.device).requires_grad_()
+    y = layer(x)
+    xr = x.detach().clone().requires_grad_()
+    wr = layer.weight.detach().clone().requires_grad_()
+    br = layer.bias.detach().clone().requires_grad_()
+    yr = bitlinear_emulated(xr, wr, br)
+    torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
+    dy = torch.randn(y.shape, generator=g).to(gpu.device)
+    y.backward(dy)
+    yr.backward(dy)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.weight.grad, wr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.bias.grad, br.grad)
+    if gpu.session:
+        assert {"abs_row_sum_kernel", "ternary_mma_kernel", "ternary_dequant_kernel",
+                "act_quant_dequant_kernel"} <= _kernels(gpu)
+
+
+@pytest.mark.cuda
+def test_cuda_inputs_on_mixed_devices():
+    packed, scale = kernkit.ternary_quantize(torch.randn(10, 70))
+    x = torch.randn(2, 70, device="cuda")
+    with pytest.raises((ValueError, RuntimeError), match="device"):
+        kernkit.ternary_linear(x, packed, scale.cuda())
+    with pytest.raises((ValueError, RuntimeError), match="device"):
+        kernkit.ternary_linear(x, packed.cuda(), scale)
