@@ -138,7 +138,72 @@ def _bitlinear_rows(quick):
                 "fake-quant + F.linear", tb * 1e6, "fwd + bwd")]
 
 
+def _device_copy_gbps(dev) -> float:
+    """Device memory bandwidth measured in this run: a 1 GiB copy (read + write)."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    t, _ = time_pair(lambda: dst.copy_(src), lambda: None, device=dev, quick=True)
+    return 2 * src.numel() / t / 1e9
+
+
+def _cuda_rows(quick, dev="cuda"):
+    """BitNet-2B shapes on the GPU: GEMV (weights cold: rotating over >= 256 MiB of copies, beyond
+    L2) against cuBLAS bf16 F.linear; int8 GEMM for prefill against bf16 F.linear and torch._int_mm;
+    binary XNOR against bf16 F.linear; a BitLinear training step against the emulation."""
+    rows = []
+    hbm = _device_copy_gbps(dev)
+    g = torch.Generator().manual_seed(0)
+    for K, N in ([(2560, 6912)] if quick else [(2560, 6912), (6912, 2560)]):
+        w = torch.randn(N, K, generator=g)
+        packed, scale = kernkit.ternary_quantize(w.to(dev))
+        wb = w.to(torch.bfloat16).to(dev)
+        x = torch.randn(1, K, generator=g).to(torch.bfloat16).to(dev)
+        pk = _cycler([packed.clone() for _ in range(max(2, (256 << 20) // packed.numel() + 1))])
+        wbs = _cycler([wb.clone() for _ in range(max(2, (256 << 20) // (2 * wb.numel()) + 1))])
+        tk, tb = time_pair(lambda: kernkit.ternary_linear(x, pk(), scale), lambda: F.linear(x, wbs()), device=dev,
+                           quick=quick)
+        gbps = packed.numel() / tk / 1e9
+        rows.append(Row(FAMILY, "ternary GEMV cold", f"M1 K{K} N{N}", "bfloat16", tk * 1e6, "F.linear bf16 (cold)",
+                        tb * 1e6, f"{gbps:.0f} GB/s of weights ({100 * gbps / hbm:.0f}% of copy {hbm:.0f})"))
+        for M in ([128] if quick else [16, 128, 512]):
+            xm = torch.randn(M, K, generator=g).to(torch.bfloat16).to(dev)
+            tk, tb = time_pair(lambda: kernkit.ternary_linear(xm, packed, scale), lambda: F.linear(xm, wb),
+                               device=dev, quick=quick)
+            rows.append(Row(FAMILY, "ternary GEMM int8", f"M{M} K{K} N{N}", "bfloat16", tk * 1e6, "F.linear bf16",
+                            tb * 1e6, f"{2 * M * K * N / tk / 1e12:.1f} TOP/s"))
+            if M >= 32 and hasattr(torch, "_int_mm"):
+                xi = torch.randint(-127, 128, (M, K), dtype=torch.int8, device=dev)
+                wi = torch.randint(-1, 2, (K, N), dtype=torch.int8, device=dev)
+                tk, tb = time_pair(lambda: kernkit.ternary_linear(xm, packed, scale), lambda: torch._int_mm(xi, wi),
+                                   device=dev, quick=quick)
+                rows.append(Row(FAMILY, "ternary GEMM int8", f"M{M} K{K} N{N}", "bfloat16", tk * 1e6,
+                                "torch._int_mm int8", tb * 1e6, "quantise + GEMM + rescale vs the bare int8 GEMM"))
+    M, K, N = 64, 4096, 4096
+    w, x = torch.randn(N, K, generator=g).to(dev), torch.randn(M, K, generator=g).to(dev)
+    pb, alpha = kernkit.binary_quantize(w)
+    xb, wb = x.to(torch.bfloat16), w.to(torch.bfloat16)
+    tk, tb = time_pair(lambda: kernkit.binary_linear(x, pb, alpha, binarize_input=True), lambda: F.linear(xb, wb),
+                       device=dev, quick=quick)
+    rows.append(Row(FAMILY, "binary XNOR GEMM", f"M{M} K{K} N{N}", "float32", tk * 1e6, "F.linear bf16", tb * 1e6,
+                    f"{2 * M * K * N / tk / 1e12:.1f} binary TOP/s"))
+    M, K, N = 512, 2048, 2048
+    layer = BitLinear(K, N).to(dev)
+    xt = torch.randn(M, K, generator=g).to(dev).requires_grad_()
+    w = layer.weight.detach().clone().requires_grad_()
+    b = layer.bias.detach().clone().requires_grad_()
+    dy = torch.randn(M, N, generator=g).to(dev)
+
+    def ours():
+        layer.zero_grad(set_to_none=True)
+        layer(xt).backward(dy)
+
+    tk, tb = time_pair(ours, lambda: bitlinear_emulated(xt, w, b).backward(dy), device=dev, quick=quick)
+    rows.append(Row(FAMILY, "BitLinear train step", f"M{M} K{K} N{N}", "float32", tk * 1e6, "fake-quant + F.linear",
+                    tb * 1e6, "fwd + bwd"))
+    return rows
+
+
 def run(device: str = "cpu", quick: bool = False) -> list[Row]:
-    if device != "cpu":
-        return []  # CUDA low-bit kernels: a later step
+    if device == "cuda":
+        return _cuda_rows(quick)
     return _gemv_rows(quick) + _gemm_rows(quick) + _binary_rows(quick) + _float_act_rows(quick) + _sgemm_rows(quick) + _bitlinear_rows(quick)
