@@ -250,8 +250,14 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 _CUDA_FLOAT_GEMV_MAX_ROWS = 16
 
 
+def _aligned(packed):
+    # the CUDA kernels read packed rows in 16-byte loads (a view at an odd offset is copied once)
+    return packed.clone() if packed.data_ptr() % 16 else packed
+
+
 def _ternary_impl(x, packed, scale, bias, act_bits):
     x2 = _rows(x)
+    packed = _aligned(packed)
     M, K = x2.shape
     N, Kp = packed.shape[0], packed.shape[1] * 4
     if x.is_cuda and act_bits == 0 and M > _CUDA_FLOAT_GEMV_MAX_ROWS:
@@ -295,6 +301,7 @@ _ternary_op = define_op(
 
 def _binary_impl(x, packed, alpha, bias, binarize_input):
     x2 = _rows(x)
+    packed = _aligned(packed)
     M, K = x2.shape
     N = packed.shape[0]
     Kp = packed.shape[1] * 8
@@ -335,11 +342,8 @@ def _check_linear(fn, x, packed, scale, bias, per_byte, block, scale_name, scale
         if bias.shape != (packed.shape[0],):
             raise ValueError(f"{fn}: bias must have shape ({packed.shape[0]},), got {tuple(bias.shape)}")
         bias = bias.float().contiguous()
-    # the kernels read packed rows as dense bytes (the CUDA kernels in 16-byte loads)
-    packed = packed.contiguous()
-    if packed.data_ptr() % 16:
-        packed = packed.clone()
-    return packed, scale.float().contiguous().reshape(-1), bias
+    # the kernels read packed rows as dense bytes
+    return packed.contiguous(), scale.float().contiguous().reshape(-1), bias
 
 
 def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
