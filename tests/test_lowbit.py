@@ -394,13 +394,15 @@ def test_ternary_int8_cuda_large_k_is_exact(gpu, M):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("shape", [(1, 37, 300), (5, 9, 129), (17, 20, 65)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 37, 300), (5, 9, 129), (17, 20, 65), (70, 130, 257), (33, 70, 100)], ids=str)
 def test_float_activations_cuda(gpu, shape, dtype):
     # ternary act_bits=None and binary without binarize_input: fp32 sums, error within 2x of the
-    # same-dtype PyTorch product's
+    # same-dtype PyTorch product's; 16-bit x with M > 16 on tensor cores (x strided for K = 100:
+    # rows not 16-byte aligned, element loads at the edges)
     M, N, K = shape
     g = _gen(M * N + K)
-    w, x = torch.randn(N, K, generator=g), torch.randn(M, K, generator=g).to(dtype)
+    w = torch.randn(N, K, generator=g)
+    x = torch.randn(M, 2 * K if K == 100 else K, generator=g).to(dtype)[:, ::2 if K == 100 else 1]
     b = torch.randn(N, generator=g)
     dev = gpu.device
     w_q, s = ternary_quantize_ref(w)
@@ -418,7 +420,7 @@ def test_float_activations_cuda(gpu, shape, dtype):
         err = (y.cpu().double() - exact).abs().max().item()
         assert err <= 2 * (same.double() - exact).abs().max().item() + 1e-5 * exact.abs().max().item()
     if gpu.session:
-        assert "float_gemv_kernel" in _kernels(gpu)
+        assert _kernels(gpu) == {"float_mma_kernel" if M > 16 and dtype != torch.float32 else "float_gemv_kernel"}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -245,8 +245,9 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
-# Float activations with more rows than this on a GPU: the weights expanded to x's dtype once and
-# cuBLAS's tensor-core GEMM (kernkit's float kernel is one warp per output feature: a GEMV).
+# fp32 activations with more rows than this on a GPU: the weights expanded once and cuBLAS's fp32
+# GEMM (kernkit's fp32 kernel is one warp per output feature, a GEMV; bf16/fp16 use its tensor-core
+# kernel).
 _CUDA_FLOAT_GEMV_MAX_ROWS = 16
 
 
@@ -260,7 +261,7 @@ def _ternary_impl(x, packed, scale, bias, act_bits):
     packed = _aligned(packed)
     M, K = x2.shape
     N, Kp = packed.shape[0], packed.shape[1] * 4
-    if x.is_cuda and act_bits == 0 and M > _CUDA_FLOAT_GEMV_MAX_ROWS:
+    if x.is_cuda and act_bits == 0 and x.dtype == torch.float32 and M > _CUDA_FLOAT_GEMV_MAX_ROWS:
         w = _dequant_op(packed, torch.ones((), device=x.device), K).to(x.dtype)  # exact: -1, 0, 1
         y = (x2 @ w.t()).float() * scale
         y = (y if bias is None else y + bias).to(x.dtype)

@@ -11,13 +11,16 @@
 //    to signed int8 in registers and stored to shared memory; two stages, one barrier per 128-deep
 //    step.
 //  - float activations (ternary act_bits=None, binary without binarize_input): float_gemv_kernel,
-//    one warp per output feature, fp32 sums.
+//    one warp per output feature, fp32 sums; bf16/fp16 x with more rows: float_mma_kernel, weights
+//    expanded to x's dtype in shared tiles feeding mma m16n8k16 (fp32 sums).
 //  - binary XNOR: binarize_kernel (sign bits, beta = mean|x| summed in fp64), then xnor_kernel
 //    (one warp per output feature, __popc of x xor w).
 //  - quantisers: ternary_quantize (fp64 |w| row sums in a fixed order, scale, round, pack), the
 //    dense dequantised weight and x_q / s (BitLinear's straight-through backward operands).
 // The rescale y = float(dot) / s * scale + bias uses _rn intrinsics: nvcc would otherwise contract
 // the multiply and add into an FMA and the results would differ from the CPU and the reference.
+#include <type_traits>
+
 #include "common/cuda_utils.cuh"
 #include "common/ptx.cuh"
 #include "lowbit/lowbit.h"
@@ -285,6 +288,157 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) float_gemv_kernel(LowbitP
   }
 }
 
+// bf16 / fp16 activations with more than kGemvMaxRows rows: the weights expanded to x's dtype
+// (-1, 0, 1 exactly) in 64 x 128 shared tiles feeding mma m16n8k16 with fp32 sums. 64 x 64 output
+// tiles, 4 warps of 32 x 32; the next step's x (64 x 128) and packed weights are loaded into registers
+// while the current one computes. x rows need no alignment (a 16-byte load where it is aligned and
+// inside K, element loads at the edges).
+constexpr int kHalfRow = kTileK + 8;  // 16-bit elements per shared row: conflict-free fragment loads
+
+template <typename T> struct OneBits;
+template <> struct OneBits<__half> { static constexpr uint32_t v = 0x3C00u; };
+template <> struct OneBits<__nv_bfloat16> { static constexpr uint32_t v = 0x3F80u; };
+
+// two weights as 16-bit values: ternary code (0, 1, 2) -> -1, 0, 1; binary bit (0, 1) -> -1, 1
+template <typename T, bool Binary>
+__device__ __forceinline__ uint32_t weight_bits(uint32_t c) {
+  const uint32_t one = OneBits<T>::v;
+  if (Binary) return c ? one : one | 0x8000u;
+  return c == 1u ? 0u : (c == 2u ? one : one | 0x8000u);
+}
+
+template <typename T, bool Binary>
+__global__ void __launch_bounds__(kMmaThreads) float_mma_kernel(LowbitParams p) {
+  KK_SHARED(uint4, sA, [kTileM * kHalfRow / 8]);
+  KK_SHARED(uint4, sB, [kTileN * kHalfRow / 8]);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3, wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+  const long long m0 = (long long)blockIdx.y * kTileM, n0 = (long long)blockIdx.x * kTileN;
+  const long long steps = (p.Kp + kTileK - 1) / kTileK, wbytes = p.Kp / (Binary ? 8 : 4);
+  const uint16_t* x = static_cast<const uint16_t*>(p.x);
+
+  // x: 64 rows x 16 chunks of 8 elements, 8 chunks per thread; zeros past M and K
+  uint4 a_reg[8];
+  auto fetch_a = [&](long long kb) {
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      const int c = tid + r * kMmaThreads, row = c >> 4;
+      const long long m = m0 + row, k = kb * kTileK + (c & 15) * 8;
+      const uint16_t* src = x + m * p.x_rs + k;
+      if (m < p.M && k + 8 <= p.K && (reinterpret_cast<uintptr_t>(src) & 15) == 0) {
+        a_reg[r] = __ldg(reinterpret_cast<const uint4*>(src));
+      } else {
+        uint32_t h[4] = {0, 0, 0, 0};
+        for (int e = 0; e < 8; ++e)
+          if (m < p.M && k + e < p.K) h[e >> 1] |= uint32_t(src[e]) << (16 * (e & 1));
+        a_reg[r] = make_uint4(h[0], h[1], h[2], h[3]);
+      }
+    }
+  };
+  auto store_a = [&]() {
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      const int c = tid + r * kMmaThreads;
+      sA[((c >> 4) * kHalfRow + (c & 15) * 8) / 8] = a_reg[r];
+    }
+  };
+  // weights: thread (row, half) holds 16 ternary bytes (half of a block: weights 32i + 16 half + 0..15)
+  // or 8 binary bytes (weights 64 half + 0..63); rows past N and bytes past the row are not read
+  const int b_row = tid >> 1, b_half = tid & 1;
+  const bool b_ok = n0 + b_row < p.N;
+  uint4 b_reg;
+  auto fetch_b = [&](long long kb) {
+    b_reg = make_uint4(0, 0, 0, 0);
+    if (!b_ok) return;
+    const uint8_t* row = p.packed + (n0 + b_row) * wbytes;
+    if (Binary) {
+      const long long off = kb * 16 + b_half * 8;
+      if (off < wbytes) {
+        const uint2 v = __ldg(reinterpret_cast<const uint2*>(row + off));
+        b_reg.x = v.x;
+        b_reg.y = v.y;
+      }
+    } else {
+      b_reg = __ldg(reinterpret_cast<const uint4*>(row + kb * 32 + b_half * 16));
+    }
+  };
+  auto store_b = [&]() {
+    uint32_t* row = reinterpret_cast<uint32_t*>(sB) + (b_row * kHalfRow) / 2;
+    const uint32_t w[4] = {b_reg.x, b_reg.y, b_reg.z, b_reg.w};
+    if (Binary) {
+#pragma unroll
+      for (int e = 0; e < 64; e += 2) {  // bit e of the 64 is weight 64 half + e
+        const uint32_t word = w[e >> 5];
+        row[(64 * b_half + e) / 2] = weight_bits<T, true>((word >> (e & 31)) & 1u) |
+                                     weight_bits<T, true>((word >> ((e & 31) + 1)) & 1u) << 16;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int c = 0; c < 16; c += 2) {  // byte c of the 16 at shift 2i is weight 32i + 16 half + c
+          const uint32_t lo = (w[c >> 2] >> (8 * (c & 3) + 2 * i)) & 3u, hi = (w[c >> 2] >> (8 * (c & 3) + 8 + 2 * i)) & 3u;
+          row[(32 * i + 16 * b_half + c) / 2] = weight_bits<T, false>(lo) | weight_bits<T, false>(hi) << 16;
+        }
+    }
+  };
+
+  float acc[2][4][4];
+#pragma unroll
+  for (int a = 0; a < 2; ++a)
+#pragma unroll
+    for (int b = 0; b < 4; ++b)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[a][b][i] = 0.f;
+
+  fetch_a(0);
+  fetch_b(0);
+  for (long long kb = 0; kb < steps; ++kb) {
+    store_a();
+    store_b();
+    __syncthreads();
+    if (kb + 1 < steps) {  // in flight while the tensor cores work
+      fetch_a(kb + 1);
+      fetch_b(kb + 1);
+    }
+    const uint16_t* a_base = reinterpret_cast<const uint16_t*>(sA);
+    const uint16_t* b_base = reinterpret_cast<const uint16_t*>(sB);
+#pragma unroll
+    for (int kk = 0; kk < kTileK; kk += 16) {
+      uint32_t af[2][4], bf[4][2];
+#pragma unroll
+      for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          af[a][r] = *reinterpret_cast<const uint32_t*>(a_base + (wm + 16 * a + g + 8 * (r & 1)) * kHalfRow + kk +
+                                                        2 * t + 8 * (r >> 1));
+#pragma unroll
+      for (int b = 0; b < 4; ++b)
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          bf[b][r] = *reinterpret_cast<const uint32_t*>(b_base + (wn + 8 * b + g) * kHalfRow + kk + 2 * t + 8 * r);
+#pragma unroll
+      for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+          if constexpr (std::is_same_v<T, __nv_bfloat16>) ptx::mma_m16n8k16_bf16(acc[a][b], af[a], bf[b], acc[a][b]);
+          else ptx::mma_m16n8k16_f16(acc[a][b], af[a], bf[b], acc[a][b]);
+        }
+    }
+    __syncthreads();  // the tiles are rewritten next step
+  }
+
+#pragma unroll
+  for (int a = 0; a < 2; ++a)
+#pragma unroll
+    for (int b = 0; b < 4; ++b)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const long long m = m0 + wm + 16 * a + g + 8 * (i >> 1), n = n0 + wn + 8 * b + 2 * t + (i & 1);
+        if (m < p.M && n < p.N) store_out<T>(p, m, n, __fmul_rn(acc[a][b][i], Binary ? p.scale[n] : weight_scale(p, n)));
+      }
+}
+
 // ------------------------------------------------------------------------------- binary XNOR
 
 // Sign bits of row m (bit k of word k / 32 set where x >= 0; padding 0, like the packed weights) and
@@ -422,15 +576,23 @@ template <typename T> struct TernaryInt8 {
                 ternary_mma_kernel<T>)(p, w);
   }
 };
-template <typename T> struct TernaryFloat {
-  static void go(const LowbitParams& p, const LowbitWork&, cudaStream_t s) {
-    KK_LAUNCH(feature_blocks(p.N), kGemvThreads, 0, s, float_gemv_kernel<T, false>)(p);
+// float activations: tensor cores for 16-bit x with more than kGemvMaxRows rows, else the GEMV
+template <typename T, bool Binary>
+void float_path(const LowbitParams& p, cudaStream_t s) {
+  if constexpr (!std::is_same_v<T, float>) {
+    if (p.M > kGemvMaxRows) {
+      KK_LAUNCH(dim3(cuda::blocks_for(p.N, kTileN), cuda::blocks_for(p.M, kTileM)), kMmaThreads, 0, s,
+                float_mma_kernel<T, Binary>)(p);
+      return;
+    }
   }
+  KK_LAUNCH(feature_blocks(p.N), kGemvThreads, 0, s, float_gemv_kernel<T, Binary>)(p);
+}
+template <typename T> struct TernaryFloat {
+  static void go(const LowbitParams& p, const LowbitWork&, cudaStream_t s) { float_path<T, false>(p, s); }
 };
 template <typename T> struct BinaryFloat {
-  static void go(const LowbitParams& p, const LowbitWork&, cudaStream_t s) {
-    KK_LAUNCH(feature_blocks(p.N), kGemvThreads, 0, s, float_gemv_kernel<T, true>)(p);
-  }
+  static void go(const LowbitParams& p, const LowbitWork&, cudaStream_t s) { float_path<T, true>(p, s); }
 };
 template <typename T> struct BinaryXnor {
   static void go(const LowbitParams& p, const LowbitWork& w, cudaStream_t s) {
