@@ -509,3 +509,30 @@ def test_cuda_inputs_on_mixed_devices():
         kernkit.ternary_linear(x, packed, scale.cuda())
     with pytest.raises((ValueError, RuntimeError), match="device"):
         kernkit.ternary_linear(x, packed.cuda(), scale)
+
+
+def test_in_features_mismatch_raises():
+    # 65 and 64 features share one 128-weight block (64-weight word for binary): only in_features tells them apart
+    g = _gen(12)
+    w = torch.randn(10, 64, generator=g)
+    packed, scale = kernkit.ternary_quantize(w)
+    pb, alpha = kernkit.binary_quantize(w)
+    x65, x64 = torch.randn(3, 65, generator=g), torch.randn(3, 64, generator=g)
+    with pytest.raises(ValueError, match="65 input features.*in_features=64"):
+        kernkit.ternary_linear(x65, packed, scale, in_features=64)
+    with pytest.raises(ValueError, match="65 input features.*in_features=64"):
+        kernkit.binary_linear(x65, pb, alpha, in_features=64)
+    with pytest.raises(TypeError, match="in_features must be a positive int"):
+        kernkit.ternary_linear(x64, packed, scale, in_features=64.0)
+    torch.testing.assert_close(kernkit.ternary_linear(x64, packed, scale, in_features=64),
+                               kernkit.ternary_linear(x64, packed, scale))
+    for layer in (BitLinear(64, 10), BitLinear(64, 10).to_inference(),
+                  BitLinear(64, 10, weight_bits=1, act_bits=1).to_inference()):
+        with pytest.raises(ValueError, match=r"expected \(\.\.\., 64\)"):
+            layer(x65)
+        assert layer(x64).shape == (3, 10)
+    # a packed state dict loads into a fresh layer and keeps the check
+    fresh = BitLinear(64, 10).to_inference()
+    fresh.load_state_dict(BitLinear(64, 10).to_inference().state_dict())
+    with pytest.raises(ValueError, match="expected"):
+        fresh(x65)

@@ -324,10 +324,17 @@ _binary_op = define_op(
 )
 
 
-def _check_linear(fn, x, packed, scale, bias, per_byte, block, scale_name, scale_sizes):
+def _check_linear(fn, x, packed, scale, bias, per_byte, block, scale_name, scale_sizes, in_features):
     chk.tensor(fn, "x", x, dtypes=_ACT_DTYPES)
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"{fn}: x must be (..., in_features) with in_features >= 1, got {tuple(x.shape)}")
+    if in_features is not None:
+        # the packed width only fixes K up to its block: the exact check needs the weight's K
+        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+            raise TypeError(f"{fn}: in_features must be a positive int, got {in_features!r}")
+        if x.shape[-1] != in_features:
+            raise ValueError(f"{fn}: x has {x.shape[-1]} input features (last dim), but the packed weight has "
+                             f"in_features={in_features}")
     if not isinstance(packed, torch.Tensor) or packed.dim() != 2:
         raise ValueError(f"{fn}: packed must be a 2-D uint8 tensor (out_features, packed bytes)")
     _check_packed(fn, packed, packed.shape[0], x.shape[-1], per_byte, block)
@@ -348,30 +355,37 @@ def _check_linear(fn, x, packed, scale, bias, per_byte, block, scale_name, scale
 
 
 def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                   *, act_bits: Optional[int] = 8) -> torch.Tensor:
+                   *, act_bits: Optional[int] = 8, in_features: Optional[int] = None) -> torch.Tensor:
     """``y = x @ (W_q * scale)^T + bias`` with ternary packed weights (see :func:`ternary_quantize`).
 
     x ``(..., K)`` fp32 / bf16 / fp16 -> y ``(..., N)`` in x's dtype. ``act_bits=8``: activations
     quantised to int8 per token (BitNet b1.58: ``127 / max|x|``), exact integer dot products, then
     ``y = acc / s * scale`` in fp32. ``act_bits=None``: float activations (W1.58A16).
-    Differentiable in x (straight-through: ``dX = dY @ (W_q * scale)``) and bias."""
+    Differentiable in x (straight-through: ``dX = dY @ (W_q * scale)``) and bias.
+
+    ``in_features``: the weight's K. The packed rows are padded to 128 weights, so without it an x
+    whose last dim differs from K but rounds up to the same block is accepted; with it (as
+    :class:`kernkit.nn.BitLinear` passes) every mismatch raises ``ValueError``."""
     fn = "ternary_linear"
     if act_bits not in (8, None):
         raise ValueError(f"{fn}: act_bits must be 8 or None, got {act_bits!r}")
-    packed, scale, bias = _check_linear(fn, x, packed, scale, bias, 4, TERNARY_BLOCK, "scale", lambda n: (1, n))
+    packed, scale, bias = _check_linear(fn, x, packed, scale, bias, 4, TERNARY_BLOCK, "scale", lambda n: (1, n),
+                                        in_features)
     return call(_ternary_op, x, packed, scale, bias, 8 if act_bits == 8 else 0)
 
 
 def binary_linear(x: torch.Tensor, packed: torch.Tensor, alpha: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                  *, binarize_input: bool = False) -> torch.Tensor:
+                  *, binarize_input: bool = False, in_features: Optional[int] = None) -> torch.Tensor:
     """``y = alpha * (x @ sign(W)^T) + bias`` with 1-bit packed weights (see :func:`binary_quantize`).
 
     ``binarize_input=True``: activations become ``sign(x) * mean|x|`` per token and the dot product is
-    XNOR + popcount (exact): ``y = mean|x| * alpha * (K - 2 popcount(x xor w))``."""
+    XNOR + popcount (exact): ``y = mean|x| * alpha * (K - 2 popcount(x xor w))``. ``in_features``: the
+    weight's K, checked exactly against x (rows are padded to 64 weights), as in :func:`ternary_linear`."""
     fn = "binary_linear"
     if not isinstance(binarize_input, bool):
         raise TypeError(f"{fn}: binarize_input must be a bool")
-    packed, alpha, bias = _check_linear(fn, x, packed, alpha, bias, 8, BINARY_BLOCK, "alpha", lambda n: (n,))
+    packed, alpha, bias = _check_linear(fn, x, packed, alpha, bias, 8, BINARY_BLOCK, "alpha", lambda n: (n,),
+                                        in_features)
     return call(_binary_op, x, packed, alpha, bias, binarize_input)
 
 

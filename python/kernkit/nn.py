@@ -263,10 +263,14 @@ class BitLinear(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and (x.dim() == 0 or x.shape[-1] != self.in_features):
+            raise ValueError(f"BitLinear: x has shape {tuple(x.shape)}, expected (..., {self.in_features})")
         if self.inference:
             if self.weight_bits == 1:
-                return binary_linear(x, self.packed, self.scale, self.bias, binarize_input=self.act_bits == 1)
-            return ternary_linear(x, self.packed, self.scale, self.bias, act_bits=self.act_bits)
+                return binary_linear(x, self.packed, self.scale, self.bias, binarize_input=self.act_bits == 1,
+                                     in_features=self.in_features)
+            return ternary_linear(x, self.packed, self.scale, self.bias, act_bits=self.act_bits,
+                                  in_features=self.in_features)
         if self.weight_bits == 1:
             raise RuntimeError("BitLinear: binary layers run packed; call to_inference() first")
         return _BitLinearFn.apply(x, self.weight, self.bias, self.act_bits)
