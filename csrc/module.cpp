@@ -320,7 +320,12 @@ void selective_scan_fwd(uintptr_t u, uintptr_t delta, uintptr_t z, uintptr_t Bm,
                                           out, last, Bsz, D, N, L, dtype, threads);
   if (Bsz == 0 || D == 0) return;
   require(u && delta && Bm && Cm && A && out, "selective_scan: null data pointer");
-  require_cpu(device, "selective_scan");
+  if (device != kCpuDevice) {
+    require_cuda(device);
+    require(p.dtype != DType::f64, "selective_scan: float64 runs on the CPU only (the CUDA kernels take fp32/bf16/fp16)");
+    py::gil_scoped_release nogil;
+    return run_cuda(&CudaEntryPoints::selective_scan_fwd_cuda, p, device, stream);
+  }
   py::gil_scoped_release nogil;
   KK_CPU_KERNEL(selective_scan_fwd_cpu)(p);
 }
@@ -329,16 +334,23 @@ void selective_scan_bwd(uintptr_t u, uintptr_t delta, uintptr_t z, uintptr_t Bm,
                         int64_t G, uintptr_t A, uintptr_t Dskip, uintptr_t delta_bias, bool softplus, uintptr_t h0,
                         uintptr_t dout, uintptr_t dlast, uintptr_t du, uintptr_t ddelta, uintptr_t dz, uintptr_t dA,
                         uintptr_t dB, uintptr_t dC, uintptr_t dD, uintptr_t ddelta_bias, uintptr_t dh0, int64_t Bsz,
-                        int64_t D, int64_t N, int64_t L, int dtype, int threads, int device, intptr_t stream) {
+                        int64_t D, int64_t N, int64_t L, int dtype, int threads, int device, intptr_t stream,
+                        uintptr_t work) {
   const SelectiveScanBwdParams p{ss_params(u, delta, z, Bm, Cm, b_var, c_var, G, A, Dskip, delta_bias, softplus, h0,
                                            0, 0, Bsz, D, N, L, dtype, threads),
                                  ptr(dout), ptr(dlast), ptr(du), ptr(ddelta), ptr(dz), ptr(dA), ptr(dB), ptr(dC),
-                                 ptr(dD), ptr(ddelta_bias), ptr(dh0)};
+                                 ptr(dD), ptr(ddelta_bias), ptr(dh0), ptr<float>(work)};
   if (D == 0) return;
   require(A && dA && dB && dC, "selective_scan_backward: null data pointer");
   require(Bsz == 0 || (u && delta && Bm && Cm && dout && du && ddelta), "selective_scan_backward: null data pointer");
   require(!z || dz, "selective_scan_backward: dz needed with z");
-  require_cpu(device, "selective_scan");
+  if (device != kCpuDevice) {
+    require_cuda(device);
+    require(p.fwd.dtype != DType::f64, "selective_scan: float64 runs on the CPU only (the CUDA kernels take fp32/bf16/fp16)");
+    require(work, "selective_scan_backward: the CUDA kernels need their scratch buffer (selective_scan_work_floats)");
+    py::gil_scoped_release nogil;
+    return run_cuda(&CudaEntryPoints::selective_scan_bwd_cuda, p, device, stream);
+  }
   py::gil_scoped_release nogil;
   KK_CPU_KERNEL(selective_scan_bwd_cpu)(p);
 }
@@ -585,6 +597,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("ternary_dequant", &ternary_dequant);
   m.def("act_quant_dequant", &act_quant_dequant);
   m.def("lowbit_work_bytes", &lowbit_work_bytes);
+  m.def("selective_scan_work_floats", &ss_cuda_work_floats);
   m.def("sgemm", &sgemm);
   m.def("advise_huge_pages", &advise_huge_pages);
   m.def("attach_simt", &attach_simt, py::arg("table"));

@@ -20,7 +20,9 @@
   X(binary_linear_cuda, LowbitParams)            \
   X(ternary_quantize_cuda, TernaryQuantParams)   \
   X(ternary_dequant_cuda, TernaryDequantParams)  \
-  X(act_quant_dequant_cuda, ActDequantParams)
+  X(act_quant_dequant_cuda, ActDequantParams)    \
+  X(selective_scan_fwd_cuda, SelectiveScanParams) \
+  X(selective_scan_bwd_cuda, SelectiveScanBwdParams)
 
 namespace kernkit {
 

@@ -92,7 +92,34 @@ struct SelectiveScanBwdParams {
   void *dB, *dC;               // like B / C
   void *dD, *ddelta_bias;      // (D,) or null
   void* dh0;                   // (B, D, N) or null
+  float* work;                 // CUDA only: ss_cuda_work_floats(...) floats of device scratch
 };
+
+// CUDA selective scan geometry: P threads per channel (the N states spread over them, J <= 2 each),
+// Dt channels per 128-thread block, Dt dividing the channels of one B/C group (a block never spans
+// two groups, so the per-block dB/dC partials belong to one group).
+struct SsCudaGeometry {
+  int P, J, Dt;
+  int64_t tiles, chunks;  // blocks per batch row (D / Dt); 8-step chunks of L (checkpoints)
+};
+constexpr int kSsThreads = 128, kSsChunk = 8;
+inline SsCudaGeometry ss_cuda_geometry(int64_t D, int64_t N, int64_t G, int64_t L) {
+  int P = 1;
+  while (P < N && P < kSsThreads) P *= 2;
+  const int J = int((N + P - 1) / P);
+  const int64_t per_group = D / G;
+  int Dt = kSsThreads / P;
+  while (Dt > 1 && per_group % Dt) --Dt;
+  return SsCudaGeometry{P, J, Dt, D / Dt, (L + kSsChunk - 1) / kSsChunk};
+}
+// Scratch of the CUDA backward (floats): state checkpoints (B, D, N, chunks); per-batch partials of
+// dA, invariant dB / dC (B, D, N each) and dD, ddelta_bias (B, D); per-block partials of variable
+// dB / dC (B, tiles, N, L each). Reduced in a fixed order by a second kernel: deterministic.
+inline int64_t ss_cuda_work_floats(int64_t Bsz, int64_t D, int64_t N, int64_t L, int64_t G, bool b_var,
+                                   bool c_var) {
+  const SsCudaGeometry g = ss_cuda_geometry(D, N, G, L);
+  return Bsz * D * N * (g.chunks + 3) + 2 * Bsz * D + (int64_t(b_var) + int64_t(c_var)) * Bsz * g.tiles * N * L;
+}
 
 
 }  // namespace kernkit
@@ -111,6 +138,8 @@ void linear_scan_cuda(const LinearScanParams& p, int device, intptr_t stream);
 void causal_conv1d_fwd_cuda(const CausalConvParams& p, int device, intptr_t stream);
 void causal_conv1d_bwd_cuda(const CausalConvBwdParams& p, int device, intptr_t stream);
 void causal_conv1d_update_cuda(const CausalConvParams& p, int device, intptr_t stream);
+void selective_scan_fwd_cuda(const SelectiveScanParams& p, int device, intptr_t stream);
+void selective_scan_bwd_cuda(const SelectiveScanBwdParams& p, int device, intptr_t stream);
 
 // The exact path (compiled once, plain loops, double sums) for fp64 inputs (gradcheck).
 void causal_conv1d_fwd_exact(const CausalConvParams& p);

@@ -1,7 +1,7 @@
 """Recurrences along time: the generic linear scan ``h_t = a_t * h_{t-1} + b_t``
 (minGRU/minLSTM, HGRN, GateLoop), and the causal depthwise conv1d of Mamba
-blocks. CPU kernels for every ISA level; on CUDA linear_scan and causal_conv1d
-(compiled, not yet run on a GPU as of 0.1.0; selective_scan is CPU-only). Gradients flow to
+blocks, and Mamba's selective scan. CPU kernels for every ISA level; CUDA kernels for all of them
+(fp32/bf16/fp16; verified under simt, not yet run on a GPU as of 0.1.0). Gradients flow to
 every floating input, initial states included, and are deterministic."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from . import _C
 from . import _checks as chk
-from ._native import advise_large, dtype_code, launch_args, ptr, reject_cuda
+from ._native import advise_large, dtype_code, launch_args, ptr
 from ._ops import call, define_op
 
 
@@ -393,10 +393,13 @@ def _ss_bwd_impl(dout, dlast, u, delta, A, B, C, D, z, delta_bias, softplus, h0)
     dlast = None if dlast is None else dlast.contiguous()
     du, ddelta, dA, dB, dC = (advise_large(torch.empty_like(t)) for t in (u, delta, A, B, C))
     dD, dz, dbias, dh0 = (_opt_like(t, True) for t in (D, z, delta_bias, h0))
+    threads, device, stream = launch_args(u)
+    work = None if device == -1 else torch.empty(  # CUDA: checkpoints and partials (fixed-order sums)
+        max(1, _C.selective_scan_work_floats(Bsz, Dm, N, L, G, var[0], var[1])), dtype=torch.float32, device=u.device)
     _C.selective_scan_bwd(ptr(u), ptr(delta), ptr(z), ptr(B), ptr(C), var[0], var[1], G, ptr(A), ptr(D),
                           ptr(delta_bias), softplus, ptr(h0), ptr(dout), ptr(dlast), ptr(du), ptr(ddelta), ptr(dz),
                           ptr(dA), ptr(dB), ptr(dC), ptr(dD), ptr(dbias), ptr(dh0), Bsz, Dm, N, L, dtype_code(u),
-                          *launch_args(u))
+                          threads, device, stream, ptr(work))
     empty = u.new_empty(0)
     return tuple(empty if t is None else t for t in (du, ddelta, dA, dB, dC, dD, dz, dbias, dh0))
 
@@ -466,7 +469,6 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     """
     fn = "selective_scan"
     chk.tensor(fn, "u", u)
-    reject_cuda(fn, "u", u, "selective-scan")
     if u.dim() != 3:
         raise ValueError(f"{fn}: u must be (batch, dim, seqlen), got shape {tuple(u.shape)}")
     Bsz, Dm, L = u.shape
@@ -475,7 +477,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         raise ValueError(f"{fn}: delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
     if delta.dtype != u.dtype:
         raise TypeError(f"{fn}: delta dtype {delta.dtype} must match u ({u.dtype})")
+    chk.same_device(fn, "delta", delta, "u", u)
     chk.tensor(fn, "A", A)
+    chk.same_device(fn, "A", A, "u", u)
     if A.dim() != 2 or A.shape[0] != Dm or not 1 <= A.shape[1] <= 256:
         raise ValueError(f"{fn}: A must be ({Dm}, N) with 1 <= N <= 256, got {tuple(A.shape)}")
     N = A.shape[1]
@@ -516,6 +520,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         chk.tensor(fn, "z", z)
         if z.shape != u.shape or z.dtype != u.dtype:
             raise ValueError(f"{fn}: z must match u's shape {tuple(u.shape)} and dtype, got {tuple(z.shape)} {z.dtype}")
+        chk.same_device(fn, "z", z, "u", u)
         z = z.contiguous()
     h0 = None
     if initial_state is not None:
