@@ -671,3 +671,78 @@ def test_causal_conv1d_update_cuda(gpu, dtype, W, S, L_new, act):
 
 def test_causal_conv1d_update_cuda_fp32_weights(gpu):
     _check_conv_update(torch.bfloat16, 4, 4, 1, "silu", device=gpu.device, wide=True, cuda_kernels=True)
+
+
+def _check_ss_cuda(device, dtype, Bsz, Dm, N, L, bc, opts, seed=0):
+    """selective_scan's CUDA kernels, forward (out and last state) and backward (every input incl. the
+    initial state and the last state's gradient) against the fp64 reference, with mamba-ssm's
+    tolerances (3x for gradients)."""
+    base, extra = _ss_inputs(Bsz, Dm, N, L, bc, dtype, seed=seed)
+    kw = _pick(extra, opts)
+    names = ["u", "delta", "A", "B", "C"] + [k for k in kw if torch.is_tensor(kw[k])]
+    flags = {k: v for k, v in kw.items() if not torch.is_tensor(v)}
+    tensors = base + [kw[k] for k in names[5:]]
+    g = _gen(seed + 100)
+    dout = torch.randn(base[0].shape, generator=g).to(dtype)
+    dlast = torch.randn(Bsz, Dm, N, generator=g)
+
+    def run(fn, ts):
+        return fn(*ts[:5], **dict(zip(names[5:], ts[5:])), **flags, return_last_state=True)
+
+    got_out = run(kernkit.selective_scan, [t.to(device) for t in tensors])
+    exp_out = run(selective_scan_ref, [t.double() for t in tensors])
+    rtol, atol = SS_TOL[dtype]
+    assert got_out[0].dtype == dtype and got_out[1].dtype == torch.float32
+    for a, e, what in zip(got_out, exp_out, ("out", "last_state")):
+        torch.testing.assert_close(a.cpu().double(), e, rtol=rtol, atol=atol, msg=what)
+    got = _grads(lambda *ts: run(kernkit.selective_scan, list(ts)), [t.to(device) for t in tensors],
+                 (dout.to(device), dlast.to(device)))
+    exp = _grads(lambda *ts: run(selective_scan_ref, list(ts)), [t.double() for t in tensors],
+                 (dout.double(), dlast.double()))
+    for name, gg, e in zip(names, got, exp):
+        assert gg.dtype == tensors[names.index(name)].dtype, name
+        scale = max(1.0, e.abs().max().item())
+        torch.testing.assert_close(gg.cpu().double(), e, rtol=rtol * 3, atol=atol * 3 * scale, msg=f"d{name}")
+    return got
+
+
+@pytest.mark.parametrize("opts", [OPTIONS[1], OPTIONS[3]], ids=["softplus", "all"])
+@pytest.mark.parametrize("bc", ["invariant", "variable", "grouped"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_selective_scan_cuda(gpu, dtype, bc, opts):
+    # L = 37: four full 8-step chunks and a short one
+    _check_ss_cuda(gpu.device, dtype, 2, 4, 16, 37, bc, opts)
+    if gpu.session:
+        kernels = {k.split("<")[0] for k in gpu.session.kernels}
+        assert {"ss_fwd_kernel", "ss_bwd_kernel", "sum_over_batch_kernel"} <= kernels
+        assert ("sum_over_tiles_kernel" in kernels) == (bc != "invariant")
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 1), (2, 6, 3, 17), (1, 2, 200, 9), (3, 12, 16, 8), (1, 160, 1, 12)],
+                         ids=str)
+def test_selective_scan_cuda_geometries(gpu, shape):
+    # N not a power of two, N > 128 (two states per thread), one step, D / G = 3 channels per group (a
+    # block of 3 channels), D > one block (12 = 8 + 4: blocks of 4 inside groups of 6), N = 1
+    Bsz, Dm, N, L = shape
+    _check_ss_cuda(gpu.device, torch.float32, Bsz, Dm, N, L, "grouped" if Dm % 2 == 0 else "variable", OPTIONS[3])
+    _check_ss_cuda(gpu.device, torch.float32, Bsz, Dm, N, L, "invariant", OPTIONS[2])
+
+
+def test_selective_scan_cuda_deterministic_and_split(gpu):
+    dev = gpu.device
+    a = _check_ss_cuda(dev, torch.float32, 2, 8, 16, 40, "grouped", OPTIONS[3], seed=5)
+    b = _check_ss_cuda(dev, torch.float32, 2, 8, 16, 40, "grouped", OPTIONS[3], seed=5)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    base, _ = _ss_inputs(1, 3, 8, 40, "variable", torch.float32, seed=3)
+    u, delta, A, B, C = (t.to(dev) for t in base)
+    whole, last = kernkit.selective_scan(u, delta, A, B, C, return_last_state=True)
+    o1, s1 = kernkit.selective_scan(u[..., :25], delta[..., :25], A, B[..., :25].contiguous(),
+                                    C[..., :25].contiguous(), return_last_state=True)
+    o2, s2 = kernkit.selective_scan(u[..., 25:], delta[..., 25:], A, B[..., 25:].contiguous(),
+                                    C[..., 25:].contiguous(), initial_state=s1, return_last_state=True)
+    torch.testing.assert_close(torch.cat([o1, o2], -1), whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s2, last, rtol=1e-5, atol=1e-5)
+    big = kernkit.selective_scan(u, delta * 100 + 20, A * 1000, B, C, delta_softplus=True)
+    assert torch.isfinite(big).all()
+    with pytest.raises((ValueError, RuntimeError), match="float64"):
+        kernkit.selective_scan(*(t.double() for t in (u, delta)), A.double(), B.double(), C.double())
