@@ -188,3 +188,44 @@ def test_module_to_bfloat16(name):
     y = _out(m.to(torch.bfloat16)(x.to(torch.bfloat16)))
     assert y.dtype == torch.bfloat16
     assert (y.float() - ref).abs().max() <= 0.05 * max(1.0, ref.abs().max().item())
+
+
+def _on_cpu_kernels(fn):
+    # inside the gpu fixture's simt() block: run fn on kernkit's CPU kernels (the reference side)
+    from kernkit import _native
+
+    saved, _native.simt_session = _native.simt_session, None
+    try:
+        return fn()
+    finally:
+        _native.simt_session = saved
+
+
+def test_recurrent_modules_run_on_cuda_kernels(gpu):
+    # MambaMixer (causal_conv1d + selective_scan), MinGRU (linear_scan) and BitLinear through the CUDA
+    # kernels: the same outputs and parameter gradients as through the CPU kernels
+    import copy
+
+    from kernkit.nn import BitLinear
+
+    torch.manual_seed(0)
+    cases = [(MambaMixer(32, d_state=8), torch.randn(2, 10, 32)), (MinGRU(16, 32), torch.randn(2, 9, 16)),
+             (BitLinear(24, 20), torch.randn(3, 24))]
+    for module, x in cases:
+        cpu_mod, dev_mod = copy.deepcopy(module), copy.deepcopy(module).to(gpu.device)
+
+        def reference():
+            out = cpu_mod(x)
+            out.square().sum().backward()
+            return out
+
+        ref = _on_cpu_kernels(reference)
+        y = dev_mod(x.to(gpu.device))
+        y.square().sum().backward()
+        torch.testing.assert_close(y.cpu(), ref.detach(), rtol=1e-4, atol=1e-5)
+        for (name, p), (_, q) in zip(dev_mod.named_parameters(), cpu_mod.named_parameters()):
+            torch.testing.assert_close(p.grad.cpu(), q.grad, rtol=1e-4, atol=1e-4, msg=name)
+    if gpu.session:
+        kernels = {k.split("<")[0] for k in gpu.session.kernels}
+        assert {"ss_fwd_kernel", "ss_bwd_kernel", "conv_fwd_kernel", "linear_scan_kernel",
+                "ternary_gemv_kernel"} <= kernels
