@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import kernkit
-from kernkit.reference import linear_scan_ref, selective_scan_ref
+from kernkit.reference import causal_conv1d_update_ref, linear_scan_ref, selective_scan_ref
 
 from .common import Row, bandwidth, dtype_name, time_pair
 
@@ -125,7 +125,68 @@ def _conv_update_row(quick):
                "PyTorch update", tb * 1e6, bandwidth(4 * (2 * W + 2) * Bsz * Dm, tk))
 
 
+def _mamba_selective_scan():
+    try:  # mamba-ssm's CUDA kernel, when it is installed next to kernkit
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        return selective_scan_fn, "mamba-ssm selective_scan_fn"
+    except Exception:
+        return selective_scan_ref, "PyTorch sequential ref"
+
+
+def _cuda_rows(quick, dev="cuda"):
+    """On the GPU: selective scan (fwd, fwd+bwd) against mamba-ssm when importable; linear_scan's
+    bandwidth against a device copy; causal_conv1d and its one-token update."""
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    theirs, name = _mamba_selective_scan()
+    Bsz, Dm, N, L = (1, 1536, 16, 2048) if quick else (4, 1536, 16, 2048)
+    for dtype in (torch.float32, torch.bfloat16):
+        u = torch.randn(Bsz, Dm, L, generator=g).to(dtype).to(dev)
+        delta = (torch.rand(Bsz, Dm, L, generator=g) * 0.5).to(dtype).to(dev)
+        A = -torch.rand(Dm, N, generator=g).to(dev)
+        B = torch.randn(Bsz, N, L, generator=g).to(dtype).to(dev)
+        C = torch.randn(Bsz, N, L, generator=g).to(dtype).to(dev)
+        kw = dict(D=torch.randn(Dm, generator=g).to(dev), z=torch.randn(Bsz, Dm, L, generator=g).to(dtype).to(dev),
+                  delta_softplus=True)
+        shape = f"B{Bsz} D{Dm} N{N} L{L}"
+        tk, tb = time_pair(lambda: kernkit.selective_scan(u, delta, A, B, C, **kw),
+                           lambda: theirs(u, delta, A, B, C, **kw), device=dev, quick=True)
+        updates = Bsz * Dm * N * L
+        rows.append(Row(FAMILY, "selective_scan fwd", shape, dtype_name(dtype), tk * 1e6, name, tb * 1e6,
+                        f"{updates / tk / 1e9:.0f} G state updates/s"))
+        leaves = [t.clone().requires_grad_() for t in (u, delta, A, B, C)]
+        dout = torch.randn_like(u)
+
+        def fb(fn):
+            return lambda: torch.autograd.backward(fn(*leaves, **kw), dout)
+
+        tk, tb = time_pair(fb(kernkit.selective_scan), fb(theirs), device=dev, quick=True)
+        rows.append(Row(FAMILY, "selective_scan fwd+bwd", shape, dtype_name(dtype), tk * 1e6, name, tb * 1e6,
+                        "deterministic (kernkit)"))
+    a = torch.rand(1, 8192, 4096, generator=g).to(dev)
+    b = torch.randn(1, 8192, 4096, generator=g).to(dev)
+    tk, tc = time_pair(lambda: kernkit.linear_scan(a, b), lambda: torch.add(a, b), device=dev, quick=quick)
+    rows.append(Row(FAMILY, "linear_scan", "B1 T8192 C4096", "float32", tk * 1e6, "torch.add (same bytes)", tc * 1e6,
+                    bandwidth(3 * a.numel() * 4, tk, dev)))
+    x = torch.randn(4, 4096, 2048, generator=g).to(torch.bfloat16).to(dev)
+    w = torch.randn(4096, 4, generator=g).to(dev)
+    xb, wb = x, w.to(torch.bfloat16)[:, None, :]
+    tk, tb = time_pair(lambda: kernkit.causal_conv1d(x, w, activation="silu"),
+                       lambda: F.silu(F.conv1d(xb, wb, padding=3, groups=4096)[..., :2048]), device=dev, quick=quick)
+    rows.append(Row(FAMILY, "causal_conv1d fwd", "B4 D4096 L2048 W4", "bfloat16", tk * 1e6, "F.conv1d groups=D",
+                    tb * 1e6, bandwidth(2 * x.numel() * 2, tk, dev)))
+    xs = torch.randn(1, 4096, generator=g).to(dev)
+    state = torch.randn(1, 4096, 4, generator=g).to(dev)
+    st_ref = state.clone()
+    with torch.no_grad():
+        tk, tb = time_pair(lambda: kernkit.causal_conv1d_update(xs, state, w, activation="silu"),
+                           lambda: causal_conv1d_update_ref(xs, st_ref, w, activation="silu"), device=dev, quick=quick)
+    rows.append(Row(FAMILY, "causal_conv1d_update, 1 token", "B1 D4096 W4", "float32", tk * 1e6, "PyTorch update",
+                    tb * 1e6, "target < 10 us per call"))
+    return rows
+
+
 def run(device: str = "cpu", quick: bool = False) -> list[Row]:
-    if device != "cpu":
-        return []  # CUDA scan kernels: a later step
+    if device == "cuda":
+        return _cuda_rows(quick)
     return _selective_rows(quick) + _linear_scan_rows(quick) + _conv_rows(quick)
