@@ -454,6 +454,9 @@ def test_quantizers_cuda_match_reference(gpu, shape, dtype):
         assert torch.equal(scale.cpu(), s) and torch.equal(kernkit.ternary_unpack(packed, shape).cpu(), w_q)
         dense = w_q.float() * (s[:, None] if per_row else s)
         assert torch.equal(_dequant_op(packed, scale, shape[1]).cpu(), dense)
+    pb, alpha = kernkit.binary_quantize(w.to(dev))
+    signs, a = binary_quantize_ref(w)
+    assert torch.equal(kernkit.binary_unpack(pb, shape).cpu(), signs) and torch.equal(alpha.cpu(), a)
     # strided weights, and x_q / s for the straight-through backward
     wt = w.t().contiguous().t()
     assert torch.equal(kernkit.ternary_quantize(wt.to(dev))[0].cpu(), kernkit.ternary_quantize(w.to(dev))[0].cpu())

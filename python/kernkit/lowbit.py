@@ -113,14 +113,14 @@ def binary_unpack(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 
 def binary_quantize(w: torch.Tensor):
-    """``sign(W)`` (sign(0) = +1), 1 bit per weight, and ``alpha = mean|W|`` per output row.
-    Returns ``(packed uint8, alpha fp32 (N,))``."""
+    """``sign(W)`` (sign(0) = +1), 1 bit per weight, and ``alpha = mean|W|`` per output row (taken in
+    fp64 and rounded once, so CPU and CUDA give the same bits). Returns ``(packed uint8, alpha fp32 (N,))``."""
     chk.tensor("binary_quantize", "w", w)
     if w.dim() != 2 or w.shape[1] == 0:
         raise ValueError(f"binary_quantize: w must be (out_features, in_features), got {tuple(w.shape)}")
     _check_finite("binary_quantize", w)
     wf = w.detach().float()
-    return binary_pack(wf), wf.abs().mean(dim=1)
+    return binary_pack(wf), wf.abs().double().mean(dim=1).float()
 
 
 def _check_packed(fn, packed, N, K, per_byte, block):

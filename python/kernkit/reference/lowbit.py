@@ -46,9 +46,10 @@ def ternary_linear_ref(x: torch.Tensor, w_q: torch.Tensor, scale: torch.Tensor, 
 
 
 def binary_quantize_ref(w: torch.Tensor):
-    """sign(W) with sign(0) = +1, and alpha = mean|W| per output row. Returns (signs int8, alpha fp32)."""
+    """sign(W) with sign(0) = +1, and alpha = mean|W| per output row (in fp64, rounded once to fp32).
+    Returns (signs int8, alpha fp32)."""
     wf = w.float()
-    return torch.where(wf >= 0, 1, -1).to(torch.int8), wf.abs().mean(dim=1)
+    return torch.where(wf >= 0, 1, -1).to(torch.int8), wf.abs().double().mean(dim=1).float()
 
 
 def binary_linear_ref(x: torch.Tensor, w_sign: torch.Tensor, alpha: torch.Tensor,
