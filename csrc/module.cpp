@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <cstring>
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -183,6 +184,29 @@ AttnMask attn_mask(double scale, double softcap, int left, int right, int sinks,
   require(softcap >= 0, "flash_attn: softcap must be >= 0");
   return AttnMask{float(scale), float(softcap), left, right, sinks, AttnActivation(activation),
                   ptr<const float>(bias), float(bias_value), bias_default};
+}
+
+// flash_attn_with_kvcache's append for small CPU batches, in one call: rows [starts[b], starts[b] + n_new)
+// of both caches get the new keys / values (last dim contiguous everywhere), and seqused[b] =
+// starts[b] + n_new. The caller has checked shapes and that the rows lie inside the caches.
+void kvcache_append(uintptr_t kc, Strides kcs, uintptr_t vc, Strides vcs, uintptr_t k, Strides ks, uintptr_t v,
+                    Strides vs, uintptr_t starts, uintptr_t seqused, int64_t B, int64_t n_new, int64_t H, int64_t D,
+                    int64_t Dv, int64_t elem) {
+  const int32_t* st = ptr<const int32_t>(starts);
+  int32_t* used = ptr<int32_t>(seqused);
+  auto rows = [&](uintptr_t dst, const Strides& ds, uintptr_t src, const Strides& ss, int64_t b, int64_t d) {
+    for (int64_t i = 0; i < n_new; ++i)
+      for (int64_t h = 0; h < H; ++h)
+        std::memcpy(ptr<char>(dst) + elem * (b * ds[0] + (st[b] + i) * ds[1] + h * ds[2]),
+                    ptr<const char>(src) + elem * (b * ss[0] + i * ss[1] + h * ss[2]), size_t(elem * d));
+  };
+  for (int64_t b = 0; b < B; ++b) {
+    if (n_new) {
+      rows(kc, kcs, k, ks, b, D);
+      rows(vc, vcs, v, vs, b, Dv);
+    }
+    used[b] = st[b] + int32_t(n_new);
+  }
 }
 
 void attention_fwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v, Strides vs, uintptr_t o,
@@ -598,6 +622,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("act_quant_dequant", &act_quant_dequant);
   m.def("lowbit_work_bytes", &lowbit_work_bytes);
   m.def("selective_scan_work_floats", &ss_cuda_work_floats);
+  m.def("kvcache_append", &kvcache_append);
   m.def("sgemm", &sgemm);
   m.def("advise_huge_pages", &advise_huge_pages);
   m.def("attach_simt", &attach_simt, py::arg("table"));

@@ -468,3 +468,32 @@ def test_bad_kvcache():
         kernkit.flash_attn_with_kvcache(q, kc, kc.clone(), torch.tensor([1, 2, 3], dtype=torch.int32))
     with pytest.raises(TypeError, match="cache_seqlens"):
         kernkit.flash_attn_with_kvcache(q, kc, kc.clone(), 2.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kvcache_decode_fast_path_equals_checked_path(dtype):
+    # the plain decode call (attribute checks, one native append) against the fully checked path
+    # (taken when any other option is given, here the default window), outputs and caches bitwise
+    from kernkit.attention import _kvcache_fast
+
+    g = torch.Generator().manual_seed(3)
+    B, cap, Hq, Hkv, D = 3, 50, 8, 2, 32
+    for n_new, causal in ((0, False), (1, True), (3, True), (2, False)):
+        q = torch.randn(B, n_new or 1, Hq, D, generator=g).to(dtype)
+        caches = [torch.randn(B, cap, Hkv, D, generator=g).to(dtype) for _ in range(2)]
+        k = torch.randn(B, n_new, Hkv, D, generator=g).to(dtype) if n_new else None
+        v = torch.randn(B, n_new, Hkv, D, generator=g).to(dtype) if n_new else None
+        lens = torch.tensor([0, 17, 40], dtype=torch.int32)
+        kc1, vc1 = (c.clone() for c in caches)
+        kc2, vc2 = (c.clone() for c in caches)
+        fast = _kvcache_fast(q, kc1, vc1, lens, k, v, {"causal": causal})
+        assert fast is not None
+        slow = kernkit.flash_attn_with_kvcache(q, kc2, vc2, lens, k=k, v=v, causal=causal, window=(-1, -1))
+        assert torch.equal(fast, slow) and torch.equal(kc1, kc2) and torch.equal(vc1, vc2)
+        assert lens.tolist() == [0, 17, 40]  # not mutated
+    # what the fast path leaves to the checked one: a full cache raises there
+    full = torch.tensor([cap, 0, 0], dtype=torch.int32)
+    one = torch.randn(B, 1, Hkv, D).to(dtype)
+    assert _kvcache_fast(q[:, :1], kc1, vc1, full, one, one, {}) is None
+    with pytest.raises(ValueError, match="capacity"):
+        kernkit.flash_attn_with_kvcache(q[:, :1], kc1, vc1, full, k=one, v=one)

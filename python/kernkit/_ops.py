@@ -30,6 +30,7 @@ def _probe(name):
 _fn_mode_enabled = _probe("torch._C._is_torch_function_mode_enabled")
 _dispatch_stack_len = _probe("torch._C._len_torch_dispatch_stack")
 _is_functorch = _probe("torch._C._functorch.is_functorch_wrapped_tensor")
+_Parameter = torch.nn.Parameter
 _FAST_PATH = None not in (_fn_mode_enabled, _dispatch_stack_len, _is_functorch)
 
 
@@ -40,7 +41,9 @@ def _eager_plain(args) -> bool:
     for a in args:
         if isinstance(a, torch.Tensor):
             # (is_cpu / is_cuda: a.device.type builds a device object, ~5x slower per call)
-            if type(a) is not torch.Tensor or (grad and a.requires_grad) or not (a.is_cpu or a.is_cuda) \
+            # (nn.Parameter disables torch-function overrides: as plain as a tensor for a kernel)
+            if (type(a) is not torch.Tensor and type(a) is not _Parameter) or (grad and a.requires_grad) \
+                    or not (a.is_cpu or a.is_cuda) \
                     or _is_functorch(a):
                 return False
     return True

@@ -19,10 +19,10 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from . import _C
+from . import _C, _native
 from . import _checks as chk
-from ._native import advise_large, dtype_code, launch_args, ptr, reject_cuda
-from ._ops import call, define_op
+from ._native import DTYPE_CODES, advise_large, dtype_code, launch_args, ptr, reject_cuda
+from ._ops import _eager_plain, call, define_op
 
 _ACTIVATIONS = {"softmax": 0, "sigmoid": 1}
 MAX_HEAD_DIM = 256
@@ -293,6 +293,53 @@ _DEFAULTS = dict(causal=False, window=(-1, -1), sinks=0, softcap=0.0, scale=None
                  sigmoid_bias=None, return_lse=False, deterministic=False)
 
 
+_KV_FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _kvcache_fast(q, k_cache, v_cache, cache_seqlens, k, v, kwargs):
+    """The decode call's common case, checked with attribute reads only (at a small cache the
+    generic checks cost several times the kernel): plain CPU tensors, no autograd or compile or
+    modes, at most ``causal`` given, few sequences, caches with room. Anything else (including every
+    error) returns None and takes the fully checked path."""
+    if kwargs and (len(kwargs) > 1 or type(kwargs.get("causal")) is not bool):
+        return None
+    if (k is None) != (v is None):
+        return None
+    ts = (q, k_cache, v_cache) if k is None else (q, k_cache, v_cache, k, v)
+    if type(q) is not torch.Tensor or not _eager_plain(ts):
+        return None
+    dt = q.dtype
+    for t in ts:
+        if type(t) is not torch.Tensor or not t.is_cpu or t.dtype is not dt or t.dim() != 4 or t.stride(-1) != 1:
+            return None
+    B, Sq, Hq, D = q.shape
+    _, cap, Hkv, Dk = k_cache.shape
+    Dv = v_cache.shape[3]
+    if dt not in _KV_FAST_DTYPES or not 0 < B <= 16 or Sq == 0 or k_cache.shape[0] != B or \
+            v_cache.shape[:3] != k_cache.shape[:3] or Dk != D or not (0 < D <= MAX_HEAD_DIM and 0 < Dv <= MAX_HEAD_DIM) \
+            or Hkv == 0 or Hq == 0 or Hq % Hkv or cap == 0:
+        return None
+    if type(cache_seqlens) is not torch.Tensor or cache_seqlens.dtype is not torch.int32 or not cache_seqlens.is_cpu \
+            or cache_seqlens.shape != (B,) or not cache_seqlens.is_contiguous() \
+            or (k is not None and (k.shape != (B, k.shape[1], Hkv, D) or v.shape != (B, k.shape[1], Hkv, Dv))):
+        return None
+    n_new = 0 if k is None else k.shape[1]
+    starts = cache_seqlens.tolist()
+    if min(starts) < 0 or max(starts) + n_new > cap:
+        return None
+    seqused = torch.empty(B, dtype=torch.int32)  # the append and the key counts in one native call
+    _C.kvcache_append(ptr(k_cache), _strides(k_cache), ptr(v_cache), _strides(v_cache), ptr(k), _strides(q if k is None else k),
+                      ptr(v), _strides(q if v is None else v), ptr(cache_seqlens), ptr(seqused), B, n_new, Hkv, D, Dv,
+                      q.element_size())
+    out = torch.empty((B, Sq, Hq, Dv), dtype=dt)
+    causal = kwargs.get("causal", False)
+    _C.attention_fwd(ptr(q), _strides(q), ptr(k_cache), _strides(k_cache), ptr(v_cache), _strides(v_cache),
+                     ptr(out), _strides(out), 0, (Hq * Sq, Sq), [B, Hq, Hkv, D, Dv, Sq, cap, 0], 0, 0, ptr(seqused),
+                     float(D ** -0.5), 0.0, -1, 0 if causal else -1, 0, 0, 0, 0.0, False, DTYPE_CODES[dt],
+                     torch.get_num_threads(), -1, 0)
+    return out
+
+
 def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             cache_seqlens: Union[int, torch.Tensor], k: Optional[torch.Tensor] = None,
                             v: Optional[torch.Tensor] = None, **kwargs):
@@ -302,6 +349,10 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     ``(B,)``: keys already in the cache. If ``k``/``v`` ``(B, Snew, Hkv, ...)`` are given they are
     written **in place** into the caches at ``cache_seqlens``; attention then runs over the first
     ``cache_seqlens + Snew`` keys of each batch entry (masks aligned to that length)."""
+    if _native.simt_session is None:
+        fast = _kvcache_fast(q, k_cache, v_cache, cache_seqlens, k, v, kwargs)
+        if fast is not None:
+            return fast
     fn = "flash_attn_with_kvcache"
     _check_qkv(fn, q, k_cache, v_cache, 4)
     B, cap = k_cache.shape[0], k_cache.shape[1]
