@@ -343,7 +343,7 @@ void selective_scan_fwd(uintptr_t u, uintptr_t delta, uintptr_t z, uintptr_t Bm,
   const SelectiveScanParams p = ss_params(u, delta, z, Bm, Cm, b_var, c_var, G, A, Dskip, delta_bias, softplus, h0,
                                           out, last, Bsz, D, N, L, dtype, threads);
   if (Bsz == 0 || D == 0) return;
-  require(u && delta && Bm && Cm && A && out, "selective_scan: null data pointer");
+  require(A && (L == 0 || (u && delta && Bm && Cm && out)), "selective_scan: null data pointer");
   if (device != kCpuDevice) {
     require_cuda(device);
     require(p.dtype != DType::f64, "selective_scan: float64 runs on the CPU only (the CUDA kernels take fp32/bf16/fp16)");
@@ -365,8 +365,9 @@ void selective_scan_bwd(uintptr_t u, uintptr_t delta, uintptr_t z, uintptr_t Bm,
                                  ptr(dout), ptr(dlast), ptr(du), ptr(ddelta), ptr(dz), ptr(dA), ptr(dB), ptr(dC),
                                  ptr(dD), ptr(ddelta_bias), ptr(dh0), ptr<float>(work)};
   if (D == 0) return;
-  require(A && dA && dB && dC, "selective_scan_backward: null data pointer");
-  require(Bsz == 0 || (u && delta && Bm && Cm && dout && du && ddelta), "selective_scan_backward: null data pointer");
+  require(A && dA, "selective_scan_backward: null data pointer");
+  require(Bsz == 0 || L == 0 || (u && delta && Bm && Cm && dB && dC && dout && du && ddelta),
+          "selective_scan_backward: null data pointer");
   require(!z || dz, "selective_scan_backward: dz needed with z");
   if (device != kCpuDevice) {
     require_cuda(device);

@@ -746,3 +746,26 @@ def test_selective_scan_cuda_deterministic_and_split(gpu):
     assert torch.isfinite(big).all()
     with pytest.raises((ValueError, RuntimeError), match="float64"):
         kernkit.selective_scan(*(t.double() for t in (u, delta)), A.double(), B.double(), C.double())
+
+
+def _check_ss_empty(device):
+    # L = 0 (and B = 0): out is empty, the last state is the initial one, its gradient passes through
+    for Bsz, L, var in ((2, 0, True), (2, 0, False), (0, 5, True)):
+        u = torch.randn(Bsz, 4, L).to(device).requires_grad_()
+        delta = torch.rand(Bsz, 4, L).to(device).requires_grad_()
+        A = (-torch.rand(4, 8)).to(device).requires_grad_()
+        B = (torch.randn(Bsz, 8, L) if var else torch.randn(4, 8)).to(device).requires_grad_()
+        C = torch.randn(4, 8).to(device).requires_grad_()
+        h0 = torch.randn(Bsz, 4, 8).to(device).requires_grad_()
+        out, last = kernkit.selective_scan(u, delta, A, B, C, initial_state=h0, return_last_state=True)
+        assert out.shape == (Bsz, 4, L) and torch.equal(last, h0.detach())
+        (out.sum() + 2 * last.sum()).backward()
+        assert torch.equal(h0.grad, torch.full_like(h0, 2.0)) and not A.grad.any() and not C.grad.any()
+
+
+def test_selective_scan_empty_length():
+    _check_ss_empty("cpu")
+
+
+def test_selective_scan_cuda_empty_length(gpu):
+    _check_ss_empty(gpu.device)
