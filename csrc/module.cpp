@@ -576,8 +576,13 @@ void linear_attn_step(uintptr_t q, uintptr_t k, uintptr_t v, int gate, uintptr_t
   require(p.B >= 0 && p.H >= 1 && p.K >= 1 && p.V >= 1, "linear_attn_step: bad sizes");
   if (p.B == 0) return;
   require(q && k && v && state && o && new_state, "linear_attn_step: null data pointer");
-  require_cpu(device, "linear_attn_step");
-  (void)stream;
+  if (device != kCpuDevice) {
+    require_cuda(device);
+    require(p.dtype != DType::f64, "linear_attn_step: float64 runs on the CPU only");
+    require(p.K <= 256, "linear_attn_step: K must be <= 256");
+    py::gil_scoped_release nogil;
+    return run_cuda(&CudaEntryPoints::linear_attn_step_cuda, p, device, stream);
+  }
   if (p.gate != LaGate::none) {
     if (p.dtype == DType::f64) check_step_gate<double>(p);
     else check_step_gate<float>(p);

@@ -386,3 +386,35 @@ def test_step_bad_gate_leaves_state_untouched():
         with pytest.raises(ValueError, match="linear_attn_step: g .* <= 0"):
             kernkit.linear_attn_step(q, k, v, state, bad, inplace=True)
         assert torch.equal(state, before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gshape", [None, "H", "BH", "BHK"])
+def test_step_cuda(gpu, dtype, gshape):
+    # the CUDA decode step (no autograd), new state and in place, against the fp64 reference; K and V
+    # past one block of threads (V = 150: two columns per thread) and small (K = 3, V = 5)
+    dev = gpu.device
+    gen = torch.Generator().manual_seed(11)
+    for B, H, K, V in ((2, 3, 3, 5), (1, 2, 40, 150)):
+        mk = lambda *s: torch.randn(*s, generator=gen)
+        q, k, v = mk(B, H, K).to(dtype), mk(B, H, K).to(dtype), mk(B, H, V).to(dtype)
+        shapes = {None: None, "H": (H,), "BH": (B, H), "BHK": (B, H, K)}
+        g = None if gshape is None else -torch.rand(*shapes[gshape], generator=gen)
+        s0 = mk(B, H, K, V)
+        ref_o, ref_s = linear_attn_step_ref(q.double(), k.double(), v.double(), s0.double(),
+                                            None if g is None else g.double())
+        todev = lambda t: None if t is None else t.to(dev)
+        o, s = kernkit.linear_attn_step(todev(q), todev(k), todev(v), todev(s0), todev(g))
+        tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+        assert o.dtype == dtype and s.dtype == torch.float32
+        torch.testing.assert_close(o.cpu().double(), ref_o.double(), rtol=tol, atol=tol * 4)
+        torch.testing.assert_close(s.cpu().double(), ref_s, rtol=1e-5, atol=1e-5)
+        state = s0.clone().to(dev)
+        o2, s2 = kernkit.linear_attn_step(todev(q), todev(k), todev(v), state, todev(g), inplace=True)
+        assert s2 is state and torch.equal(o2, o) and torch.equal(state, s)
+    if gpu.session:
+        assert {k.split("<")[0] for k in gpu.session.kernels} == {"la_step_kernel"}
+    # training through the step needs linear_attn, which has no CUDA kernels yet
+    if gpu.kind == "cuda" or gpu.session:
+        with pytest.raises(RuntimeError, match="not implemented yet"):
+            kernkit.linear_attn_step(todev(q).requires_grad_(), todev(k), todev(v), todev(s0))

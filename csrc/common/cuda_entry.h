@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "linear_attn/linear_attn.h"
 #include "lowbit/lowbit.h"
 #include "norm/rms_norm.h"
 #include "scan/scan.h"
@@ -22,7 +23,8 @@
   X(ternary_dequant_cuda, TernaryDequantParams)  \
   X(act_quant_dequant_cuda, ActDequantParams)    \
   X(selective_scan_fwd_cuda, SelectiveScanParams) \
-  X(selective_scan_bwd_cuda, SelectiveScanBwdParams)
+  X(selective_scan_bwd_cuda, SelectiveScanBwdParams) \
+  X(linear_attn_step_cuda, LaStepParams)
 
 namespace kernkit {
 

@@ -71,6 +71,11 @@ KK_DECLARE_CPU_KERNEL(void, linear_attn_bwd_cpu, (const ::kernkit::LaBwdParams&)
 KK_DECLARE_CPU_KERNEL(void, linear_attn_step_cpu, (const ::kernkit::LaStepParams&))
 
 namespace kernkit {
+// CUDA decode step (csrc/linear_attn/cuda/linear_attn_step.cu): fp32 state, K <= 256.
+void linear_attn_step_cuda(const LaStepParams& p, int device, intptr_t stream);
+}  // namespace kernkit
+
+namespace kernkit {
 // fp64 paths (compiled once, token loops): exist for gradcheck.
 void linear_attn_fwd_f64(const LaParams& p);
 void linear_attn_bwd_f64(const LaBwdParams& p);

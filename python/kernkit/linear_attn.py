@@ -187,7 +187,7 @@ _step_inplace_op = define_op(
 
 # --------------------------------------------------------------------------- checks
 
-def _check_qkv(fn, q, k, v, ndim):
+def _check_qkv(fn, q, k, v, ndim, cuda_kernels=False):
     for name, t in (("q", q), ("k", k), ("v", v)):
         chk.tensor(fn, name, t)
         if t.dim() != ndim:
@@ -202,7 +202,8 @@ def _check_qkv(fn, q, k, v, ndim):
     K, V = q.shape[-1], v.shape[-1]
     if not (1 <= K <= 256 and 1 <= V <= 256):
         raise ValueError(f"{fn}: head dims must be in [1, 256], got K={K}, V={V}")
-    reject_cuda(fn, "q", q, "linear-attention")
+    if not cuda_kernels:
+        reject_cuda(fn, "q", q, "linear-attention")
 
 
 def _check_gate_values(fn, g):
@@ -365,7 +366,7 @@ def linear_attn_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: t
         if t.dim() != q.dim():
             raise ValueError(f"{fn}: {name} must have q's rank ({q.dim()}-D), got {tuple(t.shape)}")
     q4, k4, v4 = (t if seq_dim else t.unsqueeze(1) for t in (q, k, v))
-    _check_qkv(fn, q4, k4, v4, 4)
+    _check_qkv(fn, q4, k4, v4, 4, cuda_kernels=True)  # the decode step has CUDA kernels (not under autograd)
     B, _, H, K = q4.shape
     V = v4.shape[-1]
     acc = _acc_dtype(q.dtype)
