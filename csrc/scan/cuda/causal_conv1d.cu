@@ -120,35 +120,57 @@ __global__ void conv_dx_kernel(CausalConvBwdParams q) {
   else if (q.dinit) static_cast<T*>(q.dinit)[r * W1 + j] = st<T>(acc);
 }
 
+// Block sum of each thread's v into out (weight or bias entry i), fixed-order tree.
+template <typename T, typename A>
+__device__ __forceinline__ void dw_store(const CausalConvBwdParams& q, A* red, A v, void* out, long long i) {
+  red[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0 && out) {
+    if (q.fwd.wdtype == DType::f32) static_cast<float*>(out)[i] = float(red[0]);
+    else static_cast<T*>(out)[i] = st<T>(red[0]);
+  }
+  __syncthreads();
+}
+
+// dweight / dbias of channel d: taps in register accumulators, kTaps at a time (a fixed-size,
+// fully unrolled array stays in registers; the old acc[kMaxW + 1] lived in local memory). Each
+// thread's sums run over the same (batch, time) order in every pass, so the result does not
+// depend on how many passes the width needs.
+constexpr int kTaps = 4;
+
 template <typename T>
 __global__ void conv_dw_kernel(CausalConvBwdParams q) {
   using A = typename AccOf<T>::type;
   const CausalConvParams& p = q.fwd;
   KK_SHARED(A, red, [kThreads]);
   const long long d = blockIdx.x;
-  A acc[kMaxW + 1];
-  for (int k = 0; k <= p.W; ++k) acc[k] = 0;
-  for (long long i = threadIdx.x; i < p.B * p.L; i += blockDim.x) {
-    const long long b = i / p.L, t = i % p.L, r = b * p.D + d;
-    const A g = grad_pre<T>(q, r, t);
-    for (int k = 0; k < p.W; ++k)
-      if (keep(p, r, t, t + k)) acc[k] += g * ext_at<T>(p, r, t + k);
-    acc[p.W] += g;
-  }
-  for (int k = 0; k <= p.W; ++k) {
-    red[threadIdx.x] = acc[k];
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-      if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
-      __syncthreads();
+  for (int k0 = 0; k0 <= p.W; k0 += kTaps) {  // tap W stands for the bias
+    A acc[kTaps];
+#pragma unroll
+    for (int j = 0; j < kTaps; ++j) acc[j] = 0;
+    for (long long i = threadIdx.x; i < p.B * p.L; i += blockDim.x) {
+      const long long b = i / p.L, t = i % p.L, r = b * p.D + d;
+      const A g = grad_pre<T>(q, r, t);
+#pragma unroll
+      for (int j = 0; j < kTaps; ++j) {
+        const int k = k0 + j;
+        if (k < p.W) {
+          if (keep(p, r, t, t + k)) acc[j] += g * ext_at<T>(p, r, t + k);
+        } else if (k == p.W) {
+          acc[j] += g;
+        }
+      }
     }
-    if (threadIdx.x == 0 && (k < p.W || q.dbias)) {
-      void* out = k < p.W ? q.dw : q.dbias;
-      const long long i = k < p.W ? d * p.W + k : d;
-      if (p.wdtype == DType::f32) static_cast<float*>(out)[i] = float(red[0]);
-      else static_cast<T*>(out)[i] = st<T>(red[0]);
+#pragma unroll
+    for (int j = 0; j < kTaps; ++j) {
+      const int k = k0 + j;
+      if (k > p.W) break;
+      dw_store<T>(q, red, acc[j], k < p.W ? q.dw : q.dbias, k < p.W ? d * p.W + k : d);
     }
-    __syncthreads();
   }
 }
 
