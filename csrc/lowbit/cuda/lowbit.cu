@@ -153,6 +153,51 @@ __device__ __forceinline__ uint32_t signed_codes(uint32_t word, int i) {
   return (((word >> (2 * i)) & 0x03030303u) | 0x80808080u) - 0x01010101u ^ 0x80808080u;
 }
 
+// The two tensor-core kernels' shared warp tile: a warp owns 32 x 32 outputs as 2 x 4 mma tiles of
+// 16 x 8. Both mma shapes (m16n8k32 s8, m16n8k16 16-bit) take 32 bytes of k per step with the same
+// byte layout of fragments, so one loader serves both: A rows wm + 16a + g (+8), bytes 4t + 16(r >> 1);
+// B rows wn + 8b + g, bytes 4t + 16r; shared rows are row_bytes apart.
+template <typename Acc>
+__device__ __forceinline__ void zero_tile(Acc (&acc)[2][4][4]) {
+#pragma unroll
+  for (int a = 0; a < 2; ++a)
+#pragma unroll
+    for (int b = 0; b < 4; ++b)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[a][b][i] = Acc(0);
+}
+
+__device__ __forceinline__ void load_fragments(const char* a_base, const char* b_base, int row_bytes, int kbyte,
+                                               int wm, int wn, int g, int t, uint32_t (&af)[2][4],
+                                               uint32_t (&bf)[4][2]) {
+#pragma unroll
+  for (int a = 0; a < 2; ++a)
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+      af[a][r] = *reinterpret_cast<const uint32_t*>(a_base + (wm + 16 * a + g + 8 * (r & 1)) * row_bytes + kbyte +
+                                                    4 * t + 16 * (r >> 1));
+#pragma unroll
+  for (int b = 0; b < 4; ++b)
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      bf[b][r] = *reinterpret_cast<const uint32_t*>(b_base + (wn + 8 * b + g) * row_bytes + kbyte + 4 * t + 16 * r);
+}
+
+// out(m, n, acc) for every accumulator of the warp's tile inside the M x N output
+template <typename Acc, typename Out>
+__device__ __forceinline__ void store_tile(const LowbitParams& p, const Acc (&acc)[2][4][4], long long m0,
+                                           long long n0, int wm, int wn, int g, int t, Out out) {
+#pragma unroll
+  for (int a = 0; a < 2; ++a)
+#pragma unroll
+    for (int b = 0; b < 4; ++b)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const long long m = m0 + wm + 16 * a + g + 8 * (i >> 1), n = n0 + wn + 8 * b + 2 * t + (i & 1);
+        if (m < p.M && n < p.N) out(m, n, acc[a][b][i]);
+      }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kMmaThreads) ternary_mma_kernel(LowbitParams p, LowbitWork w) {
   KK_SHARED(uint4, sA, [2][kTileM * kSmemRow / 16]);
@@ -190,12 +235,7 @@ __global__ void __launch_bounds__(kMmaThreads) ternary_mma_kernel(LowbitParams p
   };
 
   int acc[2][4][4];
-#pragma unroll
-  for (int a = 0; a < 2; ++a)
-#pragma unroll
-    for (int b = 0; b < 4; ++b)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[a][b][i] = 0;
+  zero_tile(acc);
 
   load_a(0, 0);
   store_b(0, fetch_b(0));
@@ -212,19 +252,9 @@ __global__ void __launch_bounds__(kMmaThreads) ternary_mma_kernel(LowbitParams p
     const char* a_base = reinterpret_cast<const char*>(sA[cur]);
     const char* b_base = reinterpret_cast<const char*>(sB[cur]);
 #pragma unroll
-    for (int kk = 0; kk < kTileK; kk += 32) {
+    for (int kk = 0; kk < kTileK; kk += 32) {  // 32 int8 = 32 bytes of k per mma
       uint32_t af[2][4], bf[4][2];
-#pragma unroll
-      for (int a = 0; a < 2; ++a)
-#pragma unroll
-        for (int r = 0; r < 4; ++r)
-          af[a][r] = *reinterpret_cast<const uint32_t*>(a_base + (wm + 16 * a + g + 8 * (r & 1)) * kSmemRow + kk +
-                                                        4 * t + 16 * (r >> 1));
-#pragma unroll
-      for (int b = 0; b < 4; ++b)
-#pragma unroll
-        for (int r = 0; r < 2; ++r)
-          bf[b][r] = *reinterpret_cast<const uint32_t*>(b_base + (wn + 8 * b + g) * kSmemRow + kk + 4 * t + 16 * r);
+      load_fragments(a_base, b_base, kSmemRow, kk, wm, wn, g, t, af, bf);
 #pragma unroll
       for (int a = 0; a < 2; ++a)
 #pragma unroll
@@ -235,15 +265,9 @@ __global__ void __launch_bounds__(kMmaThreads) ternary_mma_kernel(LowbitParams p
     __syncthreads();
   }
 
-#pragma unroll
-  for (int a = 0; a < 2; ++a)
-#pragma unroll
-    for (int b = 0; b < 4; ++b)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const long long m = m0 + wm + 16 * a + g + 8 * (i >> 1), n = n0 + wn + 8 * b + 2 * t + (i & 1);
-        if (m < p.M && n < p.N) store_out<T>(p, m, n, rescale(acc[a][b][i], w.s[m], weight_scale(p, n)));
-      }
+  store_tile(p, acc, m0, n0, wm, wn, g, t, [&](long long m, long long n, int v) {
+    store_out<T>(p, m, n, rescale(v, w.s[m], weight_scale(p, n)));
+  });
 }
 
 // ------------------------------------------------------------------------------- float activations
@@ -384,12 +408,7 @@ __global__ void __launch_bounds__(kMmaThreads) float_mma_kernel(LowbitParams p) 
   };
 
   float acc[2][4][4];
-#pragma unroll
-  for (int a = 0; a < 2; ++a)
-#pragma unroll
-    for (int b = 0; b < 4; ++b)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[a][b][i] = 0.f;
+  zero_tile(acc);
 
   fetch_a(0);
   fetch_b(0);
@@ -401,22 +420,12 @@ __global__ void __launch_bounds__(kMmaThreads) float_mma_kernel(LowbitParams p) 
       fetch_a(kb + 1);
       fetch_b(kb + 1);
     }
-    const uint16_t* a_base = reinterpret_cast<const uint16_t*>(sA);
-    const uint16_t* b_base = reinterpret_cast<const uint16_t*>(sB);
+    const char* a_base = reinterpret_cast<const char*>(sA);
+    const char* b_base = reinterpret_cast<const char*>(sB);
 #pragma unroll
-    for (int kk = 0; kk < kTileK; kk += 16) {
+    for (int kk = 0; kk < kTileK; kk += 16) {  // 16 elements = 32 bytes of k per mma
       uint32_t af[2][4], bf[4][2];
-#pragma unroll
-      for (int a = 0; a < 2; ++a)
-#pragma unroll
-        for (int r = 0; r < 4; ++r)
-          af[a][r] = *reinterpret_cast<const uint32_t*>(a_base + (wm + 16 * a + g + 8 * (r & 1)) * kHalfRow + kk +
-                                                        2 * t + 8 * (r >> 1));
-#pragma unroll
-      for (int b = 0; b < 4; ++b)
-#pragma unroll
-        for (int r = 0; r < 2; ++r)
-          bf[b][r] = *reinterpret_cast<const uint32_t*>(b_base + (wn + 8 * b + g) * kHalfRow + kk + 2 * t + 8 * r);
+      load_fragments(a_base, b_base, 2 * kHalfRow, 2 * kk, wm, wn, g, t, af, bf);
 #pragma unroll
       for (int a = 0; a < 2; ++a)
 #pragma unroll
@@ -428,15 +437,9 @@ __global__ void __launch_bounds__(kMmaThreads) float_mma_kernel(LowbitParams p) 
     __syncthreads();  // the tiles are rewritten next step
   }
 
-#pragma unroll
-  for (int a = 0; a < 2; ++a)
-#pragma unroll
-    for (int b = 0; b < 4; ++b)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const long long m = m0 + wm + 16 * a + g + 8 * (i >> 1), n = n0 + wn + 8 * b + 2 * t + (i & 1);
-        if (m < p.M && n < p.N) store_out<T>(p, m, n, __fmul_rn(acc[a][b][i], Binary ? p.scale[n] : weight_scale(p, n)));
-      }
+  store_tile(p, acc, m0, n0, wm, wn, g, t, [&](long long m, long long n, float v) {
+    store_out<T>(p, m, n, __fmul_rn(v, Binary ? p.scale[n] : weight_scale(p, n)));
+  });
 }
 
 // ------------------------------------------------------------------------------- binary XNOR
