@@ -244,13 +244,17 @@ def test_bitlinear_matches_emulation_forward_and_ste_gradients(sizes):
         layer.weight.copy_(torch.randn(N, K, generator=g) * 0.1)
         layer.bias.copy_(torch.randn(N, generator=g))
     x = torch.randn(M, K, generator=g, requires_grad=True)
+    _check_bitlinear_vs_emulation(layer, x, torch.randn(M, N, generator=g))
+
+
+def _check_bitlinear_vs_emulation(layer, x, dy):
+    # forward and straight-through gradients of a BitLinear against the fake-quantise + F.linear emulation
     y = layer(x)
     xr = x.detach().clone().requires_grad_()
     wr = layer.weight.detach().clone().requires_grad_()
     br = layer.bias.detach().clone().requires_grad_()
     yr = bitlinear_emulated(xr, wr, br)
     torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
-    dy = torch.randn_like(y)
     y.backward(dy)
     yr.backward(dy)
     torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
@@ -487,18 +491,7 @@ def test_bitlinear_trains_on_cuda_kernels(gpu):
         layer.weight.copy_(torch.randn(20, 70, generator=g) * 0.1)
         layer.bias.copy_(torch.randn(20, generator=g))
     x = torch.randn(19, 70, generator=g).to(gpu.device).requires_grad_()
-    y = layer(x)
-    xr = x.detach().clone().requires_grad_()
-    wr = layer.weight.detach().clone().requires_grad_()
-    br = layer.bias.detach().clone().requires_grad_()
-    yr = bitlinear_emulated(xr, wr, br)
-    torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
-    dy = torch.randn(y.shape, generator=g).to(gpu.device)
-    y.backward(dy)
-    yr.backward(dy)
-    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(layer.weight.grad, wr.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(layer.bias.grad, br.grad)
+    _check_bitlinear_vs_emulation(layer, x, torch.randn(19, 20, generator=g).to(gpu.device))
     if gpu.session:
         assert {"abs_row_sum_kernel", "ternary_mma_kernel", "ternary_dequant_kernel",
                 "act_quant_dequant_kernel"} <= _kernels(gpu)
