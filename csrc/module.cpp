@@ -220,7 +220,13 @@ void attention_fwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v
                   ptr<float>(lse), dtype_from_code(dtype, "q"), threads};
   if (p.shape.B == 0) return;
   require(q && k && v && o, "flash_attn: null data pointer");
-  require_cpu(device, "flash_attn");
+  if (device != kCpuDevice) {
+    require_cuda(device);
+    require(p.dtype != DType::f64, "flash_attn: float64 runs on the CPU only (the CUDA kernels take fp32/bf16/fp16)");
+    require(p.shape.D <= 256 && p.shape.Dv <= 256, "flash_attn: the CUDA kernels take head dims up to 256");
+    py::gil_scoped_release nogil;
+    return run_cuda(&CudaEntryPoints::attention_fwd_cuda, p, device, stream);
+  }
   py::gil_scoped_release nogil;
   if (p.dtype == DType::f64) attention_fwd_f64(p);
   else KK_CPU_KERNEL(attention_fwd_cpu)(p);

@@ -74,4 +74,7 @@ namespace kernkit {
 // fp64 path (compiled once, plain loops): exists for gradcheck.
 void attention_fwd_f64(const AttnFwdParams& p);
 void attention_bwd_f64(const AttnBwdParams& p);
+
+// CUDA (device >= 0) or simt: forward only so far (fp32/bf16/fp16, head dims up to 256).
+void attention_fwd_cuda(const AttnFwdParams& p, int device, intptr_t stream);
 }  // namespace kernkit

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "attention/attention.h"
 #include "linear_attn/linear_attn.h"
 #include "lowbit/lowbit.h"
 #include "norm/rms_norm.h"
@@ -24,7 +25,8 @@
   X(act_quant_dequant_cuda, ActDequantParams)    \
   X(selective_scan_fwd_cuda, SelectiveScanParams) \
   X(selective_scan_bwd_cuda, SelectiveScanBwdParams) \
-  X(linear_attn_step_cuda, LaStepParams)
+  X(linear_attn_step_cuda, LaStepParams)        \
+  X(attention_fwd_cuda, AttnFwdParams)
 
 namespace kernkit {
 

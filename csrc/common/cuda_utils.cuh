@@ -63,6 +63,13 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
 inline unsigned blocks_for(long long n, int per_block) { return unsigned((n + per_block - 1) / per_block); }
 
 }  // namespace cuda

@@ -1,6 +1,7 @@
 """Fused attention: flash (softmax) and sigmoid attention with bottom-right
 causal masks, sliding windows, attention sinks, softcap, GQA/MQA, variable-length
-batches and KV-cache decode. CPU kernels for every ISA level; CUDA comes later.
+batches and KV-cache decode. CPU kernels for every ISA level; CUDA forward kernels
+(tensor cores for bf16/fp16, an exact slow path for fp32); the CUDA backward is not built yet.
 
 Mask semantics (as flash-attn): with ``off = Sk - Sq``, query i sees key j iff
 ``i + off - left <= j <= i + off + right`` (a -1 bound is unbounded;
@@ -21,7 +22,7 @@ import torch
 
 from . import _C, _native
 from . import _checks as chk
-from ._native import DTYPE_CODES, advise_large, dtype_code, launch_args, ptr, reject_cuda
+from ._native import DTYPE_CODES, advise_large, dtype_code, launch_args, ptr
 from ._ops import _eager_plain, call, define_op
 
 _ACTIVATIONS = {"softmax": 0, "sigmoid": 1}
@@ -81,6 +82,10 @@ def _fwd_fake(q, k, v, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left
 
 def _bwd_impl(dout, q, k, v, out, lse, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left, right, sinks,
               activation, bias, bias_value, bias_default, shift, need_dbias):
+    if _cuda_kernels(q):
+        raise RuntimeError("flash_attn backward: kernkit's CUDA attention has forward kernels only so far; the "
+                           "backward kernels are not implemented yet (run training on CPU tensors, or use "
+                           "torch.nn.functional.scaled_dot_product_attention on the GPU)")
     dims, _, stat = _geometry(q, k, v, cu_q, max_q, max_k, shift)
     dout = dout.contiguous()
     dq, dk, dv = (advise_large(torch.empty_like(t)) for t in (q, k, v))
@@ -152,7 +157,6 @@ _attn_fwd = define_op(
 def _check_qkv(fn, q, k, v, ndim):
     for name, t in (("q", q), ("k", k), ("v", v)):
         chk.tensor(fn, name, t)
-        reject_cuda(fn, name, t, "attention")
         if t.dim() != ndim:
             layout = "(batch, seqlen, heads, head_dim)" if ndim == 4 else "(total_tokens, heads, head_dim)"
             raise ValueError(f"{fn}: {name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}")
@@ -164,6 +168,8 @@ def _check_qkv(fn, q, k, v, ndim):
         raise ValueError(f"{fn}: k {tuple(k.shape)} and v {tuple(v.shape)} must agree in all but the last dim")
     if ndim == 4 and k.shape[0] != q.shape[0]:
         raise ValueError(f"{fn}: batch mismatch: q has {q.shape[0]}, k/v have {k.shape[0]}")
+    if q.dtype == torch.float64 and _cuda_kernels(q):
+        raise TypeError(f"{fn}: float64 attention runs on the CPU only (the CUDA kernels take fp32, bf16, fp16)")
     hq, hkv = q.shape[-2], k.shape[-2]
     if hq == 0 or hkv == 0 or hq % hkv:
         raise ValueError(f"{fn}: q heads ({hq}) must be a positive multiple of k/v heads ({hkv}) (GQA/MQA)")
@@ -172,6 +178,11 @@ def _check_qkv(fn, q, k, v, ndim):
     for name, d in (("q/k", q.shape[-1]), ("v", v.shape[-1])):
         if not 1 <= d <= MAX_HEAD_DIM:
             raise ValueError(f"{fn}: {name} head dim must be in [1, {MAX_HEAD_DIM}], got {d}")
+
+
+def _cuda_kernels(t):
+    """Whether t goes to the CUDA kernels (a CUDA tensor, or a CPU tensor under kernkit.testing.simt())."""
+    return t.is_cuda or (_native.simt_session is not None and t.is_cpu)
 
 
 def _last_dim_contiguous(t):
@@ -278,9 +289,13 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     chk.same_device(fn, "cu_seqlens_k", cu_seqlens_k, "q", q)
     max_seqlen_q = chk.integral(fn, "max_seqlen_q", max_seqlen_q)
     max_seqlen_k = chk.integral(fn, "max_seqlen_k", max_seqlen_k)
-    for name, m in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+    for name, m, cu in (("max_seqlen_q", max_seqlen_q, cu_seqlens_q), ("max_seqlen_k", max_seqlen_k, cu_seqlens_k)):
         if m < 0:
             raise ValueError(f"{fn}: {name} must be a non-negative int, got {m!r}")
+        if cu.device.type != "meta" and cu.numel() > 1:   # (the CUDA kernels size their grid by it)
+            longest = int((cu[1:] - cu[:-1]).max())
+            if m < longest:
+                raise ValueError(f"{fn}: {name} ({m}) is smaller than the longest sequence ({longest})")
     return_lse = kwargs.get("return_lse", False)
     opts = _options(fn, q, **{**_DEFAULTS, **kwargs})
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))

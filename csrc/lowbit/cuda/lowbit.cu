@@ -37,24 +37,17 @@ constexpr int kGemvMaxRows = 16;   // ternary int8: up to this many activation r
 constexpr int kTileM = 64, kTileN = 64, kTileK = 128, kMmaThreads = 128;
 constexpr int kSmemRow = kTileK + 16;  // bytes per shared row: conflict-free 32-bit fragment loads
 
-template <typename T>
-__device__ __forceinline__ T warp_max(T v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
 // Block-wide reduction (blockDim.x a multiple of 32, at most 1024): every thread gets the result.
 // Fixed order for a given block size, so float and double sums are deterministic.
 template <typename T, bool Max>
 __device__ __forceinline__ T block_reduce(T v) {
   KK_SHARED(T, part, [32]);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = Max ? warp_max(v) : cuda::warp_sum(v);
+  v = Max ? cuda::warp_max(v) : cuda::warp_sum(v);
   if (lane == 0) part[warp] = v;
   __syncthreads();
   v = lane < warps ? part[lane] : T(0);
-  v = Max ? warp_max(v) : cuda::warp_sum(v);
+  v = Max ? cuda::warp_max(v) : cuda::warp_sum(v);
   __syncthreads();  // part may be reused by the next reduction
   return v;
 }

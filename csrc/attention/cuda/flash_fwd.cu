@@ -1,0 +1,415 @@
+// Attention forward on CUDA.
+//
+// bf16/fp16: FlashAttention-2's structure on tensor cores. A block takes 64 query rows of one
+// (batch, head), 4 warps of 16 rows each; key/value tiles of 64 rows stream through shared memory by
+// cp.async (V of tile n loads while S = Q K^T of tile n is computed, K of tile n+1 while O += P V
+// runs, so each buffer is single and two barriers per tile suffice). mma.m16n8k16 with fp32 sums,
+// fragments by ldmatrix (.trans for V), online softmax in base 2 with the scale folded in, row
+// statistics reduced across the quad by shuffles; the output goes through shared memory for 16-byte
+// stores. Head dims are padded to a config of 64, 128 or 256 (columns past the real D/Dv are zero
+// and their mma steps skipped). Sigmoid attention uses the same loop without max or sum.
+// fp32: an exact non-tensor-core kernel (a warp per query row), documented as the slow path.
+//
+// Only the key tiles a block can see are visited (sinks + window, attn_common.cuh); per-element
+// masks are applied only on tiles that are not fully visible.
+#include <cmath>
+#include <type_traits>
+
+#include "attention/cuda/attn_common.cuh"
+#include "common/ptx.cuh"
+
+namespace kernkit {
+namespace {
+
+using attn::Seq;
+
+constexpr int kRows = 64, kKeys = 64, kWarps = 4, kThreads = kWarps * 32;
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+// Element offsets of a (b, row, h) position; 16-byte loads/stores only when every row is aligned.
+struct Operand {
+  const uint16_t* base;
+  long long bs, rs, hs;
+  bool aligned;
+};
+
+template <int Dp>
+struct Traits {
+  static constexpr int kStride = Dp + 8;  // shared row stride in elements: conflict-free ldmatrix
+  static constexpr int kChunks = Dp / 8;  // 16-byte chunks per row
+  static constexpr bool kQInRegs = Dp <= 128;
+  static constexpr size_t kSmemBytes = size_t(kRows + 2 * kKeys) * kStride * 2;
+};
+
+// rows [row0, row0 + n_rows) of an operand at (b, h) into a shared tile of R rows x Dp columns:
+// columns >= d and rows >= valid are zero. 16-byte cp.async where the rows are aligned, else plain
+// loads (the caller's barrier after the cp.async wait covers both).
+template <int Dp, int R>
+__device__ __forceinline__ void load_tile(uint16_t* dst, const Operand& src, long long b, long long row0, int h,
+                                          int valid, int d) {
+  constexpr int kStride = Traits<Dp>::kStride, kChunks = Traits<Dp>::kChunks;
+  const uint16_t* base = src.base + b * src.bs + row0 * src.rs + h * src.hs;
+  for (int c = threadIdx.x; c < R * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    uint16_t* s = dst + r * kStride + col;
+    const uint16_t* g = base + r * src.rs + col;
+    const bool in = r < valid && col < d;
+    if (src.aligned) {
+      ptx::cp_async_cg<16>(s, in ? g : src.base, in ? 16 : 0);
+    } else {
+      unsigned long long lo = 0, hi = 0;  // (no indexed array: that would live in local memory)
+      if (in)
+        for (int e = 0; e < 8 && col + e < d; ++e) {
+          const unsigned long long x = (unsigned long long)g[e] << (16 * (e & 3));
+          if (e < 4) lo |= x;
+          else hi |= x;
+        }
+      *reinterpret_cast<uint4*>(s) = make_uint4(uint32_t(lo), uint32_t(lo >> 32), uint32_t(hi), uint32_t(hi >> 32));
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) ptx::mma_m16n8k16_bf16(d, a, b, d);
+  else ptx::mma_m16n8k16_f16(d, a, b, d);
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) return ptx::pack_bf16x2(lo, hi);
+  else return ptx::pack_f16x2(lo, hi);
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+struct TcArgs {
+  AttnFwdParams p;
+  Operand q, k, v;
+  bool o_aligned;
+  int group;  // Hq / Hkv
+};
+
+template <typename T, int Dp>
+__global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
+  using Tr = Traits<Dp>;
+  constexpr int S = Tr::kStride, NT = kKeys / 8, DT = Dp / 8;
+  const AttnFwdParams& p = a.p;
+  const AttnMask& m = p.mask;
+  const int b = blockIdx.z, h = blockIdx.y, hk = h / a.group;
+  const Seq sq = attn::seq_of(p.shape, b);
+  const int m0 = blockIdx.x * kRows;
+  if (m0 >= sq.q_len) return;  // the whole block leaves before any barrier
+  const int r1 = min(m0 + kRows, sq.q_len) - 1;
+  const int D = p.shape.D, Dv = p.shape.Dv;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+
+  KK_DYNAMIC_SHARED(uint16_t, smem);
+  uint16_t* sQ = smem;
+  uint16_t* sK = sQ + kRows * S;
+  uint16_t* sV = sK + kKeys * S;
+
+  const attn::KeyTiles tiles = attn::key_tiles(m, sq, m0, r1, kKeys);
+  const bool softmax = m.activation == AttnActivation::softmax;
+  const bool capped = m.softcap > 0.f;
+  // s2 = log2(e) * score: scale (and softcap) folded into one multiply where possible
+  const float qk_mul = capped ? m.scale / m.softcap : m.scale * kLog2e;
+  const float cap2 = m.softcap * kLog2e;
+  const float bias2 = softmax ? 0.f : attn::sigmoid_bias(m, sq.k_len, h) * kLog2e;
+
+  float o[DT][4];
+#pragma unroll
+  for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+  const int qrow0 = m0 + warp * 16 + g;  // this thread's rows: qrow0 and qrow0 + 8
+
+  if (tiles.count > 0) {
+    load_tile<Dp, kRows>(sQ, a.q, b, sq.q_row0 + m0, h, sq.q_len - m0, D);
+    load_tile<Dp, kKeys>(sK, a.k, b, sq.k_row0 + (long long)tiles.tile(0) * kKeys, hk,
+                         sq.k_len - tiles.tile(0) * kKeys, D);
+    ptx::cp_async_commit();
+  }
+  uint32_t qf[Tr::kQInRegs ? Dp / 16 : 1][4];
+  const uint16_t* q_lane = sQ + (warp * 16 + (lane & 15)) * S + (lane >> 4) * 8;  // ldmatrix row of A
+
+  for (int n = 0; n < tiles.count; ++n) {
+    const int j0 = tiles.tile(n) * kKeys;
+    ptx::cp_async_wait<0>();
+    __syncthreads();  // K(n) (and Q) have landed; every warp is done with V(n-1)
+    if constexpr (Tr::kQInRegs) {
+      if (n == 0) {
+#pragma unroll
+        for (int kk = 0; kk < Dp / 16; ++kk) ptx::ldmatrix_x4(qf[kk], q_lane + kk * 16);
+      }
+    }
+    load_tile<Dp, kKeys>(sV, a.v, b, sq.k_row0 + j0, hk, sq.k_len - j0, Dv);
+    ptx::cp_async_commit();
+
+    // S = Q K^T for this warp's 16 rows x 64 keys
+    float s[NT][4];
+#pragma unroll
+    for (int i = 0; i < NT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < Dp / 16; ++kk) {
+      if (kk * 16 >= D) break;
+      uint32_t qa[4];
+      if constexpr (Tr::kQInRegs) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) qa[r] = qf[kk][r];
+      } else {
+        ptx::ldmatrix_x4(qa, q_lane + kk * 16);
+      }
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        uint32_t kb[4];
+        ptx::ldmatrix_x4(kb, sK + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * S + kk * 16 + ((lane >> 3) & 1) * 8);
+        const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
+        mma<T>(s[2 * np], qa, b0);
+        mma<T>(s[2 * np + 1], qa, b1);
+      }
+    }
+
+    // scores in base 2, masks, then probabilities in place
+    const bool full = attn::tile_unmasked(m, sq, m0, r1, j0, kKeys);
+#pragma unroll
+    for (int i = 0; i < NT; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = s[i][e] * qk_mul;
+        if (capped) x = cap2 * tanhf(x);
+        if (!full) {
+          const int row = qrow0 + 8 * (e >> 1), key = j0 + i * 8 + 2 * t + (e & 1);
+          if (key >= sq.k_len || !attn::visible(m, sq.off, row, key)) x = -INFINITY;
+        }
+        s[i][e] = x;
+      }
+    if (softmax) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float mx = row_max[r];
+#pragma unroll
+        for (int i = 0; i < NT; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * r], s[i][2 * r + 1]));
+        mx = quad_max(mx);
+        const float base = mx == -INFINITY ? 0.f : mx;  // a row that saw nothing yet stays at 0
+        const float alpha = ptx::ex2_approx(row_max[r] - base);
+        row_max[r] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < NT; ++i)
+#pragma unroll
+          for (int e = 2 * r; e < 2 * r + 2; ++e) {
+            s[i][e] = ptx::ex2_approx(s[i][e] - base);
+            sum += s[i][e];
+          }
+        row_sum[r] = row_sum[r] * alpha + sum;
+#pragma unroll
+        for (int i = 0; i < DT; ++i) {
+          o[i][2 * r] *= alpha;
+          o[i][2 * r + 1] *= alpha;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < NT; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)  // sigmoid(x) = 1 / (1 + 2^-(x2 + b2)); masked: 1 / inf = 0
+          s[i][e] = 1.f / (1.f + ptx::ex2_approx(-(s[i][e] + bias2)));
+    }
+
+    ptx::cp_async_wait<0>();
+    __syncthreads();  // V(n) has landed; every warp is done with K(n)
+    if (n + 1 < tiles.count) {
+      const int jn = tiles.tile(n + 1) * kKeys;
+      load_tile<Dp, kKeys>(sK, a.k, b, sq.k_row0 + jn, hk, sq.k_len - jn, D);
+      ptx::cp_async_commit();
+    }
+
+    // O += P V: P's accumulator fragments are the A fragments of the next mma
+#pragma unroll
+    for (int kc = 0; kc < kKeys / 16; ++kc) {
+      const uint32_t pa[4] = {pack2<T>(s[2 * kc][0], s[2 * kc][1]), pack2<T>(s[2 * kc][2], s[2 * kc][3]),
+                              pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                              pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+      const uint16_t* v_lane = sV + (kc * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * S + (lane >> 4) * 8;
+#pragma unroll
+      for (int dp = 0; dp < DT / 2; ++dp) {
+        if (dp * 16 >= Dv) break;
+        uint32_t vb[4];
+        ptx::ldmatrix_x4_trans(vb, v_lane + dp * 16);
+        const uint32_t b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
+        mma<T>(o[2 * dp], pa, b0);
+        mma<T>(o[2 * dp + 1], pa, b1);
+      }
+    }
+  }
+
+  // epilogue: normalise, lse, stage this warp's 16 rows in its own rows of sQ, 16-byte stores
+  float inv[2] = {1.f, 1.f};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (!softmax) continue;
+    const float l = quad_sum(row_sum[r]);
+    inv[r] = l > 0.f ? 1.f / l : 0.f;
+    const int row = qrow0 + 8 * r;
+    if (p.lse && t == 0 && row < sq.q_len)
+      p.lse[b * p.shape.stat_bs + h * p.shape.stat_hs + sq.q_row0 + row] =
+          l > 0.f ? (row_max[r] + log2f(l)) * kLn2 : -INFINITY;
+  }
+  __syncwarp();  // (only this warp reads and writes its 16 rows of sQ from here on)
+#pragma unroll
+  for (int i = 0; i < DT; ++i)
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      *reinterpret_cast<uint32_t*>(sQ + (warp * 16 + g + 8 * r) * S + i * 8 + 2 * t) =
+          pack2<T>(o[i][2 * r] * inv[r], o[i][2 * r + 1] * inv[r]);
+  __syncwarp();
+  uint16_t* out = static_cast<uint16_t*>(const_cast<void*>(p.o.ptr)) + b * p.o.bs + h * p.o.hs;
+  for (int c = lane; c < 16 * DT; c += 32) {
+    const int r = c / DT, col = (c % DT) * 8, row = m0 + warp * 16 + r;
+    if (row >= sq.q_len || col >= Dv) continue;
+    const uint16_t* s = sQ + (warp * 16 + r) * S + col;
+    uint16_t* dst = out + (sq.q_row0 + row) * p.o.rs + col;
+    if (a.o_aligned) *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(s);
+    else
+      for (int e = 0; e < 8 && col + e < Dv; ++e) dst[e] = s[e];
+  }
+}
+
+// ------------------------------------------------------------------------------- fp32 (exact)
+
+constexpr int kF32Warps = 8, kF32Keys = 32, kF32MaxCols = 256 / 32;
+
+// A warp per query row (8 consecutive rows of one (batch, head) per block); key/value tiles of 32
+// rows in shared memory. Lane j scores key j of the tile; lane c owns output columns c + 32 i.
+__global__ void __launch_bounds__(kF32Warps * 32) flash_fwd_f32_kernel(AttnFwdParams p, int group, int Dp) {
+  const AttnMask& m = p.mask;
+  const int b = blockIdx.z, h = blockIdx.y, hk = h / group;
+  const Seq sq = attn::seq_of(p.shape, b);
+  const int m0 = blockIdx.x * kF32Warps;
+  if (m0 >= sq.q_len) return;
+  const int r1 = min(m0 + kF32Warps, sq.q_len) - 1;
+  const int D = p.shape.D, Dv = p.shape.Dv, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row = m0 + warp;
+  KK_DYNAMIC_SHARED(float, smem);
+  float* sQ = smem;                      // [8][Dp]
+  float* sK = sQ + kF32Warps * Dp;       // [32][Dp + 1]
+  float* sV = sK + kF32Keys * (Dp + 1);  // [32][Dp]
+  const float* q = static_cast<const float*>(p.q.ptr) + b * p.q.bs + h * p.q.hs;
+  const float* k = static_cast<const float*>(p.k.ptr) + b * p.k.bs + hk * p.k.hs;
+  const float* v = static_cast<const float*>(p.v.ptr) + b * p.v.bs + hk * p.v.hs;
+  for (int d = lane; d < D; d += 32) sQ[warp * Dp + d] = row < sq.q_len ? q[(sq.q_row0 + row) * p.q.rs + d] : 0.f;
+
+  const attn::KeyTiles tiles = attn::key_tiles(m, sq, m0, r1, kF32Keys);
+  const bool softmax = m.activation == AttnActivation::softmax;
+  const float bias = softmax ? 0.f : attn::sigmoid_bias(m, sq.k_len, h);
+  float o[kF32MaxCols] = {};
+  float mx = -INFINITY, l = 0.f;
+  for (int n = 0; n < tiles.count; ++n) {
+    const int j0 = tiles.tile(n) * kF32Keys;
+    __syncthreads();  // everyone is done with the previous tile
+    for (int e = threadIdx.x; e < kF32Keys * Dp; e += blockDim.x) {
+      const int j = e / Dp, d = e % Dp;
+      const bool in = j0 + j < sq.k_len;
+      const long long kr = (sq.k_row0 + j0 + j);
+      if (d < D) sK[j * (Dp + 1) + d] = in ? k[kr * p.k.rs + d] : 0.f;
+      if (d < Dv) sV[j * Dp + d] = in ? v[kr * p.v.rs + d] : 0.f;
+    }
+    __syncthreads();
+    const int key = j0 + lane;
+    float x = 0.f;
+    for (int d = 0; d < D; ++d) x = fmaf(sQ[warp * Dp + d], sK[lane * (Dp + 1) + d], x);
+    x *= m.scale;
+    if (m.softcap > 0.f) x = m.softcap * tanhf(x / m.softcap);
+    const bool vis = row < sq.q_len && key < sq.k_len && attn::visible(m, sq.off, row, key);
+    float pr;
+    if (softmax) {
+      x = vis ? x : -INFINITY;
+      const float mn = fmaxf(mx, cuda::warp_max(x));
+      const float base = mn == -INFINITY ? 0.f : mn;
+      const float alpha = expf(mx - base);
+      pr = expf(x - base);
+      l = l * alpha + cuda::warp_sum(pr);
+      mx = mn;
+#pragma unroll
+      for (int i = 0; i < kF32MaxCols; ++i) o[i] *= alpha;
+    } else {
+      pr = vis ? 1.f / (1.f + expf(-(x + bias))) : 0.f;
+    }
+    for (int j = 0; j < kF32Keys; ++j) {
+      const float pj = __shfl_sync(0xffffffffu, pr, j);
+#pragma unroll
+      for (int i = 0; i < kF32MaxCols; ++i)
+        if (lane + 32 * i < Dv) o[i] = fmaf(pj, sV[j * Dp + lane + 32 * i], o[i]);
+    }
+  }
+  if (row >= sq.q_len) return;
+  const float inv = !softmax ? 1.f : l > 0.f ? 1.f / l : 0.f;
+  float* out = static_cast<float*>(const_cast<void*>(p.o.ptr)) + b * p.o.bs + h * p.o.hs + (sq.q_row0 + row) * p.o.rs;
+#pragma unroll
+  for (int i = 0; i < kF32MaxCols; ++i)
+    if (lane + 32 * i < Dv) out[lane + 32 * i] = o[i] * inv;
+  if (softmax && p.lse && lane == 0)
+    p.lse[b * p.shape.stat_bs + h * p.shape.stat_hs + sq.q_row0 + row] = l > 0.f ? mx + logf(l) : -INFINITY;
+}
+
+// ------------------------------------------------------------------------------- launch
+
+Operand operand(const AttnTensor& t, int d) {
+  const bool al = (reinterpret_cast<uintptr_t>(t.ptr) & 15) == 0 && t.bs % 8 == 0 && t.rs % 8 == 0 &&
+                  t.hs % 8 == 0 && d % 8 == 0;
+  return Operand{static_cast<const uint16_t*>(t.ptr), t.bs, t.rs, t.hs, al};
+}
+
+template <typename T, int Dp>
+void launch_tc(const AttnFwdParams& p, cudaStream_t stream) {
+  const AttnShape& s = p.shape;
+  TcArgs a{p, operand(p.q, s.D), operand(p.k, s.D), operand(p.v, s.Dv), false, s.Hq / s.Hkv};
+  a.o_aligned = operand(p.o, s.Dv).aligned;
+  const size_t smem = Traits<Dp>::kSmemBytes;
+  cuda::check(cudaFuncSetAttribute(flash_fwd_tc_kernel<T, Dp>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+              "flash_attn forward smem");
+  const dim3 grid(cuda::blocks_for(s.Sq, kRows), s.Hq, s.B);
+  KK_LAUNCH(grid, kThreads, smem, stream, flash_fwd_tc_kernel<T, Dp>)(a);
+}
+
+template <typename T>
+void launch_tc_dims(const AttnFwdParams& p, cudaStream_t stream) {
+  const int d = p.shape.D > p.shape.Dv ? p.shape.D : p.shape.Dv;
+  if (d <= 64) launch_tc<T, 64>(p, stream);
+  else if (d <= 128) launch_tc<T, 128>(p, stream);
+  else launch_tc<T, 256>(p, stream);
+}
+
+}  // namespace
+
+void attention_fwd_cuda(const AttnFwdParams& p, int device, intptr_t stream) {
+  const AttnShape& s = p.shape;
+  if (s.B == 0 || s.Sq == 0) return;
+  if (s.D > 256 || s.Dv > 256) throw std::invalid_argument("flash_attn: CUDA kernels take head dims up to 256");
+  cuda::DeviceGuard guard(device);
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case DType::bf16: launch_tc_dims<__nv_bfloat16>(p, st); break;
+    case DType::f16: launch_tc_dims<__half>(p, st); break;
+    case DType::f32: {
+      const int Dp = ((s.D > s.Dv ? s.D : s.Dv) + 31) / 32 * 32;
+      const size_t smem = size_t(kF32Warps * Dp + kF32Keys * (Dp + 1) + kF32Keys * Dp) * sizeof(float);
+      cuda::check(cudaFuncSetAttribute(flash_fwd_f32_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+                  "flash_attn forward smem");
+      const dim3 grid(cuda::blocks_for(s.Sq, kF32Warps), s.Hq, s.B);
+      KK_LAUNCH(grid, kF32Warps * 32, smem, st, flash_fwd_f32_kernel)(p, s.Hq / s.Hkv, Dp);
+      break;
+    }
+    default: throw std::invalid_argument("flash_attn: the CUDA kernels take fp32, bf16 or fp16 (fp64 runs on the CPU)");
+  }
+  cuda::check(cudaGetLastError(), "flash_attn forward launch");
+}
+
+}  // namespace kernkit
