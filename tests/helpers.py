@@ -22,3 +22,14 @@ def assert_within_ref_error(out, exact, same_dtype_ref, *, factor=2.0, what="out
     scale = max(1.0, exact.abs().max().item()) if exact.numel() else 1.0
     bound = factor * ref_err + FLOOR[out.dtype] * scale
     assert err <= bound, f"{what}: max error {err:.3g} > {factor} x reference error {ref_err:.3g} (+floor) = {bound:.3g}"
+
+
+def on_cpu_kernels(fn):
+    """Inside the gpu fixture's simt() block: runs fn on kernkit's CPU kernels (the reference side)."""
+    from kernkit import _native
+
+    saved, _native.simt_session = _native.simt_session, None
+    try:
+        return fn()
+    finally:
+        _native.simt_session = saved

@@ -6,6 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernkit
+from helpers import on_cpu_kernels
 from kernkit.nn import MambaMixer, MinGRU, MultiheadFlashAttention, RMSNorm, apply_rotary
 from kernkit.reference import flash_attn_ref, linear_scan_ref
 
@@ -190,17 +191,6 @@ def test_module_to_bfloat16(name):
     assert (y.float() - ref).abs().max() <= 0.05 * max(1.0, ref.abs().max().item())
 
 
-def _on_cpu_kernels(fn):
-    # inside the gpu fixture's simt() block: run fn on kernkit's CPU kernels (the reference side)
-    from kernkit import _native
-
-    saved, _native.simt_session = _native.simt_session, None
-    try:
-        return fn()
-    finally:
-        _native.simt_session = saved
-
-
 def test_recurrent_modules_run_on_cuda_kernels(gpu):
     # MambaMixer (causal_conv1d + selective_scan), MinGRU (linear_scan) and BitLinear through the CUDA
     # kernels: the same outputs and parameter gradients as through the CPU kernels
@@ -219,7 +209,7 @@ def test_recurrent_modules_run_on_cuda_kernels(gpu):
             out.square().sum().backward()
             return out
 
-        ref = _on_cpu_kernels(reference)
+        ref = on_cpu_kernels(reference)
         y = dev_mod(x.to(gpu.device))
         y.square().sum().backward()
         torch.testing.assert_close(y.cpu(), ref.detach(), rtol=1e-4, atol=1e-5)

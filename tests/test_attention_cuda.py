@@ -1,0 +1,195 @@
+"""kernkit's CUDA attention kernels (forward), run under simt (three schedules, race checker on) and
+on a GPU when there is one (the `gpu` fixture): every mask and option, each head-dim config, the
+three dtypes, odd lengths, GQA, varlen with empty sequences, kvcache decode, lse, the diagonal
+shift ring attention uses, unaligned rows. Sizes are what simt affords."""
+
+import pytest
+import torch
+
+import kernkit
+from kernkit.reference import flash_attn_ref, flash_attn_varlen_ref
+from helpers import assert_within_ref_error, max_err, on_cpu_kernels
+from test_attention import MASKS, _qkv, _shifted_attn, _varlen_inputs
+
+MASK_IDS = lambda kw: "-".join(f"{a}={b}" for a, b in kw.items()) or "full"
+
+# (B, Sq, Sk, Hq, Hkv, D, Dv)
+SHAPES = [
+    (2, 17, 17, 4, 4, 64, 64),
+    (1, 59, 127, 4, 1, 40, 40),      # MQA, Sq < Sk, D padded to the 64 config
+    (2, 127, 59, 4, 2, 64, 48),      # Sq > Sk (rows with nothing visible under causal), Dv != D
+    (1, 1, 300, 4, 2, 128, 128),     # decode-shaped
+]
+
+
+def _run(gpu, fn, *tensors, **kw):
+    return fn(*(t.to(gpu.device) if isinstance(t, torch.Tensor) else t for t in tensors), **kw)
+
+
+def _check_fwd(gpu, q, k, v, kw, lse=True):
+    out = _run(gpu, kernkit.flash_attn, q, k, v, **kw).cpu()
+    exact, lse_exact = flash_attn_ref(q.double(), k.double(), v.double(), **kw)
+    same, _ = flash_attn_ref(q, k, v, **kw)
+    assert out.dtype == q.dtype and out.shape == exact.shape
+    assert_within_ref_error(out, exact, same)
+    if lse and kw.get("activation", "softmax") == "softmax":
+        _, got = _run(gpu, kernkit.flash_attn, q, k, v, return_lse=True, **kw)
+        got = got.cpu()
+        assert got.shape == (q.shape[0], q.shape[2], q.shape[1])
+        finite = torch.isfinite(lse_exact)
+        assert torch.equal(torch.isfinite(got), finite)
+        assert max_err(got[finite], lse_exact[finite]) < 1e-3
+    return out
+
+
+@pytest.mark.parametrize("kw", MASKS, ids=MASK_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_bf16(gpu, shape, kw):
+    _check_fwd(gpu, *_qkv(shape, torch.bfloat16), kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("kw", MASKS, ids=MASK_IDS)
+@pytest.mark.parametrize("shape", SHAPES[1:3], ids=str)
+def test_forward_fp16_fp32(gpu, shape, kw, dtype):
+    _check_fwd(gpu, *_qkv(shape, dtype), kw)
+
+
+@pytest.mark.parametrize("d, dv", [(8, 8), (32, 32), (36, 20), (64, 64), (96, 96), (128, 64), (160, 160), (192, 192),
+                                   (256, 256), (100, 256)])
+def test_head_dim_configs(gpu, d, dv):
+    # every config (64/128/256), dims padded into them, Dv != D, rows not 16-byte aligned (36, 20, 100)
+    kw = dict(causal=True, window=(20, -1), sinks=2)
+    _check_fwd(gpu, *_qkv((1, 70, 90, 2, 1, d, dv), torch.bfloat16), kw)
+    _check_fwd(gpu, *_qkv((1, 9, 33, 2, 2, d, dv), torch.float32), kw, lse=False)
+
+
+@pytest.mark.parametrize("s", [1, 17, 59, 127, 500])
+def test_lengths(gpu, s):
+    _check_fwd(gpu, *_qkv((1, s, s + 3, 2, 1, 64, 64), torch.bfloat16), dict(causal=True, window=(100, -1), sinks=4))
+
+
+def test_long_window_skips_tiles(gpu):
+    # a window of 64 over 500 keys: each block visits its sink tile and at most 3 window tiles
+    _check_fwd(gpu, *_qkv((1, 500, 500, 1, 1, 64, 64), torch.float16), dict(causal=True, window=(64, -1), sinks=5))
+
+
+def test_rows_with_no_visible_key(gpu):
+    q, k, v = _qkv((1, 80, 8, 2, 2, 64, 64), torch.bfloat16)
+    out, lse = _run(gpu, kernkit.flash_attn, q, k, v, causal=True, return_lse=True)
+    assert torch.all(out[:, :72].cpu() == 0) and torch.all(torch.isneginf(lse[:, :, :72].cpu()))
+    assert torch.isfinite(lse[:, :, 72:].cpu()).all()
+
+
+def test_sigmoid_per_head_bias(gpu):
+    q, k, v = _qkv((2, 40, 70, 4, 2, 64, 64), torch.bfloat16)
+    bias = torch.tensor([-1.0, 0.5, -3.0, 2.0])
+    kw = dict(activation="sigmoid", causal=True, window=(30, -1), sinks=1)
+    out = _run(gpu, kernkit.flash_attn, q, k, v, sigmoid_bias=bias, **kw).cpu()
+    exact, _ = flash_attn_ref(q.double(), k.double(), v.double(), sigmoid_bias=bias.double(), **kw)
+    same, _ = flash_attn_ref(q, k, v, sigmoid_bias=bias, **kw)
+    assert_within_ref_error(out, exact, same)
+
+
+@pytest.mark.parametrize("shift", [-75, -9, 13, 90])
+def test_diag_shift(gpu, shift):
+    kw = dict(causal=True, window=(9, -1), sinks=3)
+    q, k, v = _qkv((2, 40, 70, 2, 1, 64, 64), torch.bfloat16)
+    out, lse = _run(gpu, _shifted_attn, q, k, v, shift, kw)
+    exact, lse_exact = flash_attn_ref(q.double(), k.double(), v.double(), diag_shift=shift, **kw)
+    same, _ = flash_attn_ref(q, k, v, diag_shift=shift, **kw)
+    assert_within_ref_error(out.cpu(), exact, same)
+    assert torch.equal(torch.isfinite(lse.cpu()), torch.isfinite(lse_exact))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kw", [dict(), dict(causal=True), dict(causal=True, window=(5, -1), sinks=1),
+                                dict(activation="sigmoid", causal=True)], ids=str)
+def test_varlen_with_empty_sequences(gpu, kw, dtype):
+    lens_q, lens_k = [5, 0, 1, 70, 17], [9, 3, 0, 70, 130]
+    q, k, v, cq, ck = _varlen_inputs(lens_q, lens_k, D=64, dtype=dtype)
+    out, lse = _run(gpu, kernkit.flash_attn_varlen, q, k, v, cq, ck, max(lens_q), max(lens_k),
+                    return_lse=kw.get("activation") != "sigmoid", **kw) if kw.get("activation") != "sigmoid" else \
+        (_run(gpu, kernkit.flash_attn_varlen, q, k, v, cq, ck, max(lens_q), max(lens_k), **kw), None)
+    exact, lse_exact = flash_attn_varlen_ref(q.double(), k.double(), v.double(), cq, ck, **kw)
+    same, _ = flash_attn_varlen_ref(q, k, v, cq, ck, **kw)
+    assert_within_ref_error(out.cpu(), exact, same)
+    if lse is not None:
+        fin = torch.isfinite(lse_exact)
+        assert torch.equal(torch.isfinite(lse.cpu()), fin)
+        assert max_err(lse.cpu()[fin], lse_exact[fin]) < 1e-3
+
+
+@pytest.mark.parametrize("kw", [dict(causal=True), dict(causal=True, window=(30, -1), sinks=4),
+                                dict(activation="sigmoid", causal=True)], ids=str)
+@pytest.mark.parametrize("sq", [1, 3])
+def test_kvcache_append_and_decode(gpu, sq, kw):
+    B, cap, Hq, Hkv, D = 3, 200, 8, 2, 64
+    g = torch.Generator().manual_seed(1)
+    mk = lambda *s: torch.randn(*s, generator=g).to(torch.bfloat16).to(gpu.device)
+    k_cache, v_cache = mk(B, cap, Hkv, D), mk(B, cap, Hkv, D)
+    q, k_new, v_new = mk(B, sq, Hq, D), mk(B, sq, Hkv, D), mk(B, sq, Hkv, D)
+    lens = torch.tensor([0, 57, 150], dtype=torch.int32, device=gpu.device)
+    k_before = k_cache.clone()
+    out = kernkit.flash_attn_with_kvcache(q, k_cache, v_cache, lens, k=k_new, v=v_new, **kw).cpu()
+    for b in range(B):
+        n = int(lens[b])
+        assert torch.equal(k_cache[b, n:n + sq], k_new[b]) and torch.equal(v_cache[b, n:n + sq], v_new[b])
+        assert torch.equal(k_cache[b, :n], k_before[b, :n])
+        args = [t.cpu() for t in (q[b:b + 1], k_cache[b:b + 1, :n + sq], v_cache[b:b + 1, :n + sq])]
+        exact, _ = flash_attn_ref(*(t.double() for t in args), **kw)
+        same, _ = flash_attn_ref(*args, **kw)
+        assert_within_ref_error(out[b:b + 1], exact, same)
+
+
+def test_strided_and_unaligned_inputs(gpu):
+    # q a head slice of a wider tensor (row stride != H*D), k/v starting one element into their storage
+    g = torch.Generator().manual_seed(4)
+    big = torch.randn(2, 33, 6, 64, generator=g).to(torch.bfloat16)
+    q = big[:, :, 1:5]
+    kv = torch.randn(2 * 45 * 2 * 64 + 1, generator=g).to(torch.bfloat16)
+    k = kv[1:].view(2, 45, 2, 64)
+    v = torch.randn(2, 45, 2, 64, generator=g).to(torch.bfloat16)
+    _check_fwd(gpu, q, k, v, dict(causal=True))
+    if gpu.kind != "cuda":   # CPU storage: the unaligned views reach the kernel unchanged
+        assert k.data_ptr() % 16 != 0
+
+
+def test_deterministic_and_inputs_untouched(gpu):
+    q, k, v = (t.to(gpu.device) for t in _qkv((1, 70, 70, 2, 1, 64, 64), torch.bfloat16))
+    before = [t.clone() for t in (q, k, v)]
+    a = kernkit.flash_attn(q, k, v, causal=True, window=(20, -1), sinks=2)
+    b = kernkit.flash_attn(q, k, v, causal=True, window=(20, -1), sinks=2)
+    assert torch.equal(a, b)
+    assert all(torch.equal(x, y) for x, y in zip((q, k, v), before))
+
+
+def test_clear_errors(gpu):
+    q, k, v = (t.to(gpu.device) for t in _qkv((1, 8, 8, 2, 2, 32, 32), torch.float64))
+    with pytest.raises(TypeError, match="float64"):
+        kernkit.flash_attn(q, k, v)
+    q, k, v = (t.float().requires_grad_() for t in (q, k, v))
+    out = kernkit.flash_attn(q, k, v, causal=True)
+    with pytest.raises(RuntimeError, match="backward"):
+        out.sum().backward()
+
+
+def test_nn_attention_module_and_decode(gpu):
+    # the module's prefill and its KV-cache decode steps run the CUDA kernels; same as the CPU kernels
+    torch.manual_seed(0)
+    attn = kernkit.nn.MultiheadFlashAttention(128, 4, num_kv_heads=2, causal=True, window=(24, -1), sinks=2)
+    attn = attn.to(torch.bfloat16)
+    x = torch.randn(2, 40, 128).to(torch.bfloat16)
+
+    def steps(mod, dev):
+        with torch.no_grad():
+            cache = mod.new_cache(2, 64, device=dev)
+            outs = [mod(x[:, :30].to(dev), cache)] + [mod(x[:, i:i + 1].to(dev), cache) for i in range(30, 40)]
+            return torch.cat([o.cpu() for o in outs], 1), mod(x.to(dev)).cpu()
+
+    ref_dec, ref_full = on_cpu_kernels(lambda: steps(attn, "cpu"))
+    got_dec, got_full = steps(attn.to(gpu.device), gpu.device)
+    assert max_err(got_full, ref_full) < 3e-2 and max_err(got_dec, ref_dec) < 3e-2
+    assert max_err(got_dec, got_full) < 3e-2   # decode steps == one causal pass
+    if gpu.session:
+        assert any(k.startswith("flash_fwd_tc_kernel") for k in gpu.session.kernels)
