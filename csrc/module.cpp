@@ -237,7 +237,7 @@ void attention_bwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v
                    uintptr_t lse, uintptr_t delta, std::array<int64_t, 2> stat_strides, std::array<int, 8> dims,
                    uintptr_t cu_q, uintptr_t cu_k, uintptr_t seqused_k, double scale, double softcap, int left,
                    int right, int sinks, int activation, uintptr_t bias, double bias_value, bool bias_default,
-                   uintptr_t dbias, int dtype, int threads, int device, intptr_t stream) {
+                   uintptr_t dbias, int dtype, int threads, int device, intptr_t stream, uintptr_t work) {
   AttnBwdParams p{attn_shape(dims, cu_q, cu_k, seqused_k, stat_strides),
                   attn_mask(scale, softcap, left, right, sinks, activation, bias, bias_value, bias_default),
                   attn_tensor(q, qs), attn_tensor(k, ks), attn_tensor(v, vs), attn_tensor(dout, dos),
@@ -247,7 +247,16 @@ void attention_bwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v
   require(q && k && v && dout && dq && dk && dv, "flash_attn_backward: null data pointer");
   require(p.mask.activation == AttnActivation::sigmoid || (lse && delta),
           "flash_attn_backward: softmax needs lse and delta");
-  require_cpu(device, "flash_attn");
+  if (device != kCpuDevice) {
+    require_cuda(device);
+    require(p.dtype != DType::f64, "flash_attn: float64 runs on the CPU only (the CUDA kernels take fp32/bf16/fp16)");
+    require(p.shape.D <= 256 && p.shape.Dv <= 256, "flash_attn: the CUDA kernels take head dims up to 256");
+    require(!dbias || work, "flash_attn_backward: the CUDA kernels need a zeroed work buffer for the bias gradient "
+                            "(attention_bwd_work_floats)");
+    p.work = ptr<float>(work);
+    py::gil_scoped_release nogil;
+    return run_cuda(&CudaEntryPoints::attention_bwd_cuda, p, device, stream);
+  }
   py::gil_scoped_release nogil;
   if (p.dtype == DType::f64) attention_bwd_f64(p);
   else KK_CPU_KERNEL(attention_bwd_cpu)(p);
@@ -618,6 +627,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("rms_norm_bwd", &rms_norm_bwd);
   m.def("attention_fwd", &attention_fwd);
   m.def("attention_bwd", &attention_bwd);
+  m.def("attention_bwd_work_floats", &attn_cuda_bwd_work_floats);
   m.def("linear_scan", &linear_scan);
   m.def("causal_conv1d_fwd", &causal_conv1d_fwd);
   m.def("causal_conv1d_bwd", &causal_conv1d_bwd);

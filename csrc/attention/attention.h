@@ -63,7 +63,15 @@ struct AttnBwdParams {
   float* dbias;                // sigmoid with a per-head bias that needs a gradient: (Hq,), else null
   DType dtype;
   int threads;
+  float* work = nullptr;       // CUDA with dbias: attn_cuda_bwd_work_floats zeroed floats (per-block partials)
 };
+
+// Query rows per block of the CUDA tensor-core kernels; the scratch the CUDA backward needs for
+// dbias (a partial per block of at least kAttnCudaMinRows query rows, the fp32 kernels' block).
+constexpr int kAttnCudaRows = 64, kAttnCudaMinRows = 8;
+inline int64_t attn_cuda_bwd_work_floats(int64_t B, int64_t Hq, int64_t Sq) {
+  return B * Hq * ((Sq + kAttnCudaMinRows - 1) / kAttnCudaMinRows);
+}
 
 }  // namespace kernkit
 
@@ -75,6 +83,7 @@ namespace kernkit {
 void attention_fwd_f64(const AttnFwdParams& p);
 void attention_bwd_f64(const AttnBwdParams& p);
 
-// CUDA (device >= 0) or simt: forward only so far (fp32/bf16/fp16, head dims up to 256).
+// CUDA (device >= 0) or simt: fp32/bf16/fp16, head dims up to 256.
 void attention_fwd_cuda(const AttnFwdParams& p, int device, intptr_t stream);
+void attention_bwd_cuda(const AttnBwdParams& p, int device, intptr_t stream);
 }  // namespace kernkit

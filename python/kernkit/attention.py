@@ -1,7 +1,7 @@
 """Fused attention: flash (softmax) and sigmoid attention with bottom-right
 causal masks, sliding windows, attention sinks, softcap, GQA/MQA, variable-length
-batches and KV-cache decode. CPU kernels for every ISA level; CUDA forward kernels
-(tensor cores for bf16/fp16, an exact slow path for fp32); the CUDA backward is not built yet.
+batches and KV-cache decode. CPU kernels for every ISA level; CUDA kernels (tensor cores for
+bf16/fp16, an exact slower path for fp32), forward and backward.
 
 Mask semantics (as flash-attn): with ``off = Sk - Sq``, query i sees key j iff
 ``i + off - left <= j <= i + off + right`` (a -1 bound is unbounded;
@@ -82,16 +82,16 @@ def _fwd_fake(q, k, v, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left
 
 def _bwd_impl(dout, q, k, v, out, lse, cu_q, cu_k, seqused_k, max_q, max_k, scale, softcap, left, right, sinks,
               activation, bias, bias_value, bias_default, shift, need_dbias):
-    if _cuda_kernels(q):
-        raise RuntimeError("flash_attn backward: kernkit's CUDA attention has forward kernels only so far; the "
-                           "backward kernels are not implemented yet (run training on CPU tensors, or use "
-                           "torch.nn.functional.scaled_dot_product_attention on the GPU)")
     dims, _, stat = _geometry(q, k, v, cu_q, max_q, max_k, shift)
     dout = dout.contiguous()
     dq, dk, dv = (advise_large(torch.empty_like(t)) for t in (q, k, v))
     dbias = torch.zeros((q.shape[-2],) if need_dbias else (0,), dtype=torch.float32, device=q.device)
     if q.numel() == 0 or k.numel() == 0 or v.numel() == 0 or dout.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_(), dbias
+    work = None   # CUDA: per-block partials of the bias gradient, summed in order by the kernels
+    if need_dbias and _cuda_kernels(q):
+        work = torch.zeros(_C.attention_bwd_work_floats(dims[0], dims[1], dims[5]), dtype=torch.float32,
+                           device=q.device)
     delta = None
     if activation == 0:
         # rowsum(dO * O) in the lse layout: (B, Hq, Sq), or (Hq, total) for varlen
@@ -101,7 +101,7 @@ def _bwd_impl(dout, q, k, v, out, lse, cu_q, cu_k, seqused_k, max_q, max_k, scal
                      ptr(dq), _strides(dq), ptr(dk), _strides(dk), ptr(dv), _strides(dv), ptr(lse), ptr(delta),
                      stat, dims, ptr(cu_q), ptr(cu_k), ptr(seqused_k),
                      *_mask_args(scale, softcap, left, right, sinks, activation, bias, bias_value, bias_default),
-                     ptr(dbias) if need_dbias else 0, dtype_code(q), *launch_args(q))
+                     ptr(dbias) if need_dbias else 0, dtype_code(q), *launch_args(q), ptr(work))
     return dq, dk, dv, dbias
 
 

@@ -13,82 +13,18 @@
 // Only the key tiles a block can see are visited (sinks + window, attn_common.cuh); per-element
 // masks are applied only on tiles that are not fully visible.
 #include <cmath>
-#include <type_traits>
 
 #include "attention/cuda/attn_common.cuh"
-#include "common/ptx.cuh"
+#include "attention/cuda/tc_common.cuh"
 
 namespace kernkit {
 namespace {
 
 using attn::Seq;
 
-constexpr int kRows = 64, kKeys = 64, kWarps = 4, kThreads = kWarps * 32;
-constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+using namespace attn::tc;
 
-// Element offsets of a (b, row, h) position; 16-byte loads/stores only when every row is aligned.
-struct Operand {
-  const uint16_t* base;
-  long long bs, rs, hs;
-  bool aligned;
-};
-
-template <int Dp>
-struct Traits {
-  static constexpr int kStride = Dp + 8;  // shared row stride in elements: conflict-free ldmatrix
-  static constexpr int kChunks = Dp / 8;  // 16-byte chunks per row
-  static constexpr bool kQInRegs = Dp <= 128;
-  static constexpr size_t kSmemBytes = size_t(kRows + 2 * kKeys) * kStride * 2;
-};
-
-// rows [row0, row0 + n_rows) of an operand at (b, h) into a shared tile of R rows x Dp columns:
-// columns >= d and rows >= valid are zero. 16-byte cp.async where the rows are aligned, else plain
-// loads (the caller's barrier after the cp.async wait covers both).
-template <int Dp, int R>
-__device__ __forceinline__ void load_tile(uint16_t* dst, const Operand& src, long long b, long long row0, int h,
-                                          int valid, int d) {
-  constexpr int kStride = Traits<Dp>::kStride, kChunks = Traits<Dp>::kChunks;
-  const uint16_t* base = src.base + b * src.bs + row0 * src.rs + h * src.hs;
-  for (int c = threadIdx.x; c < R * kChunks; c += kThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    uint16_t* s = dst + r * kStride + col;
-    const uint16_t* g = base + r * src.rs + col;
-    const bool in = r < valid && col < d;
-    if (src.aligned) {
-      ptx::cp_async_cg<16>(s, in ? g : src.base, in ? 16 : 0);
-    } else {
-      unsigned long long lo = 0, hi = 0;  // (no indexed array: that would live in local memory)
-      if (in)
-        for (int e = 0; e < 8 && col + e < d; ++e) {
-          const unsigned long long x = (unsigned long long)g[e] << (16 * (e & 3));
-          if (e < 4) lo |= x;
-          else hi |= x;
-        }
-      *reinterpret_cast<uint4*>(s) = make_uint4(uint32_t(lo), uint32_t(lo >> 32), uint32_t(hi), uint32_t(hi >> 32));
-    }
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  if constexpr (std::is_same<T, __nv_bfloat16>::value) ptx::mma_m16n8k16_bf16(d, a, b, d);
-  else ptx::mma_m16n8k16_f16(d, a, b, d);
-}
-
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  if constexpr (std::is_same<T, __nv_bfloat16>::value) return ptx::pack_bf16x2(lo, hi);
-  else return ptx::pack_f16x2(lo, hi);
-}
-
-__device__ __forceinline__ float quad_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
+constexpr int kRows = 64, kKeys = 64;
 
 struct TcArgs {
   AttnFwdParams p;
@@ -97,10 +33,13 @@ struct TcArgs {
   int group;  // Hq / Hkv
 };
 
+template <int Dp>
+constexpr size_t fwd_smem_bytes() { return size_t(kRows + 2 * kKeys) * stride<Dp>() * 2; }
+
 template <typename T, int Dp>
 __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
-  using Tr = Traits<Dp>;
-  constexpr int S = Tr::kStride, NT = kKeys / 8, DT = Dp / 8;
+  constexpr int S = stride<Dp>(), NT = kKeys / 8, DT = Dp / 8, KS = Dp / 16;
+  constexpr bool kQInRegs = Dp <= 128;  // (256: Q fragments from shared memory, registers go to O)
   const AttnFwdParams& p = a.p;
   const AttnMask& m = p.mask;
   const int b = blockIdx.z, h = blockIdx.y, hk = h / a.group;
@@ -109,12 +48,13 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
   if (m0 >= sq.q_len) return;  // the whole block leaves before any barrier
   const int r1 = min(m0 + kRows, sq.q_len) - 1;
   const int D = p.shape.D, Dv = p.shape.Dv;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
 
   KK_DYNAMIC_SHARED(uint16_t, smem);
   uint16_t* sQ = smem;
   uint16_t* sK = sQ + kRows * S;
   uint16_t* sV = sK + kKeys * S;
+  uint16_t* q_rows = sQ + warp * 16 * S;  // this warp's rows
 
   const attn::KeyTiles tiles = attn::key_tiles(m, sq, m0, r1, kKeys);
   const bool softmax = m.activation == AttnActivation::softmax;
@@ -125,8 +65,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
   const float bias2 = softmax ? 0.f : attn::sigmoid_bias(m, sq.k_len, h) * kLog2e;
 
   float o[DT][4];
-#pragma unroll
-  for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  zero(o);
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
   const int qrow0 = m0 + warp * 16 + g;  // this thread's rows: qrow0 and qrow0 + 8
 
@@ -136,17 +75,16 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
                          sq.k_len - tiles.tile(0) * kKeys, D);
     ptx::cp_async_commit();
   }
-  uint32_t qf[Tr::kQInRegs ? Dp / 16 : 1][4];
-  const uint16_t* q_lane = sQ + (warp * 16 + (lane & 15)) * S + (lane >> 4) * 8;  // ldmatrix row of A
+  uint32_t qf[kQInRegs ? KS : 1][4];
 
   for (int n = 0; n < tiles.count; ++n) {
     const int j0 = tiles.tile(n) * kKeys;
     ptx::cp_async_wait<0>();
     __syncthreads();  // K(n) (and Q) have landed; every warp is done with V(n-1)
-    if constexpr (Tr::kQInRegs) {
+    if constexpr (kQInRegs) {
       if (n == 0) {
 #pragma unroll
-        for (int kk = 0; kk < Dp / 16; ++kk) ptx::ldmatrix_x4(qf[kk], q_lane + kk * 16);
+        for (int kk = 0; kk < KS; ++kk) load_a<S>(qf[kk], q_rows, kk);
       }
     }
     load_tile<Dp, kKeys>(sV, a.v, b, sq.k_row0 + j0, hk, sq.k_len - j0, Dv);
@@ -154,26 +92,15 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
 
     // S = Q K^T for this warp's 16 rows x 64 keys
     float s[NT][4];
+    zero(s);
+    if constexpr (kQInRegs) {
 #pragma unroll
-    for (int i = 0; i < NT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < Dp / 16; ++kk) {
-      if (kk * 16 >= D) break;
-      uint32_t qa[4];
-      if constexpr (Tr::kQInRegs) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) qa[r] = qf[kk][r];
-      } else {
-        ptx::ldmatrix_x4(qa, q_lane + kk * 16);
+      for (int kk = 0; kk < KS; ++kk) {
+        if (kk * 16 >= D) break;
+        mma_abt_step<T, NT, S>(s, qf[kk], sK, kk);
       }
-#pragma unroll
-      for (int np = 0; np < NT / 2; ++np) {
-        uint32_t kb[4];
-        ptx::ldmatrix_x4(kb, sK + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * S + kk * 16 + ((lane >> 3) & 1) * 8);
-        const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
-        mma<T>(s[2 * np], qa, b0);
-        mma<T>(s[2 * np + 1], qa, b1);
-      }
+    } else {
+      mma_abt<T, NT, KS, S>(s, q_rows, sK, D);
     }
 
     // scores in base 2, masks, then probabilities in place
@@ -230,27 +157,10 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
       load_tile<Dp, kKeys>(sK, a.k, b, sq.k_row0 + jn, hk, sq.k_len - jn, D);
       ptx::cp_async_commit();
     }
-
-    // O += P V: P's accumulator fragments are the A fragments of the next mma
-#pragma unroll
-    for (int kc = 0; kc < kKeys / 16; ++kc) {
-      const uint32_t pa[4] = {pack2<T>(s[2 * kc][0], s[2 * kc][1]), pack2<T>(s[2 * kc][2], s[2 * kc][3]),
-                              pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                              pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-      const uint16_t* v_lane = sV + (kc * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * S + (lane >> 4) * 8;
-#pragma unroll
-      for (int dp = 0; dp < DT / 2; ++dp) {
-        if (dp * 16 >= Dv) break;
-        uint32_t vb[4];
-        ptx::ldmatrix_x4_trans(vb, v_lane + dp * 16);
-        const uint32_t b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
-        mma<T>(o[2 * dp], pa, b0);
-        mma<T>(o[2 * dp + 1], pa, b1);
-      }
-    }
+    mma_pb<T, kKeys / 16, DT, S>(o, s, sV, Dv);  // O += P V
   }
 
-  // epilogue: normalise, lse, stage this warp's 16 rows in its own rows of sQ, 16-byte stores
+  // epilogue: normalise, lse, then this warp's 16 rows through its own rows of sQ
   float inv[2] = {1.f, 1.f};
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -262,24 +172,10 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
       p.lse[b * p.shape.stat_bs + h * p.shape.stat_hs + sq.q_row0 + row] =
           l > 0.f ? (row_max[r] + log2f(l)) * kLn2 : -INFINITY;
   }
-  __syncwarp();  // (only this warp reads and writes its 16 rows of sQ from here on)
-#pragma unroll
-  for (int i = 0; i < DT; ++i)
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-      *reinterpret_cast<uint32_t*>(sQ + (warp * 16 + g + 8 * r) * S + i * 8 + 2 * t) =
-          pack2<T>(o[i][2 * r] * inv[r], o[i][2 * r + 1] * inv[r]);
-  __syncwarp();
-  uint16_t* out = static_cast<uint16_t*>(const_cast<void*>(p.o.ptr)) + b * p.o.bs + h * p.o.hs;
-  for (int c = lane; c < 16 * DT; c += 32) {
-    const int r = c / DT, col = (c % DT) * 8, row = m0 + warp * 16 + r;
-    if (row >= sq.q_len || col >= Dv) continue;
-    const uint16_t* s = sQ + (warp * 16 + r) * S + col;
-    uint16_t* dst = out + (sq.q_row0 + row) * p.o.rs + col;
-    if (a.o_aligned) *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(s);
-    else
-      for (int e = 0; e < 8 && col + e < Dv; ++e) dst[e] = s[e];
-  }
+  const int w0 = m0 + warp * 16, rows = min(16, sq.q_len - w0);
+  uint16_t* out = static_cast<uint16_t*>(const_cast<void*>(p.o.ptr)) + b * p.o.bs + h * p.o.hs +
+                  (sq.q_row0 + w0) * p.o.rs;
+  if (rows > 0) store_rows<T, DT, S>(o, inv, q_rows, out, p.o.rs, rows, rows, Dv, a.o_aligned);
 }
 
 // ------------------------------------------------------------------------------- fp32 (exact)
@@ -361,18 +257,12 @@ __global__ void __launch_bounds__(kF32Warps * 32) flash_fwd_f32_kernel(AttnFwdPa
 
 // ------------------------------------------------------------------------------- launch
 
-Operand operand(const AttnTensor& t, int d) {
-  const bool al = (reinterpret_cast<uintptr_t>(t.ptr) & 15) == 0 && t.bs % 8 == 0 && t.rs % 8 == 0 &&
-                  t.hs % 8 == 0 && d % 8 == 0;
-  return Operand{static_cast<const uint16_t*>(t.ptr), t.bs, t.rs, t.hs, al};
-}
-
 template <typename T, int Dp>
 void launch_tc(const AttnFwdParams& p, cudaStream_t stream) {
   const AttnShape& s = p.shape;
   TcArgs a{p, operand(p.q, s.D), operand(p.k, s.D), operand(p.v, s.Dv), false, s.Hq / s.Hkv};
   a.o_aligned = operand(p.o, s.Dv).aligned;
-  const size_t smem = Traits<Dp>::kSmemBytes;
+  const size_t smem = fwd_smem_bytes<Dp>();
   cuda::check(cudaFuncSetAttribute(flash_fwd_tc_kernel<T, Dp>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
               "flash_attn forward smem");
   const dim3 grid(cuda::blocks_for(s.Sq, kRows), s.Hq, s.B);
