@@ -1,4 +1,4 @@
-"""kernkit's CUDA attention kernels (forward), run under simt (three schedules, race checker on) and
+"""kernkit's CUDA attention kernels (forward and backward), run under simt (three schedules, race checker on) and
 on a GPU when there is one (the `gpu` fixture): every mask and option, each head-dim config, the
 three dtypes, odd lengths, GQA, varlen with empty sequences, kvcache decode, lse, the diagonal
 shift ring attention uses, unaligned rows. Sizes are what simt affords."""
@@ -9,7 +9,7 @@ import torch
 import kernkit
 from kernkit.reference import flash_attn_ref, flash_attn_varlen_ref
 from helpers import assert_within_ref_error, max_err, on_cpu_kernels
-from test_attention import MASKS, _qkv, _shifted_attn, _varlen_inputs
+from test_attention import BWD_MASKS, MASKS, _grads, _qkv, _shifted_attn, _varlen_inputs, check_kvcache_backward
 
 MASK_IDS = lambda kw: "-".join(f"{a}={b}" for a, b in kw.items()) or "full"
 
@@ -164,17 +164,114 @@ def test_deterministic_and_inputs_untouched(gpu):
     assert all(torch.equal(x, y) for x, y in zip((q, k, v), before))
 
 
-def test_clear_errors(gpu):
+def test_float64_is_a_clear_error(gpu):
     q, k, v = (t.to(gpu.device) for t in _qkv((1, 8, 8, 2, 2, 32, 32), torch.float64))
     with pytest.raises(TypeError, match="float64"):
         kernkit.flash_attn(q, k, v)
-    q, k, v = (t.float().requires_grad_() for t in (q, k, v))
-    out = kernkit.flash_attn(q, k, v, causal=True)
-    with pytest.raises(RuntimeError, match="backward"):
-        out.sum().backward()
 
 
-def test_nn_attention_module_and_decode(gpu):
+# ----------------------------------------------------------------------------------- backward
+
+def _check_bwd(gpu, q, k, v, kw, fn=None, ref=None, seed=3):
+    fn = fn or (lambda a, b, c: kernkit.flash_attn(a, b, c, **kw))
+    ref = ref or (lambda a, b, c: flash_attn_ref(a, b, c, **kw)[0])
+    dout = torch.randn(q.shape[:-1] + (v.shape[-1],), generator=torch.Generator().manual_seed(seed)).to(q.dtype)
+    got = [t.cpu() for t in _grads(fn, [t.to(gpu.device) for t in (q, k, v)], dout.to(gpu.device))]
+    exact = _grads(ref, [q.double(), k.double(), v.double()], dout.double())
+    same = _grads(ref, [q, k, v], dout)
+    for name, g, e, s in zip("qkv", got, exact, same):
+        assert g.dtype == q.dtype
+        assert_within_ref_error(g, e, s, factor=3.0, what=f"d{name}")
+    return got
+
+
+@pytest.mark.parametrize("kw", BWD_MASKS, ids=MASK_IDS)
+@pytest.mark.parametrize("shape", [(1, 17, 17, 2, 1, 32, 32), (2, 70, 130, 4, 2, 64, 40), (1, 130, 70, 2, 2, 128, 128),
+                                   (1, 1, 90, 4, 1, 64, 64)], ids=str)
+def test_backward_bf16(gpu, shape, kw):
+    _check_bwd(gpu, *_qkv(shape, torch.bfloat16), kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("kw", BWD_MASKS, ids=MASK_IDS)
+def test_backward_fp16_fp32(gpu, kw, dtype):
+    _check_bwd(gpu, *_qkv((2, 40, 70, 4, 2, 64, 40), dtype), kw)
+
+
+@pytest.mark.parametrize("d, dv", [(8, 8), (36, 20), (96, 96), (128, 64), (192, 192), (256, 256), (100, 256)])
+def test_backward_head_dim_configs(gpu, d, dv):
+    kw = dict(causal=True, window=(20, -1), sinks=2)
+    _check_bwd(gpu, *_qkv((1, 70, 90, 2, 1, d, dv), torch.bfloat16), kw)
+    _check_bwd(gpu, *_qkv((1, 9, 20, 2, 1, d, dv), torch.float32), kw)
+
+
+def test_backward_long_window(gpu):
+    # a 64-key window over 300 keys: dq blocks visit their sink tile and the window's tiles, dkdv blocks
+    # only the query steps that see them
+    _check_bwd(gpu, *_qkv((1, 300, 300, 1, 1, 64, 64), torch.bfloat16), dict(causal=True, window=(64, -1), sinks=5))
+
+
+def test_backward_rows_with_no_visible_key(gpu):
+    q, k, v = _qkv((1, 80, 8, 2, 2, 64, 64), torch.bfloat16)
+    dq, dk, dv = _check_bwd(gpu, q, k, v, dict(causal=True))
+    assert torch.all(dq[:, :72] == 0) and all(torch.isfinite(t).all() for t in (dq, dk, dv))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_backward_sigmoid_bias_gradient(gpu, dtype):
+    q, k, v = _qkv((2, 70, 45, 4, 2, 64, 64), dtype)
+    kw = dict(activation="sigmoid", causal=True, window=(30, -1), sinks=1)
+    bias0 = torch.tensor([-1.0, 0.5, -3.0, 2.0])
+    dout = torch.randn(2, 70, 4, 64, generator=torch.Generator().manual_seed(2)).to(dtype)
+
+    def run(dev, fn, cast):
+        ins = [cast(t).to(dev).detach().clone().requires_grad_() for t in (q, k, v)]
+        bias = (bias0.double() if cast is torch.Tensor.double else bias0).to(dev).detach().clone().requires_grad_()
+        fn(*ins, sigmoid_bias=bias).backward(cast(dout).to(dev))
+        return [t.grad.cpu() for t in ins] + [bias.grad.cpu()]
+
+    got = run(gpu.device, lambda *a, **o: kernkit.flash_attn(*a, **o, **kw), lambda t: t)
+    exact = run("cpu", lambda *a, **o: flash_attn_ref(*a, **o, **kw)[0], torch.Tensor.double)
+    same = run("cpu", lambda *a, **o: flash_attn_ref(*a, **o, **kw)[0], lambda t: t)
+    for name, g, e, s in zip(["dq", "dk", "dv", "dbias"], got, exact, same):
+        assert_within_ref_error(g, e, s, factor=3.0, what=name)
+
+
+@pytest.mark.parametrize("shift", [-30, 13])
+def test_backward_diag_shift(gpu, shift):
+    kw = dict(causal=True, window=(9, -1), sinks=3)
+    _check_bwd(gpu, *_qkv((2, 40, 70, 2, 1, 64, 64), torch.bfloat16), kw,
+               fn=lambda a, b, c: _shifted_attn(a, b, c, shift, kw)[0],
+               ref=lambda a, b, c: flash_attn_ref(a, b, c, diag_shift=shift, **kw)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kw", [dict(causal=True), dict(causal=True, window=(5, -1), sinks=1),
+                                dict(activation="sigmoid", causal=True)], ids=str)
+def test_backward_varlen_with_empty_sequences(gpu, kw, dtype):
+    lens_q, lens_k = [5, 0, 1, 70, 17], [9, 3, 0, 70, 130]
+    q, k, v, cq, ck = _varlen_inputs(lens_q, lens_k, D=64, dtype=dtype)
+    cq_d, ck_d = cq.to(gpu.device), ck.to(gpu.device)
+    _check_bwd(gpu, q, k, v, kw, fn=lambda a, b, c: kernkit.flash_attn_varlen(a, b, c, cq_d, ck_d, 70, 130, **kw),
+               ref=lambda a, b, c: flash_attn_varlen_ref(a, b, c, cq, ck, **kw)[0])
+
+
+def test_backward_through_kvcache_lengths(gpu):
+    check_kvcache_backward(gpu.device)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_backward_deterministic_and_inputs_untouched(gpu, dtype):
+    q, k, v = _qkv((2, 70, 90, 4, 2, 64, 64), dtype)
+    dout = torch.randn(2, 70, 4, 64, generator=torch.Generator().manual_seed(8)).to(dtype).to(gpu.device)
+    before = [t.clone() for t in (q, k, v, dout)]
+    fn = lambda a, b, c: kernkit.flash_attn(a, b, c, causal=True, window=(20, -1), sinks=2, deterministic=True)
+    runs = [_grads(fn, [t.to(gpu.device) for t in (q, k, v)], dout) for _ in range(2)]
+    assert all(torch.equal(x, y) for x, y in zip(*runs))
+    assert all(torch.equal(x.cpu(), y.cpu()) for x, y in zip((q, k, v, dout), before))
+
+
+def test_nn_attention_module_trains_and_decodes(gpu):
     # the module's prefill and its KV-cache decode steps run the CUDA kernels; same as the CPU kernels
     torch.manual_seed(0)
     attn = kernkit.nn.MultiheadFlashAttention(128, 4, num_kv_heads=2, causal=True, window=(24, -1), sinks=2)
@@ -187,9 +284,19 @@ def test_nn_attention_module_and_decode(gpu):
             outs = [mod(x[:, :30].to(dev), cache)] + [mod(x[:, i:i + 1].to(dev), cache) for i in range(30, 40)]
             return torch.cat([o.cpu() for o in outs], 1), mod(x.to(dev)).cpu()
 
+    def train_grads(mod, dev):
+        mod.zero_grad()
+        mod(x.to(dev)).float().square().sum().backward()
+        return [p.grad.float().cpu() for p in mod.parameters()]
+
     ref_dec, ref_full = on_cpu_kernels(lambda: steps(attn, "cpu"))
+    ref_grads = on_cpu_kernels(lambda: train_grads(attn, "cpu"))
     got_dec, got_full = steps(attn.to(gpu.device), gpu.device)
+    got_grads = train_grads(attn, gpu.device)
     assert max_err(got_full, ref_full) < 3e-2 and max_err(got_dec, ref_dec) < 3e-2
     assert max_err(got_dec, got_full) < 3e-2   # decode steps == one causal pass
+    for g, r in zip(got_grads, ref_grads):
+        assert max_err(g, r) <= 0.05 * r.abs().max().item()
     if gpu.session:
-        assert any(k.startswith("flash_fwd_tc_kernel") for k in gpu.session.kernels)
+        names = {k.split("<")[0] for k in gpu.session.kernels}
+        assert {"flash_fwd_tc_kernel", "flash_bwd_dq_kernel", "flash_bwd_dkdv_kernel"} <= names

@@ -84,7 +84,10 @@ def _bwd_impl(dout, q, k, v, out, lse, cu_q, cu_k, seqused_k, max_q, max_k, scal
               activation, bias, bias_value, bias_default, shift, need_dbias):
     dims, _, stat = _geometry(q, k, v, cu_q, max_q, max_k, shift)
     dout = dout.contiguous()
-    dq, dk, dv = (advise_large(torch.empty_like(t)) for t in (q, k, v))
+    dq = advise_large(torch.empty_like(q))
+    # keys past cache_seqlens are not read by the forward: their gradients are zero (the kernels skip them)
+    alloc = torch.empty_like if seqused_k is None else torch.zeros_like
+    dk, dv = (advise_large(alloc(t)) for t in (k, v))
     dbias = torch.zeros((q.shape[-2],) if need_dbias else (0,), dtype=torch.float32, device=q.device)
     if q.numel() == 0 or k.numel() == 0 or v.numel() == 0 or dout.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_(), dbias
