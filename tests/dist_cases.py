@@ -81,9 +81,14 @@ def _err(a, b):
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
 
-def compare_with_single(rank, world, cases):
+def compare_with_single(rank, world, cases, ring_on_simt=False):
     """For each case: ring on this rank's shard vs one flash_attn call on the whole sequence
-    (kernkit, same dtype) and vs the fp64 reference. Returns per-case errors."""
+    (kernkit, same dtype) and vs the fp64 reference. Returns per-case errors. With ring_on_simt the
+    ring (forward and backward) runs kernkit's CUDA kernels under simt, the comparisons the CPU ones."""
+    import contextlib
+
+    from kernkit.testing import simt
+    ring_ctx = simt if ring_on_simt else contextlib.nullcontext
     report = []
     for c in cases:
         shape, dtype, layout, kw = c["shape"], c["dtype"], c["layout"], dict(c["kw"])
@@ -99,8 +104,11 @@ def compare_with_single(rank, world, cases):
                                                                           if bias is not None else {})})[0]
         local = [shard_sequence(t, rank, world, layout=layout).clone().requires_grad_() for t in (q, k, v)]
         lb = bias.clone().requires_grad_() if bias is not None else None
-        out = ring_flash_attn(*local, layout=layout, **{**kw, **({"sigmoid_bias": lb} if lb is not None else {})})
-        out.backward(shard_sequence(dout, rank, world, layout=layout))
+        with ring_ctx() as session:
+            out = ring_flash_attn(*local, layout=layout, **{**kw, **({"sigmoid_bias": lb} if lb is not None else {})})
+            out.backward(shard_sequence(dout, rank, world, layout=layout))
+        if ring_on_simt and out.shape[1]:
+            assert any(k.startswith("flash_bwd_dkdv") for k in session.kernels), session.kernels
         sh = lambda t: shard_sequence(t, rank, world, layout=layout)
         r = dict(name=c["name"], out=_err(out, sh(single)), out_exact=_err(out, sh(exact)),
                  single_exact=_err(sh(single), sh(exact)),
@@ -125,8 +133,10 @@ def compare_with_single(rank, world, cases):
             total = lb.grad.clone()
             dist.all_reduce(total)   # each rank holds its contribution to the replicated bias
             r["dbias"] = _err(total, fb.grad)
+            r["dbias_scale"] = max(1.0, fb.grad.abs().max().item())
         if kw.get("activation", "softmax") == "softmax":
-            _, lse = ring_flash_attn(*(t.detach() for t in local), layout=layout, return_lse=True, **kw)
+            with ring_ctx():
+                _, lse = ring_flash_attn(*(t.detach() for t in local), layout=layout, return_lse=True, **kw)
             _, lse_full = kernkit.flash_attn(q, k, v, return_lse=True, **kw)
             lse_local = shard_sequence(lse_full, rank, world, layout=layout, dim=2)
             finite = torch.isfinite(lse_local)

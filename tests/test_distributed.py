@@ -79,8 +79,8 @@ def _check_reports(res, world, cases):
             if "lse" in r:
                 assert r["lse_inf_match"], where
                 assert r["lse"] <= 1e-4, (where, r)
-            if "dbias" in r:
-                assert r["dbias"] <= 1e-5, (where, r)
+            if "dbias" in r:   # (16-bit: the ring's kernels round P and dS differently from the single call's)
+                assert r["dbias"] <= (1e-5 if c["dtype"] in TOL else 1e-3) * r["dbias_scale"], (where, r)
 
 
 def test_ring_two_ranks_matches_single_process():
@@ -94,6 +94,23 @@ def test_ring_one_rank_matches_single_process():
 
 def test_ring_four_ranks_matches_single_process():
     _check_reports(dist_cases.run(4, "compare_with_single", CASES_4), 4, CASES_4)
+
+
+# the ring's per-block calls (shifted diagonals, merged partials) through the CUDA kernels under simt
+CASES_SIMT = [
+    _case("fp32-gqa-causal", (2, 64, 4, 2, 64, 64), F32, "contiguous", causal=True),
+    _case("bf16-zigzag-window-sinks", (1, 128, 4, 2, 64, 64), BF16, "zigzag", causal=True, window=(40, -1), sinks=3),
+    _case("fp16-uneven-causal", (1, 67, 2, 1, 64, 32), F16, "contiguous", causal=True),
+    _case("bf16-sigmoid-head-bias", (1, 64, 2, 1, 64, 64), BF16, "zigzag", causal=True, activation="sigmoid",
+          bias_tensor=[-2.0, 0.5]),
+]
+
+
+def test_ring_two_ranks_on_cuda_kernels_under_simt():
+    from kernkit.testing import simt_available
+    if not simt_available():
+        pytest.skip("this kernkit build has no simt backend (KERNKIT_BUILD_SIMT=0)")
+    _check_reports(dist_cases.run(2, "compare_with_single", CASES_SIMT, True), 2, CASES_SIMT)
 
 
 @pytest.mark.parametrize("world,S", [(2, 24), (2, 23), (4, 37), (4, 40)])

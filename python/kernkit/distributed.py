@@ -20,8 +20,9 @@ Layouts (see :func:`shard_sequence`):
 * ``"zigzag"``: the sequence is cut into ``2 * world`` equal chunks and rank r
   holds chunks ``r`` and ``2 * world - 1 - r``, which balances causal work.
 
-Works with any backend that has point-to-point ops: gloo for CPU tensors (the
-kernels here are CPU kernels); NCCL once kernkit's attention has CUDA kernels.
+Works with any backend that has point-to-point ops: gloo for CPU tensors, NCCL for
+CUDA tensors (each block then runs kernkit's CUDA kernels; the small argument
+exchange happens on q's device).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def gather_sequence(x: torch.Tensor, *, group=None, layout: str = "contiguous", 
     fn = "gather_sequence"
     _check_layout(fn, layout)
     world = dist.get_world_size(group)
-    lengths = [torch.zeros((), dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(lengths, torch.tensor(x.shape[dim], dtype=torch.int64), group=group)
+    lengths = [torch.zeros((), dtype=torch.int64, device=x.device) for _ in range(world)]
+    dist.all_gather(lengths, torch.tensor(x.shape[dim], dtype=torch.int64, device=x.device), group=group)
     lengths = [int(n) for n in lengths]
     longest = max(lengths)
     pad = list(x.shape)
@@ -242,12 +243,12 @@ def _ring_forward(plan: _Plan, q, k, v, bias):
     softmax = plan.opts[5] == 0
     B, S, Hq, _ = q.shape
     Dv = v.shape[-1]
-    out = torch.zeros(B, S, Hq, Dv, dtype=torch.float32)
-    lse = torch.full((B, Hq, S), -math.inf, dtype=torch.float32) if softmax else None
+    out = torch.zeros(B, S, Hq, Dv, dtype=torch.float32, device=q.device)
+    lse = torch.full((B, Hq, S), -math.inf, dtype=torch.float32, device=q.device) if softmax else None
     opts = list(plan.opts)
     opts[6] = bias
     kv = torch.cat([k.reshape(-1), v.reshape(-1)])
-    seen = torch.zeros(S, dtype=torch.bool)   # rows that already hold a partial result
+    seen = [False] * S   # rows that already hold a partial result (host-side: no device sync)
     comm_stats["forward_bytes"] = comm_stats["forward_messages"] = 0
     for step in range(plan.world):
         src = (plan.rank - step) % plan.world
@@ -263,12 +264,12 @@ def _ring_forward(plan: _Plan, q, k, v, bias):
             rows = slice(c.q0, c.q0 + c.nq)
             if not softmax:
                 out[:, rows] += o.float()
-            elif seen[c.q0:c.q0 + c.nq].any():
+            elif any(seen[c.q0:c.q0 + c.nq]):
                 _merge(out[:, rows], lse[:, :, rows], o, l)
             else:   # first partial of these rows: nothing to merge with
                 out[:, rows] = o.float()
                 lse[:, :, rows] = l
-            seen[c.q0:c.q0 + c.nq] = True
+            seen[c.q0:c.q0 + c.nq] = [True] * c.nq
         _wait(plan, works, step, "receiving k/v")
         if nxt is not None:
             kv = nxt
@@ -288,8 +289,8 @@ def _merge(acc_out, acc_lse, o, l):
 def _ring_backward(plan: _Plan, dout, q, k, v, out, lse, bias, need_dbias):
     opts = list(plan.opts)
     opts[6] = bias
-    dq = torch.zeros(q.shape, dtype=torch.float32)
-    dbias = torch.zeros(q.shape[2], dtype=torch.float32) if need_dbias else None
+    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    dbias = torch.zeros(q.shape[2], dtype=torch.float32, device=q.device) if need_dbias else None
     kv = torch.cat([k.reshape(-1), v.reshape(-1)])
     comm_stats["backward_bytes"] = comm_stats["backward_messages"] = 0
     lse_rows = {}
@@ -304,7 +305,7 @@ def _ring_backward(plan: _Plan, dout, q, k, v, out, lse, bias, need_dbias):
             kv_works = _exchange(plan, kv, kv_next, "backward")
         # This block's dK/dV, fp32: this rank's part first, then (below) the sum the previous
         # ranks have built up, which arrived while this part was computed.
-        acc = torch.zeros(sum(plan.kv_numel[src]), dtype=torch.float32)
+        acc = torch.zeros(sum(plan.kv_numel[src]), dtype=torch.float32, device=q.device)
         dkb, dvb = _split_kv(acc, k, v, n_src)
         for c in _step_calls(plan, src, opts):
             rows = slice(c.q0, c.q0 + c.nq)
@@ -356,12 +357,15 @@ class _RingAttn(torch.autograd.Function):
 
 # --------------------------------------------------------------------------- public API
 
+def _comm_device(q):
+    """Where the argument exchange's tensor lives: q's GPU for CUDA tensors (NCCL), else the CPU."""
+    return q.device if isinstance(q, torch.Tensor) and q.is_cuda else torch.device("cpu")
+
+
 def _local_meta(fn, q, k, v, layout, causal, window, sinks, softcap, scale, activation, sigmoid_bias,
                 return_lse):
     """Validates this rank's arguments; returns (options, integers every rank must agree on)."""
     _check_qkv(fn, q, k, v, 4)
-    if q.device.type != "cpu":
-        raise RuntimeError(f"{fn}: q is on {q.device}; ring attention runs kernkit's CPU kernels (gloo)")
     _check_layout(fn, layout)
     if k.shape[1] != q.shape[1]:
         raise ValueError(f"{fn}: each rank must hold the same positions of q and k/v (self-attention); got "
@@ -420,7 +424,7 @@ def ring_flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=
     # One small all-gather: error flags, local lengths and everything the ranks must agree on
     # (float64 holds every int and option exactly).
     meta = torch.tensor([0 if error is None else 1, q.shape[1] if error is None else 0] + agree,
-                        dtype=torch.float64)
+                        dtype=torch.float64, device=_comm_device(q))
     metas = [torch.empty_like(meta) for _ in range(world)]
     wait_for = None if timeout is None or error is not None else datetime.timedelta(seconds=float(timeout))
     work = dist.all_gather(metas, meta, group=group, async_op=True)
