@@ -12,6 +12,7 @@
 //
 // Only the key tiles a block can see are visited (sinks + window, attn_common.cuh); per-element
 // masks are applied only on tiles that are not fully visible.
+#include <algorithm>
 #include <cmath>
 
 #include "attention/cuda/attn_common.cuh"
@@ -30,8 +31,15 @@ struct TcArgs {
   AttnFwdParams p;
   Operand q, k, v;
   bool o_aligned;
-  int group;  // Hq / Hkv
+  int group;    // Hq / Hkv
+  int n_split;  // split-KV: blocks per query tile, each over its share of the key tiles (1 = off)
+  float* part;  // split-KV partials: outputs [split][b][row][h][Dv], then lse [split][b][row][h]
 };
+
+// Where split `split`'s partial for (b, row, h) lives (row < Sq, the per-sequence row).
+__device__ __forceinline__ long long part_slot(const AttnShape& s, int split, int b, int row, int h) {
+  return ((long long)(split * s.B + b) * s.Sq + row) * s.Hq + h;
+}
 
 template <int Dp>
 constexpr size_t fwd_smem_bytes() { return size_t(kRows + 2 * kKeys) * stride<Dp>() * 2; }
@@ -44,7 +52,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
   const AttnMask& m = p.mask;
   const int b = blockIdx.z, h = blockIdx.y, hk = h / a.group;
   const Seq sq = attn::seq_of(p.shape, b);
-  const int m0 = blockIdx.x * kRows;
+  const int split = blockIdx.x % a.n_split, m0 = (blockIdx.x / a.n_split) * kRows;
   if (m0 >= sq.q_len) return;  // the whole block leaves before any barrier
   const int r1 = min(m0 + kRows, sq.q_len) - 1;
   const int D = p.shape.D, Dv = p.shape.Dv;
@@ -57,6 +65,8 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
   uint16_t* q_rows = sQ + warp * 16 * S;  // this warp's rows
 
   const attn::KeyTiles tiles = attn::key_tiles(m, sq, m0, r1, kKeys);
+  const int per_split = (tiles.count + a.n_split - 1) / a.n_split;
+  const int n_begin = min(tiles.count, split * per_split), n_end = min(tiles.count, n_begin + per_split);
   const bool softmax = m.activation == AttnActivation::softmax;
   const bool capped = m.softcap > 0.f;
   // s2 = log2(e) * score: scale (and softcap) folded into one multiply where possible
@@ -69,20 +79,20 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
   const int qrow0 = m0 + warp * 16 + g;  // this thread's rows: qrow0 and qrow0 + 8
 
-  if (tiles.count > 0) {
+  if (n_end > n_begin) {
+    const int j0 = tiles.tile(n_begin) * kKeys;
     load_tile<Dp, kRows>(sQ, a.q, b, sq.q_row0 + m0, h, sq.q_len - m0, D);
-    load_tile<Dp, kKeys>(sK, a.k, b, sq.k_row0 + (long long)tiles.tile(0) * kKeys, hk,
-                         sq.k_len - tiles.tile(0) * kKeys, D);
+    load_tile<Dp, kKeys>(sK, a.k, b, sq.k_row0 + j0, hk, sq.k_len - j0, D);
     ptx::cp_async_commit();
   }
   uint32_t qf[kQInRegs ? KS : 1][4];
 
-  for (int n = 0; n < tiles.count; ++n) {
+  for (int n = n_begin; n < n_end; ++n) {
     const int j0 = tiles.tile(n) * kKeys;
     ptx::cp_async_wait<0>();
     __syncthreads();  // K(n) (and Q) have landed; every warp is done with V(n-1)
     if constexpr (kQInRegs) {
-      if (n == 0) {
+      if (n == n_begin) {
 #pragma unroll
         for (int kk = 0; kk < KS; ++kk) load_a<S>(qf[kk], q_rows, kk);
       }
@@ -152,7 +162,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
 
     ptx::cp_async_wait<0>();
     __syncthreads();  // V(n) has landed; every warp is done with K(n)
-    if (n + 1 < tiles.count) {
+    if (n + 1 < n_end) {
       const int jn = tiles.tile(n + 1) * kKeys;
       load_tile<Dp, kKeys>(sK, a.k, b, sq.k_row0 + jn, hk, sq.k_len - jn, D);
       ptx::cp_async_commit();
@@ -160,17 +170,36 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
     mma_pb<T, kKeys / 16, DT, S>(o, s, sV, Dv);  // O += P V
   }
 
-  // epilogue: normalise, lse, then this warp's 16 rows through its own rows of sQ
-  float inv[2] = {1.f, 1.f};
+  // epilogue: normalise, lse, then this warp's 16 rows through its own rows of sQ (or, split, fp32
+  // partials straight from the fragments)
+  float inv[2] = {1.f, 1.f}, lse[2] = {-INFINITY, -INFINITY};
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     if (!softmax) continue;
     const float l = quad_sum(row_sum[r]);
     inv[r] = l > 0.f ? 1.f / l : 0.f;
+    lse[r] = l > 0.f ? (row_max[r] + log2f(l)) * kLn2 : -INFINITY;
     const int row = qrow0 + 8 * r;
-    if (p.lse && t == 0 && row < sq.q_len)
-      p.lse[b * p.shape.stat_bs + h * p.shape.stat_hs + sq.q_row0 + row] =
-          l > 0.f ? (row_max[r] + log2f(l)) * kLn2 : -INFINITY;
+    if (p.lse && a.n_split == 1 && t == 0 && row < sq.q_len)
+      p.lse[b * p.shape.stat_bs + h * p.shape.stat_hs + sq.q_row0 + row] = lse[r];
+  }
+  if (a.n_split > 1) {
+    const long long lse_base = (long long)a.n_split * p.shape.B * p.shape.Sq * p.shape.Hq * Dv;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = qrow0 + 8 * r;
+      if (row >= sq.q_len) continue;
+      const long long slot = part_slot(p.shape, split, b, row, h);
+      if (t == 0) a.part[lse_base + slot] = lse[r];
+#pragma unroll
+      for (int i = 0; i < DT; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int col = i * 8 + 2 * t + e;
+          if (col < Dv) a.part[slot * Dv + col] = o[i][2 * r + e] * inv[r];
+        }
+    }
+    return;
   }
   const int w0 = m0 + warp * 16, rows = min(16, sq.q_len - w0);
   uint16_t* out = static_cast<uint16_t*>(const_cast<void*>(p.o.ptr)) + b * p.o.bs + h * p.o.hs +
@@ -255,18 +284,77 @@ __global__ void __launch_bounds__(kF32Warps * 32) flash_fwd_f32_kernel(AttnFwdPa
     p.lse[b * p.shape.stat_bs + h * p.shape.stat_hs + sq.q_row0 + row] = l > 0.f ? mx + logf(l) : -INFINITY;
 }
 
+// ------------------------------------------------------------------------------- split-KV combine
+
+// One warp per (b, row, h): softmax partials weighted by exp(lse_s - lse) (lse = logsumexp of the
+// splits' lse, -inf when no split saw a key), sigmoid partials summed; splits in order.
+template <typename T>
+__global__ void __launch_bounds__(128) split_combine_kernel(AttnFwdParams p, int n_split, const float* part) {
+  const AttnShape& s = p.shape;
+  const long long w = (long long)blockIdx.x * 4 + (threadIdx.x >> 5);
+  if (w >= (long long)s.B * s.Sq * s.Hq) return;
+  const int lane = threadIdx.x & 31, h = int(w % s.Hq), row = int(w / s.Hq % s.Sq), b = int(w / s.Hq / s.Sq);
+  const Seq sq = attn::seq_of(s, b);
+  if (row >= sq.q_len) return;
+  const bool softmax = p.mask.activation == AttnActivation::softmax;
+  const long long lse_base = (long long)n_split * s.B * s.Sq * s.Hq * s.Dv;
+  float mx = -INFINITY;
+  if (softmax)
+    for (int i = lane; i < n_split; i += 32) mx = fmaxf(mx, part[lse_base + part_slot(s, i, b, row, h)]);
+  mx = cuda::warp_max(mx);
+  float total = 0.f;  // sum of the weights (every lane the same, splits in order)
+  if (softmax && mx != -INFINITY)
+    for (int i = 0; i < n_split; ++i) total += expf(part[lse_base + part_slot(s, i, b, row, h)] - mx);
+  T* out = static_cast<T*>(const_cast<void*>(p.o.ptr)) + b * p.o.bs + (sq.q_row0 + row) * p.o.rs + h * p.o.hs;
+  for (int c = lane; c < s.Dv; c += 32) {
+    float acc = 0.f;
+    for (int i = 0; i < n_split; ++i) {
+      const long long slot = part_slot(s, i, b, row, h);
+      const float wgt = !softmax ? 1.f : mx == -INFINITY ? 0.f : expf(part[lse_base + slot] - mx) / total;
+      acc = fmaf(wgt, part[slot * s.Dv + c], acc);
+    }
+    out[c] = cuda::store_cast<T>(acc);
+  }
+  if (softmax && p.lse && lane == 0)
+    p.lse[b * s.stat_bs + h * s.stat_hs + sq.q_row0 + row] = mx == -INFINITY ? -INFINITY : mx + logf(total);
+}
+
+// Split-KV (flash-decoding) when the query tiles alone leave the GPU mostly idle (decode: one query
+// tile per head) and there are enough key tiles to share: about two blocks per SM, at least two key
+// tiles per split, at most 64 splits.
+int split_count(const AttnShape& s) {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0)
+    sms = 108;
+  const long long blocks = (long long)cuda::blocks_for(s.Sq, kRows) * s.Hq * s.B;
+  const int key_tiles = (s.Sk + kKeys - 1) / kKeys;
+  if (blocks >= sms || key_tiles < 4) return 1;
+  const long long want = (2LL * sms + blocks - 1) / blocks;
+  return int(std::max(1LL, std::min({want, (long long)key_tiles / 2, 64LL})));
+}
+
 // ------------------------------------------------------------------------------- launch
 
 template <typename T, int Dp>
 void launch_tc(const AttnFwdParams& p, cudaStream_t stream) {
   const AttnShape& s = p.shape;
-  TcArgs a{p, operand(p.q, s.D), operand(p.k, s.D), operand(p.v, s.Dv), false, s.Hq / s.Hkv};
-  a.o_aligned = operand(p.o, s.Dv).aligned;
+  TcArgs a{p, operand(p.q, s.D), operand(p.k, s.D), operand(p.v, s.Dv), operand(p.o, s.Dv).aligned,
+           s.Hq / s.Hkv, split_count(s), nullptr};
   const size_t smem = fwd_smem_bytes<Dp>();
   cuda::check(cudaFuncSetAttribute(flash_fwd_tc_kernel<T, Dp>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
               "flash_attn forward smem");
-  const dim3 grid(cuda::blocks_for(s.Sq, kRows), s.Hq, s.B);
+  const dim3 grid(cuda::blocks_for(s.Sq, kRows) * a.n_split, s.Hq, s.B);
+  if (a.n_split == 1) {
+    KK_LAUNCH(grid, kThreads, smem, stream, flash_fwd_tc_kernel<T, Dp>)(a);
+    return;
+  }
+  const long long slots = (long long)s.B * s.Sq * s.Hq;
+  cuda::check(cudaMallocAsync(reinterpret_cast<void**>(&a.part), size_t(a.n_split) * slots * (s.Dv + 1) * sizeof(float),
+                              stream), "flash_attn split-KV scratch");
   KK_LAUNCH(grid, kThreads, smem, stream, flash_fwd_tc_kernel<T, Dp>)(a);
+  KK_LAUNCH(cuda::blocks_for(slots, 4), 128, 0, stream, split_combine_kernel<T>)(p, a.n_split, a.part);
+  cuda::check(cudaFreeAsync(a.part, stream), "flash_attn split-KV scratch");
 }
 
 template <typename T>
