@@ -1,7 +1,8 @@
 """Attention: kernkit.flash_attn against torch's scaled_dot_product_attention
 (same dtype, same threads; with an explicit boolean mask where SDPA lacks the
 mask), forward, forward+backward, sliding window + sinks, KV-cache decode, and
-sigmoid against kernkit's own softmax."""
+sigmoid against kernkit's own softmax. On a GPU (--device cuda): against each
+SDPA backend (flash, cuDNN, efficient) and FlexAttention, TFLOP/s and % of peak."""
 
 from __future__ import annotations
 
@@ -125,9 +126,136 @@ def _sigmoid_rows(quick):
                 tb * 1e6, flops_rate(4 * H * S * S * D, tk, dtype))]
 
 
+# ----------------------------------------------------------------------------------------- CUDA
+
+def _gpu_peak_tflops():
+    """Dense bf16 tensor-core peak of the GPU, for the fraction-of-peak column (None if unknown)."""
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    for key, peak in (("H100", 989.0), ("H200", 989.0), ("H800", 989.0), ("A100", 312.0), ("L40", 181.0)):
+        if key in name:
+            return peak
+    return None
+
+
+def _tflops(flops, seconds):
+    tf = flops / seconds / 1e12
+    peak = _gpu_peak_tflops()
+    return f"{tf:.0f} TFLOP/s" + (f" ({100 * tf / peak:.0f}% of {peak:.0f})" if peak else "")
+
+
+def _sdpa(backend):
+    """SDPA pinned to one backend (None: torch's own choice)."""
+    from torch.nn.attention import sdpa_kernel
+
+    def call(*args, **kw):
+        if backend is None:
+            return F.scaled_dot_product_attention(*args, **kw)
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(*args, **kw)
+    return call
+
+
+def _sdpa_backends():
+    from torch.nn.attention import SDPBackend
+    return [("SDPA flash", SDPBackend.FLASH_ATTENTION), ("SDPA cuDNN", SDPBackend.CUDNN_ATTENTION),
+            ("SDPA efficient", SDPBackend.EFFICIENT_ATTENTION)]
+
+
+def _pair_rows(case, shape, dtype, ours, baselines, flops, dev):
+    """One row per baseline that runs here (a backend that cannot take the case is skipped)."""
+    rows = []
+    for name, fn in baselines:
+        try:
+            fn()
+        except (RuntimeError, NotImplementedError, ValueError):
+            continue
+        tk, tb = time_pair(ours, fn, device=dev)
+        rows.append(Row(FAMILY, case, shape, dtype_name(dtype), tk * 1e6, name, tb * 1e6, _tflops(flops, tk)))
+    return rows
+
+
+def _cuda_rows(quick, dev="cuda"):
+    """On the GPU, bf16, B*S = 16k tokens, H*D = 2048: forward and forward+backward against SDPA's
+    flash, cuDNN and efficient backends; window 1024 (+ sinks) at S = 16k against the SDPA backend
+    that takes a mask and FlexAttention; decode over 4k-32k caches against SDPA."""
+    rows, dt = [], torch.bfloat16
+    seqs = [2048] if quick else [512, 2048, 8192, 16384]
+    for S in seqs:
+        for D in (64, 128):
+            B, H = max(1, 16384 // S), 2048 // D
+            q, k, v = (t.to(dev) for t in _inputs(B, S, H, D, dt))
+            qt, kt, vt = _bhsd(q, k, v)
+            for causal in (False, True):
+                flops = 4 * B * H * S * S * D / (2 if causal else 1)
+                base = [(n, (lambda f: lambda: f(qt, kt, vt, is_causal=causal))(_sdpa(b))) for n, b in _sdpa_backends()]
+                rows += _pair_rows("fwd causal" if causal else "fwd", f"B{B} S{S} H{H} D{D}", dt,
+                                   lambda: kernkit.flash_attn(q, k, v, causal=causal), base, flops, dev)
+    for S in ([2048] if quick else [2048, 8192]):
+        for D in (64, 128):
+            B, H = max(1, 16384 // S), 2048 // D
+            q, k, v = (t.to(dev).requires_grad_() for t in _inputs(B, S, H, D, dt))
+            qt, kt, vt = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
+            do = torch.randn_like(q)
+            dot = do.transpose(1, 2)
+            ours = lambda: torch.autograd.grad(kernkit.flash_attn(q, k, v, causal=True), (q, k, v), do)
+            base = [(n, (lambda f: lambda: torch.autograd.grad(f(qt, kt, vt, is_causal=True), (qt, kt, vt), dot))(
+                _sdpa(b))) for n, b in _sdpa_backends()[:2]]
+            rows += _pair_rows("fwd+bwd causal", f"B{B} S{S} H{H} D{D}", dt, ours, base,
+                               3.5 * 4 * B * H * S * S * D / 2, dev)
+    # window 1024 (and sinks + window) at S = 16k: work ~ S * window instead of S^2 / 2
+    S, H, D, W = (4096, 16, 128, 1024) if quick else (16384, 16, 128, 1024)
+    q, k, v = (t.to(dev) for t in _inputs(1, S, H, D, dt))
+    qt, kt, vt = _bhsd(q, k, v)
+    for sinks in (0, 4):
+        mask = attention_mask(S, S, causal=True, window=(W, -1), sinks=sinks).to(dev)
+        pairs = float(mask.sum())
+        base = [("SDPA efficient + bool mask", lambda: _sdpa(_sdpa_backends()[2][1])(qt, kt, vt, attn_mask=mask))]
+        flex = _flex_cuda(qt, kt, vt, S, W, sinks)
+        if flex is not None:
+            base.append(("FlexAttention (compiled)", flex))
+        rows += _pair_rows(f"window {W}" + (f"+{sinks} sinks" if sinks else ""), f"B1 S{S} H{H} D{D}", dt,
+                           lambda: kernkit.flash_attn(q, k, v, causal=True, window=(W, -1), sinks=sinks), base,
+                           4 * H * pairs * D, dev)
+        del mask
+    # decode: one query token over a long cache (split-KV)
+    Hq, Hkv, D = 32, 8, 128
+    for L in ([32768] if quick else [4096, 32768]):
+        g = torch.Generator().manual_seed(0)
+        kc, vc = (torch.randn(1, L, Hkv, D, generator=g).to(dt).to(dev) for _ in range(2))
+        q = torch.randn(1, 1, Hq, D, generator=g).to(dt).to(dev)
+        qt, kt, vt = _bhsd(q, kc, vc)
+        tk, tb = time_pair(lambda: kernkit.flash_attn_with_kvcache(q, kc, vc, L),
+                           lambda: F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True), device=dev)
+        rows.append(Row(FAMILY, "decode Sq=1", f"cache {L} Hq{Hq} Hkv{Hkv} D{D}", dtype_name(dt), tk * 1e6,
+                        "SDPA (enable_gqa)", tb * 1e6, bandwidth(2 * L * Hkv * D * 2, tk, dev)))
+    # fp32: the exact non-tensor-core path, next to SDPA in fp32
+    q, k, v = (t.to(dev) for t in _inputs(1, 2048, 16, 64, torch.float32))
+    qt, kt, vt = _bhsd(q, k, v)
+    tk, tb = time_pair(lambda: kernkit.flash_attn(q, k, v, causal=True),
+                       lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True), device=dev)
+    rows.append(Row(FAMILY, "fwd causal (fp32 path)", "B1 S2048 H16 D64", "float32", tk * 1e6, "SDPA fp32", tb * 1e6,
+                    _tflops(4 * 16 * 2048 * 2048 * 64 / 2, tk)))
+    return rows
+
+
+def _flex_cuda(qt, kt, vt, S, W, sinks):
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        def mask_mod(b, h, qi, kj):
+            return (kj <= qi) & ((qi - kj <= W) | (kj < sinks))
+
+        block_mask = create_block_mask(mask_mod, None, None, S, S, device=qt.device)
+        flex = torch.compile(flex_attention)
+        flex(qt, kt, vt, block_mask=block_mask)
+        return lambda: flex(qt, kt, vt, block_mask=block_mask)
+    except Exception:   # no triton / inductor on this machine
+        return None
+
+
 def run(device: str = "cpu", quick: bool = False) -> list[Row]:
-    if device != "cpu":
-        return []  # CUDA attention kernels: a later issue
+    if device == "cuda":
+        return _cuda_rows(quick)
     if quick:
         fwd = [(torch.bfloat16, 1024, 64, False), (torch.bfloat16, 1024, 128, True), (torch.float32, 1024, 64, True)]
         fb = [(torch.bfloat16, 1024, 64)]
