@@ -329,3 +329,24 @@ def test_nn_attention_module_trains_and_decodes(gpu):
     if gpu.session:
         names = {k.split("<")[0] for k in gpu.session.kernels}
         assert {"flash_fwd_tc_kernel", "flash_bwd_dq_kernel", "flash_bwd_dkdv_kernel"} <= names
+
+
+def test_opcheck_and_compile(gpu):
+    from kernkit.attention import _attn_bwd, _attn_fwd
+
+    q, k, v = (t.to(gpu.device) for t in _qkv((1, 20, 30, 4, 2, 64, 32), torch.bfloat16))
+    common = (None, None, None, 20, 30, 0.125, 0.0, 5, 0, 2, 0, None, 0.0, False, 0)
+    torch.library.opcheck(_attn_fwd, (q, k, v) + common)
+    bias = torch.randn(4, device=gpu.device, requires_grad=True)
+    torch.library.opcheck(_attn_fwd, (q.clone().requires_grad_(), k, v, None, None, None, 20, 30, 0.125, 3.0, -1, -1,
+                                      0, 1, bias, 0.0, False, -7))
+    out, lse = _attn_fwd(q, k, v, *common)
+    torch.library.opcheck(_attn_bwd, (torch.randn_like(out), q, k, v, out, lse) + common + (False,))
+    args = [t.clone().requires_grad_() for t in (q, k, v)]
+
+    def f(a, b, c):
+        return kernkit.flash_attn(a * 1.5, b, c, causal=True, window=(8, -1), sinks=2).float().square().sum()
+
+    cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+    for a, b in zip(torch.autograd.grad(cf(*args), args), torch.autograd.grad(f(*args), args)):
+        assert torch.equal(a, b)

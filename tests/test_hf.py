@@ -133,3 +133,35 @@ def test_bad_mask_and_options():
     module.train()
     with pytest.raises(NotImplementedError, match="dropout"):
         kk_hf.attention_forward(module, q, q, q, None, dropout=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_llama_on_cuda_kernels(gpu, dtype, calls):
+    # the integration on CUDA tensors (here: the CUDA kernels under simt): padded logits, gradients
+    # and cached generation against transformers' sdpa on the same weights
+    ref, ours = _pair(transformers.LlamaConfig)
+    ref, ours = ref.to(dtype), ours.to(dtype).to(gpu.device)
+    ids = _ids(2, 13)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    tol = 2e-5 if dtype == torch.float32 else 0.1
+    with torch.no_grad():
+        a = ref(ids, attention_mask=mask).logits
+        b = ours(ids.to(gpu.device), attention_mask=mask.to(gpu.device)).logits.cpu()
+    assert (a[mask.bool()] - b[mask.bool()]).abs().max() < tol
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        ga, gb = ref.generate(ids, attention_mask=mask, **kw), ours.generate(
+            ids.to(gpu.device), attention_mask=mask.to(gpu.device), **kw)
+    for sa, sb in zip(ga.scores, gb.scores):
+        assert (sa - sb.cpu()).abs().max() < 10 * tol
+    if dtype == torch.float32:
+        assert torch.equal(ga.sequences, gb.sequences.cpu())
+        for m, x in ((ref, ids), (ours, ids.to(gpu.device))):
+            m.train()
+            m(x, labels=x).loss.backward()
+        for (name, p), q in zip(ref.named_parameters(), ours.parameters()):
+            assert (p.grad - q.grad.cpu()).abs().max() <= 1e-4 * max(1.0, p.grad.abs().max().item()), name
+    if gpu.session:
+        names = {k.split("<")[0] for k in gpu.session.kernels}
+        assert ("flash_fwd_f32_kernel" if dtype == torch.float32 else "flash_fwd_tc_kernel") in names
