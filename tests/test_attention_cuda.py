@@ -171,6 +171,28 @@ def test_split_kv_decode(gpu, sq, kw):
         assert any(k.startswith("split_combine_kernel") for k in gpu.session.kernels)
 
 
+@pytest.mark.parametrize("shape", [(2, 1, 300, 16, 1, 64, 64), (1, 2, 200, 8, 1, 256, 256), (2, 1, 150, 4, 4, 36, 20),
+                                   (1, 5, 260, 6, 2, 128, 128), (1, 3, 100, 8, 1, 64, 64)], ids=str)
+@pytest.mark.parametrize("kw", [dict(causal=True, window=(70, -1), sinks=3), dict(activation="sigmoid", causal=True),
+                                dict(softcap=2.0)], ids=str)
+def test_packed_gqa_decode(gpu, shape, kw):
+    # Sq * group <= 16 packs a kv head's query rows into one tile (the last shape, 24 rows, does not)
+    q, k, v = _qkv(shape, torch.bfloat16)
+    if kw.get("activation") == "sigmoid":
+        kw = dict(kw, sigmoid_bias=torch.linspace(-3, 1, shape[3]))
+    out = _run(gpu, kernkit.flash_attn, q, k, v, **kw).cpu()
+    ref_kw = {a: (b.double() if isinstance(b, torch.Tensor) else b) for a, b in kw.items()}
+    exact, lse_exact = flash_attn_ref(q.double(), k.double(), v.double(), **ref_kw)
+    same, _ = flash_attn_ref(q, k, v, **kw)
+    assert_within_ref_error(out, exact, same)
+    if "activation" not in kw:
+        _, lse = _run(gpu, kernkit.flash_attn, q, k, v, return_lse=True, **kw)
+        assert max_err(lse.cpu(), lse_exact) < 1e-3
+    if gpu.session:
+        packed = shape[1] * shape[3] // shape[4] <= 16
+        assert any(k.startswith("flash_decode_kernel") for k in gpu.session.kernels) == packed
+
+
 def test_strided_and_unaligned_inputs(gpu):
     # q a head slice of a wider tensor (row stride != H*D), k/v starting one element into their storage
     g = torch.Generator().manual_seed(4)

@@ -284,6 +284,182 @@ __global__ void __launch_bounds__(kF32Warps * 32) flash_fwd_f32_kernel(AttnFwdPa
     p.lse[b * p.shape.stat_bs + h * p.shape.stat_hs + sq.q_row0 + row] = l > 0.f ? mx + logf(l) : -INFINITY;
 }
 
+// ------------------------------------------------------------------------------- decode
+
+// Decode (Sq * group <= 16): the query rows of a GQA group are packed into one 16-row tile (row r =
+// query r / group of head hk * group + r % group), so K/V are read once per kv head, not once per
+// query head, and the tensor cores compute 16 rows instead of a 64-row tile with one real row. The
+// 4 warps share the Q tile and take every 4th 32-key tile each (own K/V buffers, warp-level
+// cp.async waits); their partial (max, sum, O) are merged through shared memory at the end.
+constexpr int kDecRows = 16, kDecKeys = 32;
+
+template <int Dp>
+constexpr size_t dec_smem_bytes() { return size_t(kDecRows + kWarps * 2 * kDecKeys) * stride<Dp>() * 2; }
+
+template <typename T, int Dp>
+__global__ void __launch_bounds__(kThreads) flash_decode_kernel(TcArgs a) {
+  constexpr int S = stride<Dp>(), NT = kDecKeys / 8, DT = Dp / 8, KS = Dp / 16;
+  const AttnFwdParams& p = a.p;
+  const AttnMask& m = p.mask;
+  const int b = blockIdx.z, hk = blockIdx.y, split = blockIdx.x, group = a.group;
+  const Seq sq = attn::seq_of(p.shape, b);
+  const int rows = sq.q_len * group;
+  if (rows <= 0) return;
+  const int D = p.shape.D, Dv = p.shape.Dv;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  KK_DYNAMIC_SHARED(uint16_t, smem);
+  uint16_t* sQ = smem;
+  uint16_t* sKV = sQ + kDecRows * S;
+  uint16_t* sK = sKV + warp * 2 * kDecKeys * S;  // this warp's buffers
+  uint16_t* sV = sK + kDecKeys * S;
+
+  for (int c = tid; c < kDecRows * (Dp / 8); c += kThreads) {  // packed Q rows, zeros past the data
+    const int r = c / (Dp / 8), col = (c % (Dp / 8)) * 8;
+    uint16_t* dst = sQ + r * S + col;
+    const bool in = r < rows && col < D;
+    const uint16_t* src = a.q.base + b * a.q.bs + (sq.q_row0 + (in ? r / group : 0)) * a.q.rs +
+                          (hk * group + (in ? r % group : 0)) * a.q.hs + col;
+    if (a.q.aligned) {
+      ptx::cp_async_cg<16>(dst, in ? src : a.q.base, in ? 16 : 0);
+    } else {
+      for (int e = 0; e < 8; ++e) dst[e] = in && col + e < D ? src[e] : uint16_t(0);
+    }
+  }
+  ptx::cp_async_wait_all();
+  __syncthreads();
+
+  const attn::KeyTiles tiles = attn::key_tiles(m, sq, 0, sq.q_len - 1, kDecKeys);
+  const int per_split = (tiles.count + a.n_split - 1) / a.n_split;
+  const int n_begin = min(tiles.count, split * per_split), n_end = min(tiles.count, n_begin + per_split);
+  const bool softmax = m.activation == AttnActivation::softmax, capped = m.softcap > 0.f;
+  const float qk_mul = capped ? m.scale / m.softcap : m.scale * kLog2e, cap2 = m.softcap * kLog2e;
+  int qi[2];
+  float bias2[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int pr = g + 8 * r;
+    qi[r] = pr / group;
+    bias2[r] = softmax || pr >= rows ? 0.f : attn::sigmoid_bias(m, sq.k_len, hk * group + pr % group) * kLog2e;
+  }
+  constexpr bool kQInRegs = Dp <= 128;
+  uint32_t qf[kQInRegs ? KS : 1][4];
+  if constexpr (kQInRegs) {
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) load_a<S>(qf[kk], sQ, kk);
+  }
+  float o[DT][4];
+  zero(o);
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+  for (int n = n_begin + warp; n < n_end; n += kWarps) {
+    const int j0 = tiles.tile(n) * kDecKeys;
+    load_tile<Dp, kDecKeys>(sK, a.k, b, sq.k_row0 + j0, hk, sq.k_len - j0, D, lane, 32);
+    load_tile<Dp, kDecKeys>(sV, a.v, b, sq.k_row0 + j0, hk, sq.k_len - j0, Dv, lane, 32);
+    ptx::cp_async_wait_all();
+    __syncwarp();  // the tiles are this warp's alone
+    float s[NT][4];
+    zero(s);
+    if constexpr (kQInRegs) {
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk) {
+        if (kk * 16 >= D) break;
+        mma_abt_step<T, NT, S>(s, qf[kk], sK, kk);
+      }
+    } else {
+      mma_abt<T, NT, KS, S>(s, sQ, sK, D);
+    }
+    const bool full = attn::tile_unmasked(m, sq, 0, sq.q_len - 1, j0, kDecKeys);
+#pragma unroll
+    for (int i = 0; i < NT; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = s[i][e] * qk_mul;
+        if (capped) x = cap2 * tanhf(x);
+        const int key = j0 + i * 8 + 2 * t + (e & 1);
+        if (!full && (key >= sq.k_len || !attn::visible(m, sq.off, qi[e >> 1], key))) x = -INFINITY;
+        s[i][e] = softmax ? x : 1.f / (1.f + ptx::ex2_approx(-(x + bias2[e >> 1])));
+      }
+    if (softmax) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float mx = row_max[r];
+#pragma unroll
+        for (int i = 0; i < NT; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * r], s[i][2 * r + 1]));
+        mx = quad_max(mx);
+        const float base = mx == -INFINITY ? 0.f : mx;
+        const float alpha = ptx::ex2_approx(row_max[r] - base);
+        row_max[r] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < NT; ++i)
+#pragma unroll
+          for (int e = 2 * r; e < 2 * r + 2; ++e) {
+            s[i][e] = ptx::ex2_approx(s[i][e] - base);
+            sum += s[i][e];
+          }
+        row_sum[r] = row_sum[r] * alpha + sum;
+#pragma unroll
+        for (int i = 0; i < DT; ++i) {
+          o[i][2 * r] *= alpha;
+          o[i][2 * r + 1] *= alpha;
+        }
+      }
+    }
+    mma_pb<T, kDecKeys / 16, DT, S>(o, s, sV, Dv);
+    __syncwarp();  // every lane is done with the tiles before the next loads overwrite them
+  }
+
+  // merge the 4 warps' partials (the K/V buffers become fp32 scratch), then write
+  float l[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) l[r] = quad_sum(row_sum[r]);
+  __syncthreads();
+  float* cmax = reinterpret_cast<float*>(sKV);  // [warp][row]
+  float* csum = cmax + kWarps * kDecRows;
+  float* co = csum + kWarps * kDecRows;         // [warp][row][Dp]
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int pr = g + 8 * r;
+    if (t == 0) {
+      cmax[warp * kDecRows + pr] = row_max[r];
+      csum[warp * kDecRows + pr] = l[r];
+    }
+#pragma unroll
+    for (int i = 0; i < DT; ++i)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) co[(warp * kDecRows + pr) * Dp + i * 8 + 2 * t + e] = o[i][2 * r + e];
+  }
+  __syncthreads();
+  const long long lse_base = (long long)a.n_split * p.shape.B * p.shape.Sq * p.shape.Hq * Dv;
+  for (int idx = tid; idx < rows * Dv; idx += kThreads) {
+    const int pr = idx / Dv, c = idx % Dv, i = pr / group, h = hk * group + pr % group;
+    float acc = 0.f, lse = -INFINITY;
+    if (softmax) {
+      float mx = -INFINITY;
+      for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, cmax[w * kDecRows + pr]);
+      const float base = mx == -INFINITY ? 0.f : mx;
+      float total = 0.f;
+      for (int w = 0; w < kWarps; ++w) {
+        const float wt = ptx::ex2_approx(cmax[w * kDecRows + pr] - base);
+        total += csum[w * kDecRows + pr] * wt;
+        acc += co[(w * kDecRows + pr) * Dp + c] * wt;
+      }
+      acc = total > 0.f ? acc / total : 0.f;
+      lse = total > 0.f ? (mx + log2f(total)) * kLn2 : -INFINITY;
+    } else {
+      for (int w = 0; w < kWarps; ++w) acc += co[(w * kDecRows + pr) * Dp + c];
+    }
+    if (a.n_split > 1) {
+      const long long slot = part_slot(p.shape, split, b, i, h);
+      a.part[slot * Dv + c] = acc;
+      if (c == 0) a.part[lse_base + slot] = lse;
+    } else {
+      T* out = static_cast<T*>(const_cast<void*>(p.o.ptr)) + b * p.o.bs + (sq.q_row0 + i) * p.o.rs + h * p.o.hs;
+      out[c] = cuda::store_cast<T>(acc);
+      if (softmax && p.lse && c == 0) p.lse[b * p.shape.stat_bs + h * p.shape.stat_hs + sq.q_row0 + i] = lse;
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------- split-KV combine
 
 // One warp per (b, row, h): softmax partials weighted by exp(lse_s - lse) (lse = logsumexp of the
@@ -319,42 +495,54 @@ __global__ void __launch_bounds__(128) split_combine_kernel(AttnFwdParams p, int
     p.lse[b * s.stat_bs + h * s.stat_hs + sq.q_row0 + row] = mx == -INFINITY ? -INFINITY : mx + logf(total);
 }
 
-// Split-KV (flash-decoding) when the query tiles alone leave the GPU mostly idle (decode: one query
-// tile per head) and there are enough key tiles to share: about two blocks per SM, at least two key
+// Split-KV (flash-decoding) when the blocks alone leave the GPU mostly idle (decode: one block per
+// head) and there are enough key tiles to share: about two blocks per SM, at least `min_tiles` key
 // tiles per split, at most 64 splits.
-int split_count(const AttnShape& s) {
+int split_count(long long blocks, int key_tiles, int min_tiles) {
   int dev = 0, sms = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0)
     sms = 108;
-  const long long blocks = (long long)cuda::blocks_for(s.Sq, kRows) * s.Hq * s.B;
-  const int key_tiles = (s.Sk + kKeys - 1) / kKeys;
-  if (blocks >= sms || key_tiles < 4) return 1;
+  if (blocks >= sms || key_tiles < 2 * min_tiles) return 1;
   const long long want = (2LL * sms + blocks - 1) / blocks;
-  return int(std::max(1LL, std::min({want, (long long)key_tiles / 2, 64LL})));
+  return int(std::max(1LL, std::min({want, (long long)key_tiles / min_tiles, 64LL})));
 }
 
 // ------------------------------------------------------------------------------- launch
 
+template <typename K>
+void allow_smem(K kernel, size_t bytes) {
+  cuda::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+              "flash_attn forward smem");
+}
+
+// The tiled kernel, or the packed-GQA decode kernel when all query rows of a kv head fit one 16-row
+// tile; either with split-KV partials merged by split_combine_kernel.
 template <typename T, int Dp>
 void launch_tc(const AttnFwdParams& p, cudaStream_t stream) {
   const AttnShape& s = p.shape;
-  TcArgs a{p, operand(p.q, s.D), operand(p.k, s.D), operand(p.v, s.Dv), operand(p.o, s.Dv).aligned,
-           s.Hq / s.Hkv, split_count(s), nullptr};
-  const size_t smem = fwd_smem_bytes<Dp>();
-  cuda::check(cudaFuncSetAttribute(flash_fwd_tc_kernel<T, Dp>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-              "flash_attn forward smem");
-  const dim3 grid(cuda::blocks_for(s.Sq, kRows) * a.n_split, s.Hq, s.B);
-  if (a.n_split == 1) {
-    KK_LAUNCH(grid, kThreads, smem, stream, flash_fwd_tc_kernel<T, Dp>)(a);
-    return;
-  }
+  const int group = s.Hq / s.Hkv;
+  const bool decode = (long long)s.Sq * group <= kDecRows;
+  TcArgs a{p, operand(p.q, s.D), operand(p.k, s.D), operand(p.v, s.Dv), operand(p.o, s.Dv).aligned, group, 1,
+           nullptr};
+  a.n_split = decode ? split_count((long long)s.Hkv * s.B, (s.Sk + kDecKeys - 1) / kDecKeys, 2 * kWarps)
+                     : split_count((long long)cuda::blocks_for(s.Sq, kRows) * s.Hq * s.B, (s.Sk + kKeys - 1) / kKeys, 2);
   const long long slots = (long long)s.B * s.Sq * s.Hq;
-  cuda::check(cudaMallocAsync(reinterpret_cast<void**>(&a.part), size_t(a.n_split) * slots * (s.Dv + 1) * sizeof(float),
-                              stream), "flash_attn split-KV scratch");
-  KK_LAUNCH(grid, kThreads, smem, stream, flash_fwd_tc_kernel<T, Dp>)(a);
-  KK_LAUNCH(cuda::blocks_for(slots, 4), 128, 0, stream, split_combine_kernel<T>)(p, a.n_split, a.part);
-  cuda::check(cudaFreeAsync(a.part, stream), "flash_attn split-KV scratch");
+  if (a.n_split > 1)
+    cuda::check(cudaMallocAsync(reinterpret_cast<void**>(&a.part), size_t(a.n_split) * slots * (s.Dv + 1) * sizeof(float),
+                                stream), "flash_attn split-KV scratch");
+  if (decode) {
+    allow_smem(flash_decode_kernel<T, Dp>, dec_smem_bytes<Dp>());
+    KK_LAUNCH(dim3(a.n_split, s.Hkv, s.B), kThreads, dec_smem_bytes<Dp>(), stream, flash_decode_kernel<T, Dp>)(a);
+  } else {
+    allow_smem(flash_fwd_tc_kernel<T, Dp>, fwd_smem_bytes<Dp>());
+    KK_LAUNCH(dim3(cuda::blocks_for(s.Sq, kRows) * a.n_split, s.Hq, s.B), kThreads, fwd_smem_bytes<Dp>(), stream,
+              flash_fwd_tc_kernel<T, Dp>)(a);
+  }
+  if (a.n_split > 1) {
+    KK_LAUNCH(cuda::blocks_for(slots, 4), 128, 0, stream, split_combine_kernel<T>)(p, a.n_split, a.part);
+    cuda::check(cudaFreeAsync(a.part, stream), "flash_attn split-KV scratch");
+  }
 }
 
 template <typename T>

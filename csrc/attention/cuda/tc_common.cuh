@@ -37,12 +37,13 @@ inline Operand operand(const AttnTensor& t, int d) {
 // Rows [row0, row0 + R) of an operand at (b, h) into a shared R x Dp tile: columns >= d and rows
 // >= valid are zero. cp.async where the rows are aligned, else plain loads; either way the data is
 // there after the caller's cp_async_wait + barrier.
+// (tid / nthreads: the threads sharing the load, by default the whole block)
 template <int Dp, int R>
 __device__ __forceinline__ void load_tile(uint16_t* dst, const Operand& src, long long b, long long row0, int h,
-                                          int valid, int d) {
+                                          int valid, int d, int tid = threadIdx.x, int nthreads = kThreads) {
   constexpr int kStride = stride<Dp>(), kChunks = Dp / 8;
   const uint16_t* base = src.base + b * src.bs + row0 * src.rs + h * src.hs;
-  for (int c = threadIdx.x; c < R * kChunks; c += kThreads) {
+  for (int c = tid; c < R * kChunks; c += nthreads) {
     const int r = c / kChunks, col = (c % kChunks) * 8;
     uint16_t* s = dst + r * kStride + col;
     const uint16_t* g = base + r * src.rs + col;
