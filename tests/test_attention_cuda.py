@@ -372,3 +372,21 @@ def test_opcheck_and_compile(gpu):
     cf = torch.compile(f, fullgraph=True, backend="aot_eager")
     for a, b in zip(torch.autograd.grad(cf(*args), args), torch.autograd.grad(f(*args), args)):
         assert torch.equal(a, b)
+
+
+def test_huge_window_bounds_and_infinite_sigmoid_bias(gpu):
+    # window bounds past every distance are unbounded (no int overflow in the kernels); a +inf
+    # per-head sigmoid bias gives 1 on visible keys and still 0 on masked ones
+    q, k, v = _qkv((1, 40, 70, 2, 1, 64, 64), torch.bfloat16)
+    big = 2 ** 31 - 1
+    out = _run(gpu, kernkit.flash_attn, q, k, v, window=(big, big)).cpu()
+    exact, _ = flash_attn_ref(q.double(), k.double(), v.double())
+    same, _ = flash_attn_ref(q, k, v)
+    assert_within_ref_error(out, exact, same)
+    bias = torch.tensor([float("inf"), -1.0])
+    out = _run(gpu, kernkit.flash_attn, q, k, v, causal=True, activation="sigmoid", sigmoid_bias=bias).cpu()
+    exact, _ = flash_attn_ref(q.double(), k.double(), v.double(), causal=True, activation="sigmoid",
+                              sigmoid_bias=bias.double())
+    same, _ = flash_attn_ref(q, k, v, causal=True, activation="sigmoid", sigmoid_bias=bias)
+    assert not torch.isnan(out).any()
+    assert_within_ref_error(out, exact, same)

@@ -24,7 +24,8 @@ using namespace attn::tc;
 
 constexpr int kRows = kAttnCudaRows;  // dq kernel: query rows per block
 constexpr int kKeyRows = 64;          // dkdv kernel: keys per block
-constexpr int kQStep = 32;            // dkdv kernel: query rows per step
+template <int Dp>
+constexpr int q_step() { return Dp == 256 ? 16 : 32; }  // dkdv kernel: query rows per step (99 KB at 256)
 // (__launch_bounds__(kThreads, 1) below: with one block as the target ptxas stops trimming registers
 // to an occupancy step, which spilled 40 bytes in the 64/128 configs)
 
@@ -158,8 +159,9 @@ __global__ void __launch_bounds__(kThreads, 1) flash_bwd_dq_kernel(BwdArgs a) {
                   (sq.q_row0 + w0) * p.dq.rs;
   if (rows > 0) store_rows<T, DT, S>(dq, mul, q_rows, dst, p.dq.rs, rows, rows, D, a.dq_aligned);
   if (p.work) {  // sigmoid bias gradient: this block's partial, summed in a fixed order
-    KK_SHARED(float, part, [kWarps]);
+    float* part = reinterpret_cast<float*>(sK);  // (dynamic smem: a static array would pass 99 KB at 256)
     bias_grad = cuda::warp_sum(bias_grad);
+    __syncthreads();  // every warp is done with sK
     if (lane == 0) part[warp] = bias_grad;
     __syncthreads();
     if (threadIdx.x == 0)
@@ -173,8 +175,9 @@ enum DkdvPart : int { kDkDv = 0, kDvOnly = 1, kDkOnly = 2 };
 
 template <int Dp>
 constexpr size_t dkdv_smem_bytes() {
-  return size_t(2 * kKeyRows + 2 * kQStep) * stride<Dp>() * 2 + 2 * kQStep * sizeof(float);
+  return size_t(2 * kKeyRows + 2 * q_step<Dp>()) * stride<Dp>() * 2 + 2 * q_step<Dp>() * sizeof(float);
 }
+static_assert(dkdv_smem_bytes<256>() <= kMaxSmem && dq_smem_bytes<256>() <= kMaxSmem, "backward must fit 99 KB");
 
 // The query rows that can see some key of [j0, j1] (j1 < k_len): [i_lo, i_hi], empty if i_lo > i_hi.
 __device__ __forceinline__ void query_range(const AttnMask& m, const Seq& sq, int j0, int j1, int& i_lo, int& i_hi) {
@@ -186,7 +189,7 @@ __device__ __forceinline__ void query_range(const AttnMask& m, const Seq& sq, in
 
 template <typename T, int Dp, int Part>
 __global__ void __launch_bounds__(kThreads, 1) flash_bwd_dkdv_kernel(BwdArgs a) {
-  constexpr int S = stride<Dp>(), NQ = kQStep / 8, DT = Dp / 8, KS = Dp / 16;
+  constexpr int S = stride<Dp>(), kQStep = q_step<Dp>(), NQ = kQStep / 8, DT = Dp / 8, KS = Dp / 16;
   constexpr bool kDV = Part != kDkOnly, kDK = Part != kDvOnly;
   const AttnBwdParams& p = a.p;
   const AttnMask& m = p.mask;
@@ -425,12 +428,6 @@ __global__ void dbias_reduce_kernel(const float* work, float* dbias, int B, int 
 
 // --------------------------------------------------------------------------------------- launch
 
-template <typename K>
-void allow_smem(K kernel, size_t bytes) {
-  cuda::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
-              "flash_attn backward smem");
-}
-
 template <typename T, int Dp>
 void launch_tc(const AttnBwdParams& p, cudaStream_t stream) {
   const AttnShape& s = p.shape;
@@ -452,13 +449,6 @@ void launch_tc(const AttnBwdParams& p, cudaStream_t stream) {
   }
 }
 
-template <typename T>
-void launch_tc_dims(const AttnBwdParams& p, cudaStream_t stream) {
-  const int d = p.shape.D > p.shape.Dv ? p.shape.D : p.shape.Dv;
-  if (d <= 64) launch_tc<T, 64>(p, stream);
-  else if (d <= 128) launch_tc<T, 128>(p, stream);
-  else launch_tc<T, 256>(p, stream);
-}
 
 void launch_f32(const AttnBwdParams& p, cudaStream_t stream) {
   const AttnShape& s = p.shape;
@@ -474,16 +464,19 @@ void launch_f32(const AttnBwdParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-void attention_bwd_cuda(const AttnBwdParams& p, int device, intptr_t stream) {
-  const AttnShape& s = p.shape;
+void attention_bwd_cuda(const AttnBwdParams& params, int device, intptr_t stream) {
+  const AttnShape& s = params.shape;
   if (s.B == 0) return;
   if (s.D > 256 || s.Dv > 256) throw std::invalid_argument("flash_attn: CUDA kernels take head dims up to 256");
-  if (p.dbias && !p.work) throw std::invalid_argument("flash_attn backward: dbias needs the work buffer");
+  if (params.dbias && !params.work) throw std::invalid_argument("flash_attn backward: dbias needs the work buffer");
+  check_grid(s);
   cuda::DeviceGuard guard(device);
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  const AttnBwdParams p = with_clamped_window(params);
+  const int dmax = s.D > s.Dv ? s.D : s.Dv;
   switch (p.dtype) {
-    case DType::bf16: launch_tc_dims<__nv_bfloat16>(p, st); break;
-    case DType::f16: launch_tc_dims<__half>(p, st); break;
+    case DType::bf16: with_head_dim_config(dmax, [&](auto dp) { launch_tc<__nv_bfloat16, decltype(dp)::value>(p, st); }); break;
+    case DType::f16: with_head_dim_config(dmax, [&](auto dp) { launch_tc<__half, decltype(dp)::value>(p, st); }); break;
     case DType::f32: launch_f32(p, st); break;
     default: throw std::invalid_argument("flash_attn: the CUDA kernels take fp32, bf16 or fp16 (fp64 runs on the CPU)");
   }

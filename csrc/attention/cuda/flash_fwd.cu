@@ -43,6 +43,7 @@ __device__ __forceinline__ long long part_slot(const AttnShape& s, int split, in
 
 template <int Dp>
 constexpr size_t fwd_smem_bytes() { return size_t(kRows + 2 * kKeys) * stride<Dp>() * 2; }
+static_assert(fwd_smem_bytes<256>() <= kMaxSmem, "forward tile must fit 99 KB (sm_86/sm_89)");
 
 template <typename T, int Dp>
 __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
@@ -72,7 +73,8 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
   // s2 = log2(e) * score: scale (and softcap) folded into one multiply where possible
   const float qk_mul = capped ? m.scale / m.softcap : m.scale * kLog2e;
   const float cap2 = m.softcap * kLog2e;
-  const float bias2 = softmax ? 0.f : attn::sigmoid_bias(m, sq.k_len, h) * kLog2e;
+  const float b2 = softmax ? 0.f : attn::sigmoid_bias(m, sq.k_len, h) * kLog2e;
+  const float bias2[2] = {b2, b2};
 
   float o[DT][4];
   zero(o);
@@ -127,38 +129,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_tc_kernel(TcArgs a) {
         }
         s[i][e] = x;
       }
-    if (softmax) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = row_max[r];
-#pragma unroll
-        for (int i = 0; i < NT; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * r], s[i][2 * r + 1]));
-        mx = quad_max(mx);
-        const float base = mx == -INFINITY ? 0.f : mx;  // a row that saw nothing yet stays at 0
-        const float alpha = ptx::ex2_approx(row_max[r] - base);
-        row_max[r] = mx;
-        float sum = 0.f;
-#pragma unroll
-        for (int i = 0; i < NT; ++i)
-#pragma unroll
-          for (int e = 2 * r; e < 2 * r + 2; ++e) {
-            s[i][e] = ptx::ex2_approx(s[i][e] - base);
-            sum += s[i][e];
-          }
-        row_sum[r] = row_sum[r] * alpha + sum;
-#pragma unroll
-        for (int i = 0; i < DT; ++i) {
-          o[i][2 * r] *= alpha;
-          o[i][2 * r + 1] *= alpha;
-        }
-      }
-    } else {
-#pragma unroll
-      for (int i = 0; i < NT; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)  // sigmoid(x) = 1 / (1 + 2^-(x2 + b2)); masked: 1 / inf = 0
-          s[i][e] = 1.f / (1.f + ptx::ex2_approx(-(s[i][e] + bias2)));
-    }
+    scores_to_probs(s, softmax, bias2, row_max, row_sum, o);
 
     ptx::cp_async_wait<0>();
     __syncthreads();  // V(n) has landed; every warp is done with K(n)
@@ -291,14 +262,20 @@ __global__ void __launch_bounds__(kF32Warps * 32) flash_fwd_f32_kernel(AttnFwdPa
 // query head, and the tensor cores compute 16 rows instead of a 64-row tile with one real row. The
 // 4 warps share the Q tile and take every 4th 32-key tile each (own K/V buffers, warp-level
 // cp.async waits); their partial (max, sum, O) are merged through shared memory at the end.
-constexpr int kDecRows = 16, kDecKeys = 32;
+// (keys per warp tile: 16 at head dim 256, so the block stays within 99 KB of shared memory)
+constexpr int kDecRows = 16;
+template <int Dp>
+constexpr int dec_keys() { return Dp == 256 ? 16 : 32; }
 
 template <int Dp>
-constexpr size_t dec_smem_bytes() { return size_t(kDecRows + kWarps * 2 * kDecKeys) * stride<Dp>() * 2; }
+constexpr size_t dec_smem_bytes() { return size_t(kDecRows + kWarps * 2 * dec_keys<Dp>()) * stride<Dp>() * 2; }
+static_assert(dec_smem_bytes<256>() <= kMaxSmem && dec_smem_bytes<128>() <= kMaxSmem, "decode must fit 99 KB");
+static_assert(size_t(kWarps * kDecRows) * (256 * 4 + 8) <= size_t(kWarps * 2 * dec_keys<256>()) * stride<256>() * 2,
+              "the warp merge's fp32 scratch must fit in the K/V buffers");
 
 template <typename T, int Dp>
 __global__ void __launch_bounds__(kThreads) flash_decode_kernel(TcArgs a) {
-  constexpr int S = stride<Dp>(), NT = kDecKeys / 8, DT = Dp / 8, KS = Dp / 16;
+  constexpr int S = stride<Dp>(), kDecKeys = dec_keys<Dp>(), NT = kDecKeys / 8, DT = Dp / 8, KS = Dp / 16;
   const AttnFwdParams& p = a.p;
   const AttnMask& m = p.mask;
   const int b = blockIdx.z, hk = blockIdx.y, split = blockIdx.x, group = a.group;
@@ -376,34 +353,9 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(TcArgs a) {
         if (capped) x = cap2 * tanhf(x);
         const int key = j0 + i * 8 + 2 * t + (e & 1);
         if (!full && (key >= sq.k_len || !attn::visible(m, sq.off, qi[e >> 1], key))) x = -INFINITY;
-        s[i][e] = softmax ? x : 1.f / (1.f + ptx::ex2_approx(-(x + bias2[e >> 1])));
+        s[i][e] = x;
       }
-    if (softmax) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = row_max[r];
-#pragma unroll
-        for (int i = 0; i < NT; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * r], s[i][2 * r + 1]));
-        mx = quad_max(mx);
-        const float base = mx == -INFINITY ? 0.f : mx;
-        const float alpha = ptx::ex2_approx(row_max[r] - base);
-        row_max[r] = mx;
-        float sum = 0.f;
-#pragma unroll
-        for (int i = 0; i < NT; ++i)
-#pragma unroll
-          for (int e = 2 * r; e < 2 * r + 2; ++e) {
-            s[i][e] = ptx::ex2_approx(s[i][e] - base);
-            sum += s[i][e];
-          }
-        row_sum[r] = row_sum[r] * alpha + sum;
-#pragma unroll
-        for (int i = 0; i < DT; ++i) {
-          o[i][2 * r] *= alpha;
-          o[i][2 * r + 1] *= alpha;
-        }
-      }
-    }
+    scores_to_probs(s, softmax, bias2, row_max, row_sum, o);
     mma_pb<T, kDecKeys / 16, DT, S>(o, s, sV, Dv);
     __syncwarp();  // every lane is done with the tiles before the next loads overwrite them
   }
@@ -510,12 +462,6 @@ int split_count(long long blocks, int key_tiles, int min_tiles) {
 
 // ------------------------------------------------------------------------------- launch
 
-template <typename K>
-void allow_smem(K kernel, size_t bytes) {
-  cuda::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
-              "flash_attn forward smem");
-}
-
 // The tiled kernel, or the packed-GQA decode kernel when all query rows of a kv head fit one 16-row
 // tile; either with split-KV partials merged by split_combine_kernel.
 template <typename T, int Dp>
@@ -525,17 +471,17 @@ void launch_tc(const AttnFwdParams& p, cudaStream_t stream) {
   const bool decode = (long long)s.Sq * group <= kDecRows;
   TcArgs a{p, operand(p.q, s.D), operand(p.k, s.D), operand(p.v, s.Dv), operand(p.o, s.Dv).aligned, group, 1,
            nullptr};
-  a.n_split = decode ? split_count((long long)s.Hkv * s.B, (s.Sk + kDecKeys - 1) / kDecKeys, 2 * kWarps)
+  a.n_split = decode ? split_count((long long)s.Hkv * s.B, (s.Sk + dec_keys<Dp>() - 1) / dec_keys<Dp>(), 2 * kWarps)
                      : split_count((long long)cuda::blocks_for(s.Sq, kRows) * s.Hq * s.B, (s.Sk + kKeys - 1) / kKeys, 2);
   const long long slots = (long long)s.B * s.Sq * s.Hq;
+  if (decode) allow_smem(flash_decode_kernel<T, Dp>, dec_smem_bytes<Dp>());  // (before the scratch: may throw)
+  else allow_smem(flash_fwd_tc_kernel<T, Dp>, fwd_smem_bytes<Dp>());
   if (a.n_split > 1)
     cuda::check(cudaMallocAsync(reinterpret_cast<void**>(&a.part), size_t(a.n_split) * slots * (s.Dv + 1) * sizeof(float),
                                 stream), "flash_attn split-KV scratch");
   if (decode) {
-    allow_smem(flash_decode_kernel<T, Dp>, dec_smem_bytes<Dp>());
     KK_LAUNCH(dim3(a.n_split, s.Hkv, s.B), kThreads, dec_smem_bytes<Dp>(), stream, flash_decode_kernel<T, Dp>)(a);
   } else {
-    allow_smem(flash_fwd_tc_kernel<T, Dp>, fwd_smem_bytes<Dp>());
     KK_LAUNCH(dim3(cuda::blocks_for(s.Sq, kRows) * a.n_split, s.Hq, s.B), kThreads, fwd_smem_bytes<Dp>(), stream,
               flash_fwd_tc_kernel<T, Dp>)(a);
   }
@@ -545,30 +491,25 @@ void launch_tc(const AttnFwdParams& p, cudaStream_t stream) {
   }
 }
 
-template <typename T>
-void launch_tc_dims(const AttnFwdParams& p, cudaStream_t stream) {
-  const int d = p.shape.D > p.shape.Dv ? p.shape.D : p.shape.Dv;
-  if (d <= 64) launch_tc<T, 64>(p, stream);
-  else if (d <= 128) launch_tc<T, 128>(p, stream);
-  else launch_tc<T, 256>(p, stream);
-}
 
 }  // namespace
 
-void attention_fwd_cuda(const AttnFwdParams& p, int device, intptr_t stream) {
-  const AttnShape& s = p.shape;
+void attention_fwd_cuda(const AttnFwdParams& params, int device, intptr_t stream) {
+  const AttnShape& s = params.shape;
   if (s.B == 0 || s.Sq == 0) return;
   if (s.D > 256 || s.Dv > 256) throw std::invalid_argument("flash_attn: CUDA kernels take head dims up to 256");
+  check_grid(s);
   cuda::DeviceGuard guard(device);
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  const AttnFwdParams p = with_clamped_window(params);
+  const int dmax = s.D > s.Dv ? s.D : s.Dv;
   switch (p.dtype) {
-    case DType::bf16: launch_tc_dims<__nv_bfloat16>(p, st); break;
-    case DType::f16: launch_tc_dims<__half>(p, st); break;
+    case DType::bf16: with_head_dim_config(dmax, [&](auto dp) { launch_tc<__nv_bfloat16, decltype(dp)::value>(p, st); }); break;
+    case DType::f16: with_head_dim_config(dmax, [&](auto dp) { launch_tc<__half, decltype(dp)::value>(p, st); }); break;
     case DType::f32: {
-      const int Dp = ((s.D > s.Dv ? s.D : s.Dv) + 31) / 32 * 32;
+      const int Dp = (dmax + 31) / 32 * 32;
       const size_t smem = size_t(kF32Warps * Dp + kF32Keys * (Dp + 1) + kF32Keys * Dp) * sizeof(float);
-      cuda::check(cudaFuncSetAttribute(flash_fwd_f32_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-                  "flash_attn forward smem");
+      allow_smem(flash_fwd_f32_kernel, smem);
       const dim3 grid(cuda::blocks_for(s.Sq, kF32Warps), s.Hq, s.B);
       KK_LAUNCH(grid, kF32Warps * 32, smem, st, flash_fwd_f32_kernel)(p, s.Hq / s.Hkv, Dp);
       break;

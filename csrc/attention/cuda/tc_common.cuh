@@ -16,6 +16,7 @@ namespace attn {
 namespace tc {
 
 constexpr int kWarps = 4, kThreads = kWarps * 32;
+constexpr size_t kMaxSmem = 101376;  // dynamic shared memory a block may opt into on sm_86 / sm_89 (99 KB)
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 template <int Dp>
@@ -82,6 +83,47 @@ __device__ __forceinline__ float quad_max(float v) {
 __device__ __forceinline__ float quad_sum(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 1);
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Turns one tile of base-2 scores s (masked: -inf) of this thread's two rows into probabilities.
+// Softmax: online, relative to the running row max; row_sum and the output rows o are rescaled to
+// the new max (a row that has seen nothing yet keeps max -inf and base 0, so no inf - inf).
+// Sigmoid: 1 / (1 + 2^-(s + bias2[row])), no max, no sum (masked: 0).
+template <int NT, int DT>
+__device__ __forceinline__ void scores_to_probs(float (&s)[NT][4], bool softmax, const float (&bias2)[2],
+                                                float (&row_max)[2], float (&row_sum)[2], float (&o)[DT][4]) {
+  if (!softmax) {
+#pragma unroll
+    for (int i = 0; i < NT; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)  // (masked stays 0 even for an infinite bias)
+        s[i][e] = s[i][e] == -INFINITY ? 0.f : 1.f / (1.f + ptx::ex2_approx(-(s[i][e] + bias2[e >> 1])));
+    return;
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = row_max[r];
+#pragma unroll
+    for (int i = 0; i < NT; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * r], s[i][2 * r + 1]));
+    mx = quad_max(mx);
+    const float base = mx == -INFINITY ? 0.f : mx;
+    const float alpha = ptx::ex2_approx(row_max[r] - base);
+    row_max[r] = mx;
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < NT; ++i)
+#pragma unroll
+      for (int e = 2 * r; e < 2 * r + 2; ++e) {
+        s[i][e] = ptx::ex2_approx(s[i][e] - base);
+        sum += s[i][e];
+      }
+    row_sum[r] = row_sum[r] * alpha + sum;
+#pragma unroll
+    for (int i = 0; i < DT; ++i) {
+      o[i][2 * r] *= alpha;
+      o[i][2 * r + 1] *= alpha;
+    }
+  }
 }
 
 template <int N>
@@ -177,6 +219,38 @@ __device__ __forceinline__ void store_rows(const float (&acc)[DT][4], const floa
     else
       for (int e = 0; e < 8 && col + e < cols; ++e) d[e] = s[e];
   }
+}
+
+// ---------------------------------------------------------------------------------------- host
+
+template <typename K>
+void allow_smem(K kernel, size_t bytes) {
+  cuda::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+              "flash_attn dynamic shared memory");
+}
+
+// Grids are (tiles, heads, batch): y and z are limited to 65535.
+inline void check_grid(const AttnShape& s) {
+  if (s.B > 65535 || s.Hq > 65535)
+    throw std::invalid_argument("flash_attn: the CUDA kernels take at most 65535 sequences and 65535 heads per call");
+}
+
+// A window bound beyond every (query, key) distance is unbounded: replacing it by -1 keeps the
+// kernels' int arithmetic (i + off + right) from overflowing for huge bounds.
+template <typename P>
+P with_clamped_window(P p) {
+  const long long reach = (long long)p.shape.Sk + p.shape.Sq + (p.shape.diag_shift < 0 ? -1LL : 1LL) * p.shape.diag_shift;
+  if (p.mask.left > reach) p.mask.left = -1;
+  if (p.mask.right > reach) p.mask.right = -1;
+  return p;
+}
+
+// Calls f(std::integral_constant<int, Dp>) with the head-dim config (64, 128 or 256) that holds d.
+template <typename F>
+void with_head_dim_config(int d, F&& f) {
+  if (d <= 64) f(std::integral_constant<int, 64>());
+  else if (d <= 128) f(std::integral_constant<int, 128>());
+  else f(std::integral_constant<int, 256>());
 }
 
 }  // namespace tc
