@@ -390,3 +390,17 @@ def test_huge_window_bounds_and_infinite_sigmoid_bias(gpu):
     same, _ = flash_attn_ref(q, k, v, causal=True, activation="sigmoid", sigmoid_bias=bias)
     assert not torch.isnan(out).any()
     assert_within_ref_error(out, exact, same)
+
+
+def test_kvcache_lengths_past_the_capacity_are_clamped(gpu):
+    # on a GPU cache_seqlens is not range-checked on the host (no sync per decode step); the kernels
+    # clamp it to [0, capacity] instead of reading past the cache
+    from kernkit.attention import _attn_fwd
+
+    q, kc, vc = _qkv((2, 1, 50, 4, 2, 64, 64), torch.bfloat16)
+    used = torch.tensor([80, -3], dtype=torch.int32)
+    out, lse = _run(gpu, _attn_fwd, q, kc, vc, None, None, used, 1, 50, 0.125, 0.0, -1, -1, 0, 0, None, 0.0, False, 0)
+    exact, _ = flash_attn_ref(q[:1].double(), kc[:1].double(), vc[:1].double(), scale=0.125)
+    same, _ = flash_attn_ref(q[:1], kc[:1], vc[:1], scale=0.125)
+    assert_within_ref_error(out[:1].cpu(), exact, same)
+    assert torch.all(out[1].cpu() == 0) and torch.all(torch.isneginf(lse[1].cpu()))

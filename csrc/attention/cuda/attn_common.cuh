@@ -18,7 +18,8 @@ __device__ __forceinline__ Seq seq_of(const AttnShape& s, int b) {
   q.q_row0 = s.cu_q ? s.cu_q[b] : 0;
   q.k_row0 = s.cu_k ? s.cu_k[b] : 0;
   q.q_len = s.cu_q ? s.cu_q[b + 1] - s.cu_q[b] : s.Sq;
-  q.k_len = s.seqused_k ? s.seqused_k[b] : (s.cu_k ? s.cu_k[b + 1] - s.cu_k[b] : s.Sk);
+  // (kvcache: seqused_k is not range-checked on the host for CUDA tensors; clamp to the cache)
+  q.k_len = s.seqused_k ? max(0, min(s.seqused_k[b], s.Sk)) : (s.cu_k ? s.cu_k[b + 1] - s.cu_k[b] : s.Sk);
   q.off = q.k_len - q.q_len + s.diag_shift;
   return q;
 }
