@@ -607,7 +607,7 @@ void check_access(Worker& w, uintptr_t a, size_t n, bool write, uint32_t loc, in
     }
     if (write) {
       std::memset(&w.written[off], 1, n);
-    } else {
+    } else if (kInstrumented) {  // (uninstrumented builds do not see plain stores: no written map to trust)
       for (size_t i = 0; i < n; ++i)
         if (!w.written[off + i]) {
           std::ostringstream s;
