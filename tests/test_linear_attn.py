@@ -43,12 +43,23 @@ def _run(fn, q, k, v, g, h0, do, dht, **kw):
     return o, ht, [next(it) if t is not None else None for t in leaves]
 
 
+def _on_device(device):
+    """kernkit.linear_attn on `device` (the gpu fixture's): inputs moved there, results back on the CPU,
+    differentiable both ways."""
+    def run(*args, initial_state=None, cu_seqlens=None, **kw):
+        mv = lambda t: None if t is None else t.to(device)
+        o, ht = kernkit.linear_attn(*(mv(t) for t in args), initial_state=mv(initial_state),
+                                    cu_seqlens=mv(cu_seqlens), **kw)
+        return o.cpu(), (None if ht is None else ht.cpu())
+    return run
+
+
 def _rel_rms(a, b):
     b = b.double()
     return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def _check(B, T, H, K, V, dtype, gate, h0=True, chunk=64, cu=None, strength=0.5):
+def _check(B, T, H, K, V, dtype, gate, h0=True, chunk=64, cu=None, strength=0.5, device=None):
     q, k, v, g, s0 = _inputs(B, T, H, K, V, dtype, gate, h0=h0, strength=strength)
     if cu is not None and s0 is not None:
         s0 = torch.randn(cu.numel() - 1, H, K, V, generator=_gen(5), dtype=torch.float64).to(_acc(dtype))
@@ -56,10 +67,13 @@ def _check(B, T, H, K, V, dtype, gate, h0=True, chunk=64, cu=None, strength=0.5)
     do = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64).to(dtype)
     N = B if cu is None else cu.numel() - 1
     dht = torch.randn(N, H, K, V, generator=gen, dtype=torch.float64).to(_acc(dtype))
-    o, ht, grads = _run(kernkit.linear_attn, q, k, v, g, s0, do, dht, chunk_size=chunk, cu_seqlens=cu)
+    fn = kernkit.linear_attn if device is None else _on_device(device)
+    o, ht, grads = _run(fn, q, k, v, g, s0, do, dht, chunk_size=chunk, cu_seqlens=cu)
     dbl = [None if t is None else t.double() for t in (q, k, v, g, s0)]
     eo, eht, egrads = _run(linear_attn_recurrent_ref, *dbl, do, dht, cu_seqlens=cu)
-    so, sht, sgrads = _run(linear_attn_chunk_ref, q, k, v, g, s0, do, dht, chunk_size=chunk, cu_seqlens=cu)
+    # (the CUDA kernels run chunks of at most 64 rows: so does their same-dtype reference)
+    so, sht, sgrads = _run(linear_attn_chunk_ref, q, k, v, g, s0, do, dht, chunk_size=chunk if device is None else
+                           min(chunk, 64), cu_seqlens=cu)
     assert o.dtype == dtype and o.shape == (B, T, H, V)
     assert ht.dtype == _acc(dtype) and ht.shape == (N, H, K, V)
     assert_within_ref_error(o, eo, so, what="o")
@@ -79,6 +93,7 @@ def _check(B, T, H, K, V, dtype, gate, h0=True, chunk=64, cu=None, strength=0.5)
         assert _rel_rms(o, eo) < 0.008
         for name, got, ex in zip(("dq", "dk", "dv"), grads, egrads):
             assert _rel_rms(got, ex) < 0.008, name
+    return o, ht, grads
 
 
 @pytest.mark.parametrize("T", [1, 17, 63, 64, 65, 200])

@@ -26,6 +26,8 @@
   X(selective_scan_fwd_cuda, SelectiveScanParams) \
   X(selective_scan_bwd_cuda, SelectiveScanBwdParams) \
   X(linear_attn_step_cuda, LaStepParams)        \
+  X(linear_attn_fwd_cuda, LaParams)             \
+  X(linear_attn_bwd_cuda, LaBwdParams)          \
   X(attention_fwd_cuda, AttnFwdParams)          \
   X(attention_bwd_cuda, AttnBwdParams)
 

@@ -36,6 +36,12 @@ struct LaParams {
   int chunk;
   DType dtype;
   int threads;
+  // CUDA only: scratch for the state entering each chunk, (chunks, H, K, V) fp32; the first chunk
+  // of each packed sequence (N + 1 offsets, varlen only); chunks of the longest sequence (chunk
+  // index n * max_chunks + c without varlen).
+  float* states;
+  const int32_t* chunk_off;
+  int max_chunks;
 };
 
 struct LaBwdParams {
@@ -46,6 +52,7 @@ struct LaBwdParams {
   void* dg;                    // per-step log-gate gradient, accumulation type: (B, T, H) for scalar
                                // gates, (B, T, H, K) for vector gates (contiguous); null: not needed
   void* dh0;                   // (N, H, K, V) accumulation type, or null
+  float* dstates;              // CUDA only: scratch like fwd.states for the state gradients
 };
 
 // One decode step for B single tokens: q, k (B, H, K), v (B, H, V), state (B, H, K, V) contiguous,
@@ -73,6 +80,10 @@ KK_DECLARE_CPU_KERNEL(void, linear_attn_step_cpu, (const ::kernkit::LaStepParams
 namespace kernkit {
 // CUDA decode step (csrc/linear_attn/cuda/linear_attn_step.cu): fp32 state, K <= 256.
 void linear_attn_step_cuda(const LaStepParams& p, int device, intptr_t stream);
+// CUDA chunked kernels (csrc/linear_attn/cuda/chunk_fwd.cu, chunk_bwd.cu): fp32/bf16/fp16 inputs,
+// chunks of 16..64 rows, scratch allocated by the caller.
+void linear_attn_fwd_cuda(const LaParams& p, int device, intptr_t stream);
+void linear_attn_bwd_cuda(const LaBwdParams& p, int device, intptr_t stream);
 }  // namespace kernkit
 
 namespace kernkit {

@@ -84,15 +84,6 @@ def launch_args(t: torch.Tensor) -> tuple[int, int, int]:
     return torch.get_num_threads(), -1, 0
 
 
-def reject_cuda(fn: str, name: str, t: torch.Tensor, family: str) -> None:
-    """For op families without CUDA kernels: the error a GPU user gets, also for CPU tensors under
-    kernkit.testing.simt() (which asks for the CUDA kernels)."""
-    if t.is_cuda or (simt_session is not None and t.is_cpu):
-        what = "a CUDA tensor" if t.is_cuda else "a CPU tensor under kernkit.testing.simt()"
-        raise RuntimeError(f"{fn}: {name} is {what}; kernkit's {family} kernels run on CPU only so far "
-                           "(the CUDA kernels are not implemented yet)")
-
-
 def info() -> dict:
     """What this build of kernkit can do here: version, CPU ISA levels compiled,
     supported and selected, CUDA kernels and archs, GPU availability, threads."""

@@ -5,8 +5,9 @@ recurrent decode step (flash-linear-attention's names and ``(B, T, H, K)`` layou
 
     S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,      o_t = scale * q_t S_t
 
-CPU kernels for every ISA level (AVX512_BF16 dot products for bf16 inputs); CUDA is not
-implemented yet. Gradients flow to q, k, v, g and the initial state."""
+CPU kernels for every ISA level (AVX512_BF16 dot products for bf16 inputs) and CUDA kernels
+(tensor cores for bf16/fp16, chunks of at most 64 rows; csrc/linear_attn/cuda). Gradients flow to
+q, k, v, g and the initial state."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from typing import Optional
 
 import torch
 
-from . import _C
+from . import _C, _native
 from . import _checks as chk
-from ._native import advise_large, dtype_code, launch_args, ptr, reject_cuda
+from ._native import advise_large, dtype_code, launch_args, ptr
 from ._ops import _eager_plain, call, define_op
 from .reference.linear_attn import retnet_decay as _retnet_decay
 
@@ -50,6 +51,32 @@ def _bth(t):
     return tuple(t.stride()[:3])
 
 
+def _cuda_kernels(t):
+    """Whether t goes to the CUDA kernels (a CUDA tensor, or a CPU tensor under kernkit.testing.simt())."""
+    return t.is_cuda or (_native.simt_session is not None and t.is_cpu)
+
+
+_CUDA_MAX_CHUNK = 64
+
+
+def _cuda_plan(q, v, cu, chunk):
+    """What the CUDA kernels need besides the inputs: their chunk size (<= 64), the first chunk of
+    each packed sequence (varlen; one host sync for its total), the longest sequence's chunk
+    count, and fp32 scratch for the state entering every chunk."""
+    C = min(chunk, _CUDA_MAX_CHUNK)
+    B, T, H, K = q.shape
+    if cu is None:
+        max_chunks = (T + C - 1) // C
+        total, off = B * max_chunks, None
+    else:
+        counts = ((cu[1:] - cu[:-1] + C - 1) // C).to(torch.int32)
+        off = torch.zeros(cu.numel(), dtype=torch.int32, device=cu.device)
+        off[1:] = counts.cumsum(0)
+        total, max_chunks = (torch.stack([off[-1], counts.max()]).tolist() if counts.numel() else (0, 0))
+    states = torch.empty(max(total, 1) * H * K * v.shape[-1], dtype=torch.float32, device=q.device)
+    return C, off, max_chunks, states
+
+
 # --------------------------------------------------------------------------- chunked op
 
 def _fwd_impl(q, k, v, g, h0, cu, scale, chunk, want_final):
@@ -61,9 +88,13 @@ def _fwd_impl(q, k, v, g, h0, cu, scale, chunk, want_final):
         if want_final:
             ht.copy_(h0) if h0 is not None else ht.zero_()
         return o, ht
+    states = off = None
+    max_chunks = 0
+    if _cuda_kernels(q):
+        chunk, off, max_chunks, states = _cuda_plan(q, v, cu, chunk)
     _C.linear_attn_fwd(ptr(q), _bth(q), ptr(k), _bth(k), ptr(v), _bth(v), ptr(o), _gate_code(g), ptr(g),
                        _gate_strides(g), ptr(h0), ptr(ht) if want_final else 0, ptr(cu), dims, scale, chunk,
-                       dtype_code(q), *launch_args(q))
+                       ptr(states), ptr(off), max_chunks, dtype_code(q), *launch_args(q))
     return o, ht
 
 
@@ -89,8 +120,14 @@ def _bwd_impl(do, dht, q, k, v, g, h0, cu, scale, chunk, need_dg, need_dh0):
         if need_dh0:
             dh0.copy_(dht) if dht is not None else dh0.zero_()
         return dq, dk, dv, dg, dh0
+    states = dstates = off = None
+    max_chunks = 0
+    if _cuda_kernels(q):
+        chunk, off, max_chunks, states = _cuda_plan(q, v, cu, chunk)
+        dstates = torch.empty_like(states)
     _C.linear_attn_bwd(ptr(q), _bth(q), ptr(k), _bth(k), ptr(v), _bth(v), _gate_code(g), ptr(g), _gate_strides(g),
-                       ptr(h0), ptr(cu), dims, scale, chunk, ptr(do), ptr(dht), ptr(dq), ptr(dk), ptr(dv),
+                       ptr(h0), ptr(cu), dims, scale, chunk, ptr(states), ptr(dstates), ptr(off), max_chunks,
+                       ptr(do), ptr(dht), ptr(dq), ptr(dk), ptr(dv),
                        ptr(dg) if need_dg else 0, ptr(dh0) if need_dh0 else 0, dtype_code(q), *launch_args(q))
     return dq, dk, dv, dg, dh0
 
@@ -187,7 +224,7 @@ _step_inplace_op = define_op(
 
 # --------------------------------------------------------------------------- checks
 
-def _check_qkv(fn, q, k, v, ndim, cuda_kernels=False):
+def _check_qkv(fn, q, k, v, ndim):
     for name, t in (("q", q), ("k", k), ("v", v)):
         chk.tensor(fn, name, t)
         if t.dim() != ndim:
@@ -202,8 +239,8 @@ def _check_qkv(fn, q, k, v, ndim, cuda_kernels=False):
     K, V = q.shape[-1], v.shape[-1]
     if not (1 <= K <= 256 and 1 <= V <= 256):
         raise ValueError(f"{fn}: head dims must be in [1, 256], got K={K}, V={V}")
-    if not cuda_kernels:
-        reject_cuda(fn, "q", q, "linear-attention")
+    if q.dtype == torch.float64 and _cuda_kernels(q):
+        raise TypeError(f"{fn}: float64 runs on the CPU only (the CUDA kernels take float32, bfloat16, float16)")
 
 
 def _check_gate_values(fn, g):
@@ -252,8 +289,8 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
         output_final_state: also return the final state ``(N, H, K, V)``.
         cu_seqlens: int32 or int64 ``(N + 1,)`` offsets of packed sequences along T (B must be 1); each sequence
             starts from its own initial state (or zeros).
-        chunk_size: rows per chunk (a multiple of 16 up to 128). Results agree across chunk sizes up
-            to rounding.
+        chunk_size: rows per chunk (a multiple of 16 up to 128; the CUDA kernels use at most 64).
+            Results agree across chunk sizes up to rounding.
 
     Returns ``(o, final_state)``: o ``(B, T, H, V)`` in q's dtype; final_state None unless asked for.
 
@@ -366,7 +403,7 @@ def linear_attn_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: t
         if t.dim() != q.dim():
             raise ValueError(f"{fn}: {name} must have q's rank ({q.dim()}-D), got {tuple(t.shape)}")
     q4, k4, v4 = (t if seq_dim else t.unsqueeze(1) for t in (q, k, v))
-    _check_qkv(fn, q4, k4, v4, 4, cuda_kernels=True)  # the decode step has CUDA kernels (not under autograd)
+    _check_qkv(fn, q4, k4, v4, 4)
     B, _, H, K = q4.shape
     V = v4.shape[-1]
     acc = _acc_dtype(q.dtype)

@@ -8,6 +8,7 @@
 #pragma once
 #include <type_traits>
 
+#include "attention/attention.h"
 #include "common/cuda_utils.cuh"
 #include "common/ptx.cuh"
 
