@@ -429,7 +429,4 @@ def test_step_cuda(gpu, dtype, gshape):
         assert s2 is state and torch.equal(o2, o) and torch.equal(state, s)
     if gpu.session:
         assert {k.split("<")[0] for k in gpu.session.kernels} == {"la_step_kernel"}
-    # training through the step needs linear_attn, which has no CUDA kernels yet
-    if gpu.kind == "cuda" or gpu.session:
-        with pytest.raises(RuntimeError, match="not implemented yet"):
-            kernkit.linear_attn_step(todev(q).requires_grad_(), todev(k), todev(v), todev(s0))
+    # training through the step runs linear_attn's CUDA chunk kernels (test_linear_attn_cuda.py)

@@ -172,14 +172,35 @@ __global__ void __launch_bounds__(kThreads) la_dqdk_kernel(DqdkArgs a) {
         warp_gemm<T, 8>(DK, C, 0, 8, [&](int r, int i) { return dAs[i * kLd + rb + r]; },
                         [&](int i, int kk) { return T0[i * kLd + kk]; });
       } else {
+        // vector gates: earlier / later 16-row blocks on tensor cores through a reference row r
+        // (the first row of the later block: both decay factors <= 1), the diagonal block in fp32
+        float X[8][4];
+        if (w > 0) {  // dq_i += exp(G_i - G_r) sum_{j < r} dA_ij k_j exp(G_r - G_j), r = rb
+          zero(X);
+          warp_gemm<T, 8>(X, rb, 0, 8, [&](int r, int j) { return dAs[(rb + r) * kLd + j]; },
+                          [&](int j, int kk) { return T1[j * kLd + kk] * expf(T2[rb * kLd + kk] - T2[j * kLd + kk]); });
+          for_each_acc<8>([&](int nt, int e, int r, int kk) {
+            DQ[nt][e] += X[nt][e] * expf(T2[(rb + r) * kLd + kk] - T2[rb * kLd + kk]);
+          });
+        }
+        for (int b = w + 1; b < C / 16 && 16 * b < rows; ++b) {  // dk_j over the queries of block b
+          const int r0 = 16 * b;
+          zero(X);
+          warp_gemm<T, 8>(
+              X, 16, 0, 8, [&](int r, int ii) { return dAs[(r0 + ii) * kLd + rb + r]; },
+              [&](int ii, int kk) { return T0[(r0 + ii) * kLd + kk] * expf(T2[(r0 + ii) * kLd + kk] - T2[r0 * kLd + kk]); });
+          for_each_acc<8>([&](int nt, int e, int r, int kk) {
+            DK[nt][e] += X[nt][e] * expf(T2[r0 * kLd + kk] - T2[(rb + r) * kLd + kk]);
+          });
+        }
         for_each_acc<8>([&](int nt, int e, int r, int kk) {
           const int i = rb + r;
           if (i >= rows || kk >= kw) return;
           const float gi = T2[i * kLd + kk];
           float sq = DQ[nt][e], sk = DK[nt][e];
-          for (int j = 0; j <= i; ++j)
+          for (int j = rb; j <= i; ++j)
             sq = fmaf(dAs[i * kLd + j] * T1[j * kLd + kk], expf(gi - T2[j * kLd + kk]), sq);
-          for (int i2 = i; i2 < rows; ++i2)
+          for (int i2 = i; i2 < min(rb + 16, rows); ++i2)
             sk = fmaf(dAs[i2 * kLd + i] * T0[i2 * kLd + kk], expf(T2[i2 * kLd + kk] - gi), sk);
           DQ[nt][e] = sq;
           DK[nt][e] = sk;

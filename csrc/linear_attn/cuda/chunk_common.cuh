@@ -106,11 +106,21 @@ struct Gates {
   }
 };
 
+// x rounded to T and back.
+template <typename T>
+__device__ __forceinline__ float rounded(float x) {
+  const T r = store_cast<T>(x);
+  return load_f(&r);
+}
+
 // A warp's 16 x (8 * NT) accumulator tile += sum over k < nk of fa(r, k) * fb(k, c), for the
 // n-tiles [nt0, nt1) (warp-uniform bounds; nk a multiple of 16). r is the row within the warp's
-// 16, c the accumulator column (8 * nt + column in the n-tile). T = float: fp32 FMAs in k order; else m16n8k16 in T.
-template <typename T, int NT, typename FA, typename FB>
+// 16, c the accumulator column (8 * nt + column in the n-tile). T = float: fp32 FMAs in k order;
+// else m16n8k16 in T. SplitA (tensor cores): fa's values as a rounded part plus the rounded rest,
+// two products: ~16 mantissa bits for an fp32 operand against an exact 16-bit one.
+template <typename T, int NT, bool SplitA = false, typename FA, typename FB>
 __device__ __forceinline__ void warp_gemm(float (&acc)[NT][4], int nk, int nt0, int nt1, FA fa, FB fb) {
+  if (nt0 >= nt1) return;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   if constexpr (std::is_same<T, float>::value) {
 #pragma unroll
@@ -128,14 +138,22 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[NT][4], int nk, int nt0, 
     using attn::tc::pack2;
     for (int k0 = 0; k0 < nk; k0 += 16) {
       const int ka = k0 + 2 * t;
-      const uint32_t a[4] = {pack2<T>(fa(g, ka), fa(g, ka + 1)), pack2<T>(fa(g + 8, ka), fa(g + 8, ka + 1)),
-                             pack2<T>(fa(g, ka + 8), fa(g, ka + 9)), pack2<T>(fa(g + 8, ka + 8), fa(g + 8, ka + 9))};
+      const float x[8] = {fa(g, ka), fa(g, ka + 1), fa(g + 8, ka), fa(g + 8, ka + 1),
+                          fa(g, ka + 8), fa(g, ka + 9), fa(g + 8, ka + 8), fa(g + 8, ka + 9)};
+      uint32_t a[4], lo[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        a[i] = pack2<T>(x[2 * i], x[2 * i + 1]);
+        if constexpr (SplitA)
+          lo[i] = pack2<T>(x[2 * i] - rounded<T>(x[2 * i]), x[2 * i + 1] - rounded<T>(x[2 * i + 1]));
+      }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         if (nt < nt0 || nt >= nt1) continue;
         const int c = 8 * nt + g;
         const uint32_t b[2] = {pack2<T>(fb(ka, c), fb(ka + 1, c)), pack2<T>(fb(ka + 8, c), fb(ka + 9, c))};
         attn::tc::mma<T>(acc[nt], a, b);
+        if constexpr (SplitA) attn::tc::mma<T>(acc[nt], lo, b);
       }
     }
   }

@@ -6,8 +6,9 @@
 //   2. out: a block per (chunk, sequence, head, 64 columns of V), all chunks in parallel:
 //      O = (scale Q exp(G)) S + A V, A_ij = scale q_i.k_j exp(G_i - G_j) for j <= i. The same
 //      kernel with the roles of q and k swapped and A transposed gives dV = Kd dS + A^T dO.
-// Scalar gates decay A elementwise after a tensor-core Q K^T; vector (GLA) gates form A in exact
-// fp32 loops (a per-key-dim decay does not factor out of the sum; every exponent is <= 0).
+// Scalar gates decay A elementwise after a tensor-core Q K^T. Vector (GLA) gates: a per-key-dim
+// decay does not factor out of the sum, so A is formed per pair of 16-row blocks relative to the
+// later block's first row (tensor cores; every exponent <= 0), the diagonal blocks in fp32 loops.
 #include "linear_attn/cuda/chunk_common.cuh"
 
 namespace kernkit {
@@ -25,7 +26,7 @@ struct StateArgs {
 };
 
 template <typename T, bool Rev>
-__global__ void __launch_bounds__(kThreads) la_states_kernel(StateArgs a) {
+__global__ void __launch_bounds__(kThreads, 1) la_states_kernel(StateArgs a) {
   KK_DYNAMIC_SHARED(float, smem);
   float* Xs = smem;
   float* Ys = smem + kTile;
@@ -62,7 +63,7 @@ __global__ void __launch_bounds__(kThreads) la_states_kernel(StateArgs a) {
     stage_gates(Gs, p, s, t0, rows, h, C, k0);
     __syncthreads();
     for_each_acc<8>([&](int nt, int e, int r, int) { S[nt][e] *= expf(G(rows - 1, rb + r)); });
-    warp_gemm<T, 8>(
+    warp_gemm<T, 8, true>(  // decayed keys (queries) split: the state sums stay at fp32 accuracy
         S, C, 0, 8,
         [&](int r, int j) {
           const int kk = rb + r;
@@ -126,9 +127,26 @@ __global__ void __launch_bounds__(kThreads) la_out_kernel(OutArgs a) {
       warp_gemm<T, 8>(A, nk, nt0, nt1, [&](int r, int k) { return Rs[(rb + r) * kLd + k]; },
                       [&](int k, int j) { return Cs[j * kLd + k]; });
     } else {
+      // Vector gates: off the diagonal 16-row blocks on tensor cores through the first row r of the
+      // later block, exp(G_late - G_early) = exp(G_late - G_r) exp(G_r - G_early), both factors <= 1;
+      // the diagonal blocks in exact fp32.
+      if (!Dv) {
+        warp_gemm<T, 8>(
+            A, nk, 0, 2 * w,
+            [&](int r, int k) { return Rs[(rb + r) * kLd + k] * expf(Gs[(rb + r) * kLd + k] - Gs[rb * kLd + k]); },
+            [&](int k, int j) { return Cs[j * kLd + k] * expf(Gs[rb * kLd + k] - Gs[j * kLd + k]); });
+      } else {
+        for (int b = w + 1; b < C / 16 && 16 * b < rows; ++b) {
+          const int r0 = 16 * b;
+          warp_gemm<T, 8>(
+              A, nk, 2 * b, 2 * b + 2,
+              [&](int r, int k) { return Rs[(rb + r) * kLd + k] * expf(Gs[r0 * kLd + k] - Gs[(rb + r) * kLd + k]); },
+              [&](int k, int i) { return Cs[i * kLd + k] * expf(Gs[i * kLd + k] - Gs[r0 * kLd + k]); });
+        }
+      }
       for_each_acc<8>([&](int nt, int e, int r, int j) {
         const int i = rb + r, late = Dv ? j : i, early = Dv ? i : j;
-        if (nt < nt0 || nt >= nt1 || late < early || late >= rows) return;
+        if (nt < 2 * w || nt >= 2 * w + 2 || late < early || late >= rows) return;
         float sum = A[nt][e];
         for (int k = 0; k < kw; ++k)
           sum = fmaf(Rs[i * kLd + k] * Cs[j * kLd + k], expf(Gs[late * kLd + k] - Gs[early * kLd + k]), sum);
