@@ -115,8 +115,60 @@ def _step_rows(quick):
     return rows
 
 
+def _fla(gate):
+    """flash-linear-attention's Triton kernel for a gate form, when fla is installed next to kernkit."""
+    try:
+        if gate == "vector":
+            from fla.ops.gla import chunk_gla as fn
+            name = "fla chunk_gla"
+        else:
+            from fla.ops.simple_gla import chunk_simple_gla as fn
+            name = "fla chunk_simple_gla"
+        return (lambda q, k, v, g: fn(q, k, v, g)), name
+    except Exception:
+        return linear_attn_chunk_ref, "PyTorch chunked"
+
+
+def _cuda_rows(quick, dev="cuda"):
+    """On the GPU: simple GLA (scalar gate) and GLA (vector gate), forward and forward+backward,
+    against fla's Triton kernels when importable (else the chunked PyTorch form); the fp32 path;
+    the decode step."""
+    rows = []
+    B, T, H, K, V = (1, 2048, 16, 128, 128) if quick else (2, 8192, 16, 128, 128)
+    shape = f"B{B} T{T} H{H} K{K} V{V}"
+    fl = B * _flops(T, H, K, V)
+    for gate, what in (("scalar", "simple GLA"), ("vector", "GLA (vector gate)")):
+        theirs, name = _fla(gate)
+        for dtype in ((torch.bfloat16, torch.float32) if gate == "scalar" else (torch.bfloat16,)):
+            q, k, v, g = (None if t is None else t.to(dev) for t in _inputs(B, T, H, K, V, dtype, gate))
+            tk, tb = time_pair(lambda: kernkit.linear_attn(q, k, v, g), lambda: theirs(q, k, v, g), device=dev,
+                               quick=True)
+            rows.append(Row(FAMILY, f"{what} fwd", shape, dtype_name(dtype), tk * 1e6, name, tb * 1e6,
+                            flops_rate(fl, tk, dtype, dev)))
+            leaves = [t.clone().requires_grad_() for t in (q, k, v, g)]
+            do = torch.randn(B, T, H, V, device=dev).to(dtype)
+
+            def fb(fn):
+                return lambda: torch.autograd.grad(fn(*leaves)[0], leaves, do)
+
+            tk, tb = time_pair(fb(kernkit.linear_attn), fb(theirs), device=dev, quick=True)
+            rows.append(Row(FAMILY, f"{what} fwd+bwd", shape, dtype_name(dtype), tk * 1e6, name, tb * 1e6,
+                            f"{flops_rate(fl * 3.5, tk, dtype, dev)}, deterministic (kernkit)"))
+    Bd = 8
+    q, k = (torch.randn(Bd, H, K, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    v = torch.randn(Bd, H, V, device=dev, dtype=torch.bfloat16)
+    state = torch.randn(Bd, H, K, V, device=dev)
+    gg = -torch.rand(Bd, H, device=dev) * 0.1
+    tk, tb = time_pair(lambda: kernkit.linear_attn_step(q, k, v, state, gg, inplace=True),
+                       lambda: linear_attn_step_ref(q, k, v, state, gg), device=dev, quick=quick)
+    rows.append(Row(FAMILY, "decode step in place", f"B{Bd} H{H} K{K} V{V}", "bfloat16", tk * 1e6, "PyTorch step",
+                    tb * 1e6, bandwidth(2 * state.numel() * 4, tk, dev)))
+    return rows
+
+
 def run(device: str = "cpu", quick: bool = False) -> list[Row]:
-    if device != "cpu":
-        return []  # no CUDA kernels yet
+    if device == "cuda":
+        with torch.inference_mode(False):
+            return _cuda_rows(quick)
     with torch.inference_mode(False):
         return _chunk_rows(quick) + _crossover_rows(quick) + _step_rows(quick)
