@@ -151,3 +151,20 @@ def test_bad_inputs(gpu):
     q = torch.randn(1, 8, 2, 16, dtype=torch.float64).to(gpu.device)
     with pytest.raises(TypeError, match="float64"):
         kernkit.linear_attn(q, q, q)
+
+
+def test_opcheck_and_compile(gpu):
+    q, k, v, g, s0 = (t.to(gpu.device) for t in _inputs(1, 37, 2, 8, 8, torch.float32, "vector"))
+    torch.library.opcheck(torch.ops.kernkit.linear_attn_fwd.default, (q, k, v, g, s0, None, 0.3, 16, True))
+    cu = torch.tensor([0, 10, 10, 37], dtype=torch.int32, device=gpu.device)
+    s3 = torch.randn(3, 2, 8, 8, device=gpu.device)
+    torch.library.opcheck(torch.ops.kernkit.linear_attn_fwd.default, (q, k, v, g, s3, cu, 0.3, 64, True))
+
+    def f(q, k, v, g, s0):
+        o, ht = kernkit.linear_attn(q, k, v, g, initial_state=s0, output_final_state=True)
+        return o * 2, ht
+
+    got = torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v, g, s0)
+    want = f(q, k, v, g, s0)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])

@@ -114,7 +114,7 @@ class Block(nn.Module):
         if self.kind == "attention":
             q, k, v = self.qkv(x).split([self.h * self.hd, self.hkv * self.hd, self.hkv * self.hd], -1)
             q, k, v = (t.view(B, S, -1, self.hd) for t in (q, k, v))
-            pos = pos0 + torch.arange(S)
+            pos = pos0 + torch.arange(S, device=x.device)
             q, k = apply_rotary(q, pos), apply_rotary(k, pos)
             return self.proj(ops.attention(q, k, v, state).reshape(B, S, -1)), state
         xz = self.in_proj(x).transpose(1, 2)
@@ -151,13 +151,13 @@ class TinyLM(nn.Module):
         return self.head(ops.rms_norm(x, self.norm)), states
 
     def new_states(self, ops, batch, capacity):
-        states = []
+        states, dev = [], self.head.weight.device
         for blk in self.blocks:
             if blk.kind == "attention" and ops is KernkitOps:
-                states.append(KVCache.empty(batch, capacity, blk.hkv, blk.hd))
+                states.append(KVCache.empty(batch, capacity, blk.hkv, blk.hd, device=dev))
             elif blk.kind == "attention":
-                empty = torch.zeros(batch, 0, blk.hkv, blk.hd)
-                states.append(KVCache(empty, empty.clone(), torch.zeros(batch, dtype=torch.int32)))
+                empty = torch.zeros(batch, 0, blk.hkv, blk.hd, device=dev)
+                states.append(KVCache(empty, empty.clone(), torch.zeros(batch, dtype=torch.int32, device=dev)))
             else:
                 states.append(None)
         return states
@@ -194,15 +194,16 @@ def for_inference(model, ops):
 def generate(model, ops, prompt: bytes, n: int, temperature=0.7, seed=0) -> tuple[str, float]:
     model = for_inference(model, ops)
     g = torch.Generator().manual_seed(seed)
-    toks = torch.tensor([list(prompt)])
+    dev = model.head.weight.device
+    toks = torch.tensor([list(prompt)], device=dev)
     states = model.new_states(ops, 1, len(prompt) + n + 1)
     logits, states = model(toks, ops, states, 0)
     out, t0 = [], time.perf_counter()
     for i in range(n):
-        probs = torch.softmax(logits[0, -1] / temperature, -1)
+        probs = torch.softmax(logits[0, -1].float().cpu() / temperature, -1)
         nxt = torch.multinomial(probs, 1, generator=g)
         out.append(int(nxt))
-        logits, states = model(nxt.view(1, 1), ops, states, len(prompt) + i)
+        logits, states = model(nxt.view(1, 1).to(dev), ops, states, len(prompt) + i)
     tok_s = n / (time.perf_counter() - t0)
     return bytes(out).decode("utf-8", "replace"), tok_s
 
@@ -213,8 +214,9 @@ def train(model, ops, data, steps, batch, seq, log_every=10):
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(data) - seq - 1, (batch,), generator=g)
-        x = torch.stack([data[i: i + seq] for i in idx])
-        y = torch.stack([data[i + 1: i + seq + 1] for i in idx])
+        dev = model.head.weight.device
+        x = torch.stack([data[i: i + seq] for i in idx]).to(dev)
+        y = torch.stack([data[i + 1: i + seq + 1] for i in idx]).to(dev)
         logits, _ = model(x, ops)
         loss = F.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -241,6 +243,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=160, help="characters to generate")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the model, data and both op sets run there)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     info = kernkit.info()
@@ -248,7 +251,7 @@ def main(argv=None):
     data = corpus()
     print(f"corpus: kernkit's own source, {len(data):,} bytes; model: attention + Mamba + attention blocks, "
           f"BitLinear MLPs\n\ntraining with kernkit kernels:")
-    model = TinyLM()
+    model = TinyLM().to(args.device)
     loss = train(model, KernkitOps, data, args.steps, args.batch, args.seq)
     print(f"\nfinal loss {loss:.3f} (uniform guess: {math.log(256):.3f})\n\nsample (KV-cache + streaming-state decode):")
     prompt = b"def flash_attn("
