@@ -539,11 +539,14 @@ LaParams la_params(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v
 void linear_attn_fwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v, Strides vs, uintptr_t o,
                      int gate, uintptr_t g, Strides gs, uintptr_t h0, uintptr_t ht, uintptr_t cu,
                      std::array<int, 5> dims, double scale, int chunk, uintptr_t states, uintptr_t chunk_off,
-                     int max_chunks, int dtype, int threads, int device, intptr_t stream) {
+                     uintptr_t chunk_seq, std::array<int, 2> chunk_counts, int dtype, int threads, int device,
+                     intptr_t stream) {
   LaParams p = la_params(q, qs, k, ks, v, vs, o, gate, g, gs, h0, ht, cu, dims, scale, chunk, dtype, threads);
   p.states = ptr<float>(states);
   p.chunk_off = ptr<const int32_t>(chunk_off);
-  p.max_chunks = max_chunks;
+  p.chunk_seq = ptr<const int32_t>(chunk_seq);
+  p.max_chunks = chunk_counts[0];
+  p.total_chunks = chunk_counts[1];
   if (p.N == 0) return;
   require(q && k && v && o, "linear_attn: null data pointer");
   if (device != kCpuDevice) {
@@ -559,14 +562,16 @@ void linear_attn_fwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t
 
 void linear_attn_bwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v, Strides vs, int gate,
                      uintptr_t g, Strides gs, uintptr_t h0, uintptr_t cu, std::array<int, 5> dims, double scale,
-                     int chunk, uintptr_t states, uintptr_t dstates, uintptr_t chunk_off, int max_chunks,
-                     uintptr_t dout, uintptr_t dht, uintptr_t dq, uintptr_t dk, uintptr_t dv, uintptr_t dg,
+                     int chunk, uintptr_t states, uintptr_t dstates, uintptr_t chunk_off, uintptr_t chunk_seq,
+                     std::array<int, 2> chunk_counts, uintptr_t dout, uintptr_t dht, uintptr_t dq, uintptr_t dk, uintptr_t dv, uintptr_t dg,
                      uintptr_t dh0, int dtype, int threads, int device, intptr_t stream) {
   LaBwdParams p{la_params(q, qs, k, ks, v, vs, 0, gate, g, gs, h0, 0, cu, dims, scale, chunk, dtype, threads),
                 ptr(dout), ptr(dht), ptr(dq), ptr(dk), ptr(dv), ptr(dg), ptr(dh0), ptr<float>(dstates)};
   p.fwd.states = ptr<float>(states);
   p.fwd.chunk_off = ptr<const int32_t>(chunk_off);
-  p.fwd.max_chunks = max_chunks;
+  p.fwd.chunk_seq = ptr<const int32_t>(chunk_seq);
+  p.fwd.max_chunks = chunk_counts[0];
+  p.fwd.total_chunks = chunk_counts[1];
   if (p.fwd.N == 0) return;
   require(q && k && v && dout && dq && dk && dv, "linear_attn_backward: null data pointer");
   require(!dg || gate != 0, "linear_attn_backward: a gate gradient needs a gate");

@@ -151,6 +151,23 @@ def test_bad_inputs(gpu):
     q = torch.randn(1, 8, 2, 16, dtype=torch.float64).to(gpu.device)
     with pytest.raises(TypeError, match="float64"):
         kernkit.linear_attn(q, q, q)
+    q = q.float()
+    for bad in (float("-inf"), float("nan"), 0.5):
+        g = torch.full((1, 8, 2), bad, device=gpu.device)
+        with pytest.raises(ValueError, match="g is a log-space decay"):
+            kernkit.linear_attn(q, q, q, g)
+
+
+def test_fp16_state_beyond_fp16_range(gpu):
+    # no decay and positive features: the fp32 state passes 65504 (fp16's largest value) after ~256
+    # steps; the products with the state must not round it to fp16
+    T, K = 300, 16
+    q = torch.full((1, T, 1, K), 1e-3, dtype=torch.float16)
+    k = v = torch.full((1, T, 1, K), 16.0, dtype=torch.float16)
+    o, ht = _on_device(gpu.device)(q, k, v, output_final_state=True)
+    eo, eht = linear_attn_recurrent_ref(q.double(), k.double(), v.double(), output_final_state=True)
+    assert eht.max() > 70000 and torch.isfinite(o).all()
+    assert _rel_rms(o, eo) < 2e-3 and _rel_rms(ht, eht) < 1e-5
 
 
 def test_opcheck_and_compile(gpu):

@@ -36,12 +36,14 @@ struct LaParams {
   int chunk;
   DType dtype;
   int threads;
-  // CUDA only: scratch for the state entering each chunk, (chunks, H, K, V) fp32; the first chunk
-  // of each packed sequence (N + 1 offsets, varlen only); chunks of the longest sequence (chunk
-  // index n * max_chunks + c without varlen).
+  // CUDA only: scratch for the state entering each chunk, (total_chunks, H, K, V) fp32. Chunks are
+  // numbered sequence by sequence: without varlen chunk c of sequence n is n * max_chunks + c; with
+  // varlen chunk_off holds each sequence's first chunk (N + 1 offsets) and chunk_seq the sequence of
+  // every chunk (total_chunks entries).
   float* states;
   const int32_t* chunk_off;
-  int max_chunks;
+  const int32_t* chunk_seq;
+  int max_chunks, total_chunks;
 };
 
 struct LaBwdParams {

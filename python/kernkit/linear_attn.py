@@ -60,21 +60,25 @@ _CUDA_MAX_CHUNK = 64
 
 
 def _cuda_plan(q, v, cu, chunk):
-    """What the CUDA kernels need besides the inputs: their chunk size (<= 64), the first chunk of
-    each packed sequence (varlen; one host sync for its total), the longest sequence's chunk
-    count, and fp32 scratch for the state entering every chunk."""
+    """What the CUDA kernels need besides the inputs: their chunk size (<= 64); with packed
+    sequences the first chunk of each sequence and the sequence of each chunk (one host sync for
+    their total); [max chunks per sequence, total chunks]; fp32 scratch for the state entering
+    every chunk."""
     C = min(chunk, _CUDA_MAX_CHUNK)
     B, T, H, K = q.shape
+    off = seq = None
     if cu is None:
         max_chunks = (T + C - 1) // C
-        total, off = B * max_chunks, None
+        total = B * max_chunks
     else:
         counts = ((cu[1:] - cu[:-1] + C - 1) // C).to(torch.int32)
         off = torch.zeros(cu.numel(), dtype=torch.int32, device=cu.device)
         off[1:] = counts.cumsum(0)
-        total, max_chunks = (torch.stack([off[-1], counts.max()]).tolist() if counts.numel() else (0, 0))
+        total, max_chunks = torch.stack([off[-1], counts.max()]).tolist() if counts.numel() else (0, 0)
+        seq = torch.repeat_interleave(torch.arange(counts.numel(), dtype=torch.int32, device=cu.device), counts,
+                                      output_size=total)
     states = torch.empty(max(total, 1) * H * K * v.shape[-1], dtype=torch.float32, device=q.device)
-    return C, off, max_chunks, states
+    return C, off, seq, [max_chunks, total], states
 
 
 # --------------------------------------------------------------------------- chunked op
@@ -88,13 +92,13 @@ def _fwd_impl(q, k, v, g, h0, cu, scale, chunk, want_final):
         if want_final:
             ht.copy_(h0) if h0 is not None else ht.zero_()
         return o, ht
-    states = off = None
-    max_chunks = 0
+    states = off = seq = None
+    counts = [0, 0]
     if _cuda_kernels(q):
-        chunk, off, max_chunks, states = _cuda_plan(q, v, cu, chunk)
+        chunk, off, seq, counts, states = _cuda_plan(q, v, cu, chunk)
     _C.linear_attn_fwd(ptr(q), _bth(q), ptr(k), _bth(k), ptr(v), _bth(v), ptr(o), _gate_code(g), ptr(g),
                        _gate_strides(g), ptr(h0), ptr(ht) if want_final else 0, ptr(cu), dims, scale, chunk,
-                       ptr(states), ptr(off), max_chunks, dtype_code(q), *launch_args(q))
+                       ptr(states), ptr(off), ptr(seq), counts, dtype_code(q), *launch_args(q))
     return o, ht
 
 
@@ -120,13 +124,13 @@ def _bwd_impl(do, dht, q, k, v, g, h0, cu, scale, chunk, need_dg, need_dh0):
         if need_dh0:
             dh0.copy_(dht) if dht is not None else dh0.zero_()
         return dq, dk, dv, dg, dh0
-    states = dstates = off = None
-    max_chunks = 0
+    states = dstates = off = seq = None
+    counts = [0, 0]
     if _cuda_kernels(q):
-        chunk, off, max_chunks, states = _cuda_plan(q, v, cu, chunk)
+        chunk, off, seq, counts, states = _cuda_plan(q, v, cu, chunk)
         dstates = torch.empty_like(states)
     _C.linear_attn_bwd(ptr(q), _bth(q), ptr(k), _bth(k), ptr(v), _bth(v), _gate_code(g), ptr(g), _gate_strides(g),
-                       ptr(h0), ptr(cu), dims, scale, chunk, ptr(states), ptr(dstates), ptr(off), max_chunks,
+                       ptr(h0), ptr(cu), dims, scale, chunk, ptr(states), ptr(dstates), ptr(off), ptr(seq), counts,
                        ptr(do), ptr(dht), ptr(dq), ptr(dk), ptr(dv),
                        ptr(dg) if need_dg else 0, ptr(dh0) if need_dh0 else 0, dtype_code(q), *launch_args(q))
     return dq, dk, dv, dg, dh0
@@ -246,9 +250,10 @@ def _check_qkv(fn, q, k, v, ndim):
 def _check_gate_values(fn, g):
     if not chk.values_readable(g):
         return
-    if not bool((g <= 0).all()):
-        bad = "NaN" if bool(g.isnan().any()) else f"max {float(g.max()):.4g}"
-        raise ValueError(f"{fn}: g is a log-space decay and must be <= 0 everywhere (got {bad})")
+    if not bool(((g <= 0) & (g > float("-inf"))).all()):
+        bad = "NaN" if bool(g.isnan().any()) else ("-inf" if bool(g.isneginf().any()) else f"max {float(g.max()):.4g}")
+        raise ValueError(f"{fn}: g is a log-space decay and must be finite and <= 0 everywhere (got {bad}; a "
+                         "full reset is a large negative g such as -1e4)")
 
 
 def _scale_of(fn, scale, K):

@@ -36,8 +36,9 @@ __global__ void __launch_bounds__(kThreads) la_dqdk_kernel(DqdkArgs a) {
   float* base = pre + kMaxChunk;
   const LaBwdParams& bp = a.bp;
   const LaParams& p = bp.fwd;
-  const int c = blockIdx.x, n = int(blockIdx.y) / p.H, h = int(blockIdx.y) % p.H;
-  const Seq s = seq_of(p, n);
+  const ChunkRef ref = chunk_of_block(p);
+  const Seq s = ref.s;
+  const int c = ref.c, h = ref.h;
   const int C = p.chunk;
   if (c >= chunks_of(s, C)) return;
   const long long t0 = (long long)c * C;
@@ -115,10 +116,10 @@ __global__ void __launch_bounds__(kThreads) la_dqdk_kernel(DqdkArgs a) {
       __syncthreads();
       const int nk = (min(kBlk, p.V - v0) + 15) & ~15;
       if (active) {
-        warp_gemm<T, 8>(DQ, nk, 0, 8, [&](int r, int k) { return T0[(rb + r) * kLd + k]; },
-                        [&](int k, int cc) { return T2[cc * kLd + k]; });
-        warp_gemm<T, 8>(DK, nk, 0, 8, [&](int r, int k) { return T1[(rb + r) * kLd + k]; },
-                        [&](int k, int cc) { return T3[cc * kLd + k]; });
+        state_gemm<T, 8>(DQ, nk, [&](int r, int k) { return T0[(rb + r) * kLd + k]; },
+                         [&](int k, int cc) { return T2[cc * kLd + k]; });
+        state_gemm<T, 8>(DK, nk, [&](int r, int k) { return T1[(rb + r) * kLd + k]; },
+                         [&](int k, int cc) { return T3[cc * kLd + k]; });
       }
       if (want_dg && tid < kBlk)
         for (int cc = 0; cc < kBlk; ++cc) bacc += double(T3[tid * kLd + cc]) * T2[tid * kLd + cc];
@@ -268,9 +269,9 @@ void linear_attn_bwd_t(const LaBwdParams& bp, cudaStream_t s) {
   launch_states<T>(p, p.k, p.v, static_cast<const float*>(p.h0), p.states, nullptr, false, s);
   launch_states<T>(p, p.q, dout, static_cast<const float*>(bp.dht), bp.dstates, static_cast<float*>(bp.dh0), true,
                    s);
-  if (p.max_chunks == 0) return;  // every sequence empty: only dh0
+  if (p.total_chunks == 0) return;  // every sequence empty: only dh0
   launch_out<T>(p, p.k, p.q, dout, bp.dstates, bp.dv, true, s);
-  const dim3 grid(unsigned(p.max_chunks), unsigned(p.N * p.H));
+  const dim3 grid(unsigned(p.total_chunks * p.H));
   attn::tc::allow_smem(la_dqdk_kernel<T>, kDqdkSmem);
   KK_LAUNCH(grid, kThreads, kDqdkSmem, s, la_dqdk_kernel<T>)(DqdkArgs{bp, dout});
   cuda::check(cudaGetLastError(), "linear_attn backward launch");

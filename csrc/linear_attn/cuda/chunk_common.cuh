@@ -46,6 +46,20 @@ __device__ __forceinline__ Seq seq_of(const LaParams& p, int n) {
 
 __device__ __forceinline__ int chunks_of(const Seq& s, int C) { return (s.len + C - 1) / C; }
 
+// The (chunk, head) a block of a per-chunk kernel works on: blockIdx.x = chunk * H + head over all
+// chunks of all sequences (no empty blocks for packed sequences of unequal lengths).
+struct ChunkRef {
+  Seq s;
+  int c, h;
+};
+
+__device__ __forceinline__ ChunkRef chunk_of_block(const LaParams& p) {
+  const long long u = blockIdx.x, id = u / p.H;
+  const int n = p.cu_seqlens ? p.chunk_seq[id] : int(id / p.max_chunks);
+  const Seq s = seq_of(p, n);
+  return {s, int(id - s.chunk0), int(u % p.H)};
+}
+
 // Element offset of (sequence row r, head h) in a contiguous (B, T, H, X) tensor, in rows of X.
 __device__ __forceinline__ long long out_row(const LaParams& p, const Seq& s, long long r, int h) {
   return ((long long)s.b * p.T + s.row0 + r) * p.H + h;
@@ -80,18 +94,26 @@ __device__ __forceinline__ void stage_state(float* dst, const float* S, int K, i
 
 // Cumulative gates of a chunk into Gs ([C][kLd]): vector gates G[i][c] for key dims k0 + c (zero
 // past K); scalar and per-head gates in column 0. Rows >= n repeat row n - 1 (so padded rows stay
-// finite and non-positive relative to valid ones). Nothing for ungated problems.
+// finite and non-positive relative to valid ones). Nothing for ungated problems. The raw gates load
+// in parallel, then one thread per column sums down the rows in shared memory (a barrier inside:
+// call from uniform control flow).
 __device__ __forceinline__ void stage_gates(float* Gs, const LaParams& p, const Seq& s, long long t0, int n, int h,
                                             int C, int k0) {
   if (p.gate == LaGate::none) return;
   const float* g = static_cast<const float*>(p.g);
   const bool vec = p.gate == LaGate::vector;
   const int cols = vec ? kBlk : 1;
+  for (int e = threadIdx.x; e < C * cols; e += blockDim.x) {
+    const int i = e / cols, c = e % cols;
+    Gs[i * kLd + c] = (i < n && (!vec || k0 + c < p.K))
+                          ? g[s.b * p.gbs + (s.row0 + t0 + i) * p.gts + h * p.ghs + (vec ? k0 + c : 0)]
+                          : 0.f;
+  }
+  __syncthreads();
   for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-    const bool in = !vec || k0 + c < p.K;
     float acc = 0.f;
     for (int i = 0; i < C; ++i) {
-      if (i < n && in) acc += g[s.b * p.gbs + (s.row0 + t0 + i) * p.gts + h * p.ghs + (vec ? k0 + c : 0)];
+      if (i < n) acc += Gs[i * kLd + c];
       Gs[i * kLd + c] = acc;
     }
   }
@@ -116,9 +138,10 @@ __device__ __forceinline__ float rounded(float x) {
 // A warp's 16 x (8 * NT) accumulator tile += sum over k < nk of fa(r, k) * fb(k, c), for the
 // n-tiles [nt0, nt1) (warp-uniform bounds; nk a multiple of 16). r is the row within the warp's
 // 16, c the accumulator column (8 * nt + column in the n-tile). T = float: fp32 FMAs in k order;
-// else m16n8k16 in T. SplitA (tensor cores): fa's values as a rounded part plus the rounded rest,
-// two products: ~16 mantissa bits for an fp32 operand against an exact 16-bit one.
-template <typename T, int NT, bool SplitA = false, typename FA, typename FB>
+// else m16n8k16 in T. SplitA / SplitB (tensor cores): that operand's values as a rounded part plus
+// the rounded rest: ~16 mantissa bits for an fp32 operand (two products; three when both split,
+// lo x lo dropped).
+template <typename T, int NT, bool SplitA = false, bool SplitB = false, typename FA, typename FB>
 __device__ __forceinline__ void warp_gemm(float (&acc)[NT][4], int nk, int nt0, int nt1, FA fa, FB fb) {
   if (nt0 >= nt1) return;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -151,12 +174,27 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[NT][4], int nk, int nt0, 
       for (int nt = 0; nt < NT; ++nt) {
         if (nt < nt0 || nt >= nt1) continue;
         const int c = 8 * nt + g;
-        const uint32_t b[2] = {pack2<T>(fb(ka, c), fb(ka + 1, c)), pack2<T>(fb(ka + 8, c), fb(ka + 9, c))};
+        const float y[4] = {fb(ka, c), fb(ka + 1, c), fb(ka + 8, c), fb(ka + 9, c)};
+        const uint32_t b[2] = {pack2<T>(y[0], y[1]), pack2<T>(y[2], y[3])};
         attn::tc::mma<T>(acc[nt], a, b);
         if constexpr (SplitA) attn::tc::mma<T>(acc[nt], lo, b);
+        if constexpr (SplitB) {
+          const uint32_t blo[2] = {pack2<T>(y[0] - rounded<T>(y[0]), y[1] - rounded<T>(y[1])),
+                                   pack2<T>(y[2] - rounded<T>(y[2]), y[3] - rounded<T>(y[3]))};
+          attn::tc::mma<T>(acc[nt], a, blo);
+        }
       }
     }
   }
+}
+
+// Products with an fp32 state (or state gradient) as fb: fp16 cannot hold a long sequence's state
+// (it overflows at 65504), so fp16 inputs run these in bf16 with both operands split (fp32 range,
+// better than fp16 rounding); bf16 rounds the state once as fla does; fp32 stays fp32.
+template <typename T, int NT, typename FA, typename FB>
+__device__ __forceinline__ void state_gemm(float (&acc)[NT][4], int nk, FA fa, FB fb) {
+  if constexpr (std::is_same<T, __half>::value) warp_gemm<__nv_bfloat16, NT, true, true>(acc, nk, 0, NT, fa, fb);
+  else warp_gemm<T, NT>(acc, nk, 0, NT, fa, fb);
 }
 
 // Calls f(nt, e, r, c) for each accumulator element of the warp (r: row within its 16 rows).

@@ -33,8 +33,8 @@ __global__ void __launch_bounds__(kThreads, 1) la_states_kernel(StateArgs a) {
   float* Gs = smem + 2 * kTile;
   const LaParams& p = a.p;
   const int nvb = (p.V + kBlk - 1) / kBlk;
-  const int k0 = int(blockIdx.x) / nvb * kBlk, v0 = int(blockIdx.x) % nvb * kBlk;
-  const int n = int(blockIdx.y) / p.H, h = int(blockIdx.y) % p.H;
+  const int k0 = int(blockIdx.y) / nvb * kBlk, v0 = int(blockIdx.y) % nvb * kBlk;
+  const int n = int(blockIdx.x / p.H), h = int(blockIdx.x % p.H);
   const Seq s = seq_of(p, n);
   const int C = p.chunk, nc = chunks_of(s, C);
   const int rb = 16 * int(threadIdx.x >> 5);  // this warp's state rows: k0 + rb ..
@@ -96,8 +96,9 @@ __global__ void __launch_bounds__(kThreads) la_out_kernel(OutArgs a) {
   float* As = Rs;                 // after the K loop: the chunk's masked scores
   float* Ys = Cs;                 // and the V (dO) block they multiply
   const LaParams& p = a.p;
-  const int c = blockIdx.x, n = int(blockIdx.y) / p.H, h = int(blockIdx.y) % p.H, v0 = blockIdx.z * kBlk;
-  const Seq s = seq_of(p, n);
+  const ChunkRef ref = chunk_of_block(p);
+  const Seq s = ref.s;
+  const int c = ref.c, h = ref.h, v0 = blockIdx.y * kBlk;
   const int C = p.chunk;
   if (c >= chunks_of(s, C)) return;
   const long long t0 = (long long)c * C;
@@ -153,8 +154,8 @@ __global__ void __launch_bounds__(kThreads) la_out_kernel(OutArgs a) {
         A[nt][e] = sum;
       });
     }
-    warp_gemm<T, 8>(
-        O, nk, 0, 8,
+    state_gemm<T, 8>(
+        O, nk,
         [&](int r, int k) {
           const int i = rb + r;
           const float x = Rs[i * kLd + k];
@@ -194,7 +195,7 @@ void linear_attn_fwd_t(const LaParams& p, cudaStream_t s) {
 template <typename T>
 void launch_states(const LaParams& p, const LaTensor& x, const LaTensor& y, const float* init, float* states,
                    float* final_out, bool reverse, cudaStream_t s) {
-  const dim3 grid(unsigned((p.K + kBlk - 1) / kBlk * ((p.V + kBlk - 1) / kBlk)), unsigned(p.N * p.H));
+  const dim3 grid(unsigned(p.N * p.H), unsigned((p.K + kBlk - 1) / kBlk * ((p.V + kBlk - 1) / kBlk)));
   const StateArgs a{p, x, y, init, states, final_out};
   if (reverse) {
     attn::tc::allow_smem(la_states_kernel<T, true>, kStatesSmem);
@@ -209,8 +210,8 @@ void launch_states(const LaParams& p, const LaTensor& x, const LaTensor& y, cons
 template <typename T>
 void launch_out(const LaParams& p, const LaTensor& rows, const LaTensor& cols, const LaTensor& y,
                 const float* states, void* out, bool dv, cudaStream_t s) {
-  if (p.max_chunks == 0) return;  // every sequence empty
-  const dim3 grid(unsigned(p.max_chunks), unsigned(p.N * p.H), unsigned((p.V + kBlk - 1) / kBlk));
+  if (p.total_chunks == 0) return;  // every sequence empty
+  const dim3 grid(unsigned(p.total_chunks * p.H), unsigned((p.V + kBlk - 1) / kBlk));
   const OutArgs a{p, rows, cols, y, states, out};
   if (dv) {
     attn::tc::allow_smem(la_out_kernel<T, true>, kOutSmem);
@@ -236,10 +237,12 @@ KK_LA_INSTANTIATE(__nv_bfloat16)
 void check_cuda_problem(const LaParams& p, const char* fn) {
   if (p.chunk < 16 || p.chunk > kMaxChunk || p.chunk % 16)
     throw std::invalid_argument(std::string(fn) + ": the CUDA kernels take chunks of 16, 32, 48 or 64 rows");
-  if ((long long)p.N * p.H > 65535)
-    throw std::invalid_argument(std::string(fn) + ": the CUDA kernels take at most 65535 (sequence, head) pairs");
-  if (!p.states || (p.cu_seqlens && !p.chunk_off))
-    throw std::invalid_argument(std::string(fn) + ": CUDA scratch missing");
+  if ((long long)p.total_chunks * p.H > 2147483647LL)
+    throw std::invalid_argument(std::string(fn) + ": the CUDA kernels take at most 2^31 - 1 (chunk, head) pairs");
+  const bool plan_ok = p.cu_seqlens ? (p.chunk_off && p.chunk_seq && p.total_chunks >= 0)
+                                    : (p.max_chunks == (p.T + p.chunk - 1) / p.chunk &&
+                                       (long long)p.total_chunks == (long long)p.N * p.max_chunks);
+  if (!p.states || !plan_ok) throw std::invalid_argument(std::string(fn) + ": CUDA chunk plan or scratch missing");
 }
 
 }  // namespace la_cuda
