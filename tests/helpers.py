@@ -33,3 +33,24 @@ def on_cpu_kernels(fn):
         return fn()
     finally:
         _native.simt_session = saved
+
+
+def check_module_on_cuda_kernels(module, x, device, *, rtol=1e-4, atol=1e-5, grad_rtol=1e-4, grad_atol=1e-4):
+    """A module's output and parameter gradients (loss: sum of squares of its first output) through the
+    CUDA kernels on `device` (the gpu fixture's) equal those through the CPU kernels."""
+    import copy
+
+    first = lambda out: out[0] if isinstance(out, tuple) else out
+    cpu_mod, dev_mod = copy.deepcopy(module), copy.deepcopy(module).to(device)
+
+    def reference():
+        out = first(cpu_mod(x))
+        out.square().sum().backward()
+        return out
+
+    ref = on_cpu_kernels(reference)
+    y = first(dev_mod(x.to(device)))
+    y.square().sum().backward()
+    torch.testing.assert_close(y.cpu(), ref.detach(), rtol=rtol, atol=atol)
+    for (name, p), (_, q) in zip(dev_mod.named_parameters(), cpu_mod.named_parameters()):
+        torch.testing.assert_close(p.grad.cpu(), q.grad, rtol=grad_rtol, atol=grad_atol, msg=name)

@@ -10,7 +10,7 @@ import torch
 
 import kernkit
 from kernkit.reference import linear_attn_recurrent_ref
-from helpers import on_cpu_kernels
+from helpers import check_module_on_cuda_kernels, on_cpu_kernels
 from test_linear_attn import DTYPES, GATES, _check, _inputs, _on_device, _rel_rms
 
 
@@ -106,8 +106,6 @@ def test_strided_inputs(gpu):
 def test_decode_step_and_module_on_cuda_kernels(gpu):
     # linear_attn_step under autograd (through the chunk kernels) and the nn module's training step
     # give the CPU kernels' results
-    import copy
-
     from kernkit.nn import LinearAttention
 
     q, k, v, g, s0 = _inputs(2, 1, 2, 8, 8, torch.float32, "vector")
@@ -125,23 +123,8 @@ def test_decode_step_and_module_on_cuda_kernels(gpu):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
     torch.manual_seed(0)
-    module = LinearAttention(32, num_heads=2)
-    x = torch.randn(2, 20, 32)
-    cpu_mod, dev_mod = copy.deepcopy(module), copy.deepcopy(module).to(gpu.device)
-
-    def reference():
-        out = cpu_mod(x)
-        out = out[0] if isinstance(out, tuple) else out
-        out.square().sum().backward()
-        return out
-
-    ref = on_cpu_kernels(reference)
-    y = dev_mod(x.to(gpu.device))
-    y = y[0] if isinstance(y, tuple) else y
-    y.square().sum().backward()
-    torch.testing.assert_close(y.cpu(), ref.detach(), rtol=1e-4, atol=1e-5)
-    for (name, p), (_, pc) in zip(dev_mod.named_parameters(), cpu_mod.named_parameters()):
-        torch.testing.assert_close(p.grad.cpu(), pc.grad, rtol=1e-3, atol=1e-4, msg=name)
+    check_module_on_cuda_kernels(LinearAttention(32, num_heads=2), torch.randn(2, 20, 32), gpu.device,
+                                 grad_rtol=1e-3)
     if gpu.session:
         kernels = {kk.split("<")[0] for kk in gpu.session.kernels}
         assert {"la_states_kernel", "la_out_kernel", "la_dqdk_kernel"} <= kernels

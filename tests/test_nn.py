@@ -6,7 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernkit
-from helpers import on_cpu_kernels
+from helpers import check_module_on_cuda_kernels, on_cpu_kernels
 from kernkit.nn import MambaMixer, MinGRU, MultiheadFlashAttention, RMSNorm, apply_rotary
 from kernkit.reference import flash_attn_ref, linear_scan_ref
 
@@ -194,27 +194,13 @@ def test_module_to_bfloat16(name):
 def test_recurrent_modules_run_on_cuda_kernels(gpu):
     # MambaMixer (causal_conv1d + selective_scan), MinGRU (linear_scan) and BitLinear through the CUDA
     # kernels: the same outputs and parameter gradients as through the CPU kernels
-    import copy
-
     from kernkit.nn import BitLinear
 
     torch.manual_seed(0)
     cases = [(MambaMixer(32, d_state=8), torch.randn(2, 10, 32)), (MinGRU(16, 32), torch.randn(2, 9, 16)),
              (BitLinear(24, 20), torch.randn(3, 24))]
     for module, x in cases:
-        cpu_mod, dev_mod = copy.deepcopy(module), copy.deepcopy(module).to(gpu.device)
-
-        def reference():
-            out = cpu_mod(x)
-            out.square().sum().backward()
-            return out
-
-        ref = on_cpu_kernels(reference)
-        y = dev_mod(x.to(gpu.device))
-        y.square().sum().backward()
-        torch.testing.assert_close(y.cpu(), ref.detach(), rtol=1e-4, atol=1e-5)
-        for (name, p), (_, q) in zip(dev_mod.named_parameters(), cpu_mod.named_parameters()):
-            torch.testing.assert_close(p.grad.cpu(), q.grad, rtol=1e-4, atol=1e-4, msg=name)
+        check_module_on_cuda_kernels(module, x, gpu.device)
     if gpu.session:
         kernels = {k.split("<")[0] for k in gpu.session.kernels}
         assert {"ss_fwd_kernel", "ss_bwd_kernel", "conv_fwd_kernel", "linear_scan_kernel",
