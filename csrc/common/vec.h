@@ -276,5 +276,35 @@ inline Vec tanh(Vec x) {
 
 inline Vec sigmoid(Vec x) { return recip(Vec::set1(1.f) + exp(Vec::zero() - x)); }
 
+#if defined(KK_ISA_AVX512) || defined(KK_ISA_AVX2)
+// The lane sums of 8 rows of 8 floats, as one vector: a horizontal-add tree (9 instructions for 8
+// sums, where 8 separate reductions take ~40).
+inline __m256 row_sums8(const __m256 (&r)[8]) {
+  const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(r[0], r[1]), _mm256_hadd_ps(r[2], r[3]));
+  const __m256 c = _mm256_hadd_ps(_mm256_hadd_ps(r[4], r[5]), _mm256_hadd_ps(r[6], r[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, c, 0x20), _mm256_permute2f128_ps(a, c, 0x31));
+}
+#endif
+
+// out[i] = sum of the Vec::size floats of row i of M (Vec::size rows, row-major), i < Vec::size.
+inline void row_sums(const float* M, float* out) {
+#if defined(KK_ISA_AVX512)
+  __m256 lo[8], hi[8];
+  for (int i = 0; i < 8; ++i) {
+    const __m512 a = _mm512_loadu_ps(M + 16 * i), b = _mm512_loadu_ps(M + 16 * (i + 8));
+    lo[i] = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    hi[i] = _mm256_add_ps(_mm512_castps512_ps256(b), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b), 1)));
+  }
+  _mm256_storeu_ps(out, row_sums8(lo));
+  _mm256_storeu_ps(out + 8, row_sums8(hi));
+#elif defined(KK_ISA_AVX2)
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(M + 8 * i);
+  _mm256_storeu_ps(out, row_sums8(r));
+#else
+  out[0] = M[0];
+#endif
+}
+
 }  // namespace KK_ISA_NS
 }  // namespace kernkit

@@ -143,8 +143,126 @@ void dt_row(const SelectiveScanParams& p, int64_t b, int64_t d, Acc* dt) {
   }
 }
 
+// The fp32 recurrence for CH channels that share their B/C rows, with N in NV vectors (compile-time
+// sizes: x and A stay in registers). The channels' independent chains overlap, and y's per-step
+// reductions over N are deferred: each step leaves its C.x products as one vector in P, and every
+// Vec::size steps one transposing tree sums them (row_sums), instead of a horizontal sum per step.
+// dt, dbu (= dt * u) and y: CH rows of stride ld; x: CH x Np states in and out.
+template <int NV, int CH>
+void scan_rows(const float* dt, const float* dbu, int64_t ld, const float* A, int64_t Np, const float* Bv,
+               int64_t b_step, const float* Cv, int64_t c_step, int64_t L, float* x_io, float* y, float* P) {
+  constexpr int W = Vec::size;
+  Vec x[CH][NV], a[CH][NV];
+  for (int c = 0; c < CH; ++c)
+    for (int v = 0; v < NV; ++v) {
+      x[c][v] = Vec::load(x_io + c * Np + v * W);
+      a[c][v] = Vec::load(A + c * Np + v * W);
+    }
+  for (int64_t t0 = 0; t0 < L; t0 += W) {
+    const int n = int(std::min<int64_t>(W, L - t0));
+    for (int i = 0; i < n; ++i) {
+      const int64_t t = t0 + i;
+      Vec bv[NV], cv[NV];
+      for (int v = 0; v < NV; ++v) {
+        bv[v] = Vec::load(Bv + t * b_step + v * W);
+        cv[v] = Vec::load(Cv + t * c_step + v * W);
+      }
+      for (int c = 0; c < CH; ++c) {
+        const Vec dtv = Vec::set1(dt[c * ld + t]), du = Vec::set1(dbu[c * ld + t]);
+        Vec acc = Vec::zero();
+        for (int v = 0; v < NV; ++v) {
+          x[c][v] = fma(exp(dtv * a[c][v]), x[c][v], du * bv[v]);
+          acc = fma(cv[v], x[c][v], acc);
+        }
+        acc.store(P + (c * W + i) * W);
+      }
+    }
+    for (int c = 0; c < CH; ++c) {
+      if (n == W) row_sums(P + c * W * W, y + c * ld + t0);
+      else
+        for (int i = 0; i < n; ++i) y[c * ld + t0 + i] = Vec::load(P + (c * W + i) * W).sum();
+    }
+  }
+  for (int c = 0; c < CH; ++c)
+    for (int v = 0; v < NV; ++v) x[c][v].store(x_io + c * Np + v * W);
+}
+
+// Forward for fp32 accumulation with N <= 2 * Vec::size: blocks of up to kFwdChannels channels of one
+// (batch, B/C group) run scan_rows together.
+constexpr int64_t kFwdChannels = 4;
+
+template <typename T>
+bool fwd_fast(const SelectiveScanParams& p) {
+  const Geometry<T, float> g(p);
+  const int64_t Np = g.Np, NV = g.NV, L = p.L, cpg = p.D / p.G;
+  if (NV > 2) return false;
+  const int64_t blocks_per_group = (cpg + kFwdChannels - 1) / kFwdChannels;
+  std::unique_ptr<Buf<float>> bt, ct;
+  if (p.b_var) { bt = std::make_unique<Buf<float>>(size_t(p.Bsz * p.G * L * Np)); transpose_bc<T, float>(p, p.Bm, Np, bt->p); }
+  if (p.c_var) { ct = std::make_unique<Buf<float>>(size_t(p.Bsz * p.G * L * Np)); transpose_bc<T, float>(p, p.Cm, Np, ct->p); }
+  parallel_for(p.Bsz * p.G * blocks_per_group, p.threads, 1, [&](int64_t k0, int64_t k1) {
+    constexpr int64_t CHM = kFwdChannels;
+    const int64_t ld = L + 16;
+    Buf<float> dt(size_t(CHM * ld)), dbu(size_t(CHM * ld)), y(size_t(CHM * ld)), z{size_t(ld)},
+        vecs(size_t(Np) * (2 * CHM + 2)), P(size_t(CHM) * Vec::size * Vec::size);
+    float* A = vecs.p;
+    float* x = vecs.p + CHM * Np;
+    float* Bi = vecs.p + 2 * CHM * Np;
+    float* Ci = Bi + Np;
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t b = k / (p.G * blocks_per_group), grp = k / blocks_per_group % p.G;
+      const int64_t d0 = grp * cpg + k % blocks_per_group * kFwdChannels;
+      const int64_t nch = std::min(kFwdChannels, (grp + 1) * cpg - d0);
+      for (int64_t c = 0; c < nch; ++c) {
+        const int64_t d = d0 + c, r = b * p.D + d;
+        dt_row<T, float>(p, b, d, dt.p + c * ld);
+        widen_row<T, float>(dbu.p + c * ld, static_cast<const T*>(p.u) + g.row(b, d), L);
+        int64_t t = 0;
+        for (; t + Vec::size <= L; t += Vec::size)
+          (Vec::load(dt.p + c * ld + t) * Vec::load(dbu.p + c * ld + t)).store(dbu.p + c * ld + t);
+        for (; t < L; ++t) dbu[c * ld + t] *= dt[c * ld + t];
+        channel_vec(p.A, d, p.N, Np, A + c * Np);
+        std::memset(x + c * Np, 0, sizeof(float) * Np);
+        if (p.h0) std::memcpy(x + c * Np, static_cast<const float*>(p.h0) + r * p.N, sizeof(float) * p.N);
+      }
+      // B/C: the group's transposed rows, or the first channel's invariant vectors (per channel
+      // invariant B/C differ across channels: those blocks run one channel at a time)
+      const bool shared_bc = p.b_var && p.c_var;
+      const float* Bv = p.b_var ? bt->p + (b * p.G + grp) * L * Np : Bi;
+      const float* Cv = p.c_var ? ct->p + (b * p.G + grp) * L * Np : Ci;
+      const int64_t bs = p.b_var ? Np : 0, cs = p.c_var ? Np : 0;
+      auto run = [&](int64_t c0, int64_t cn) {
+        if (!p.b_var) channel_vec(p.Bm, d0 + c0, p.N, Np, Bi);
+        if (!p.c_var) channel_vec(p.Cm, d0 + c0, p.N, Np, Ci);
+        float *dtc = dt.p + c0 * ld, *dbc = dbu.p + c0 * ld, *yc = y.p + c0 * ld, *Ac = A + c0 * Np, *xc = x + c0 * Np;
+        // (CH x NV <= 4 vectors of state: x and A stay in registers)
+        if (NV == 1 && cn >= 4) return scan_rows<1, 4>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 4;
+        if (NV == 1 && cn >= 2) return scan_rows<1, 2>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 2;
+        if (NV == 1) return scan_rows<1, 1>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 1;
+        if (cn >= 2) return scan_rows<2, 2>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 2;
+        return scan_rows<2, 1>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 1;
+      };
+      for (int64_t c = 0; c < nch;) c += run(c, shared_bc ? nch - c : 1);
+      for (int64_t c = 0; c < nch; ++c) {
+        const int64_t d = d0 + c, r = b * p.D + d;
+        const float Dv = p.Dskip ? static_cast<const float*>(p.Dskip)[d] : 0.f;
+        widen_row<T, float>(dt.p + c * ld, static_cast<const T*>(p.u) + g.row(b, d), L);  // u again (dt is done)
+        if (p.z) {
+          widen_row<T, float>(z.p, static_cast<const T*>(p.z) + g.row(b, d), L);
+          silu_row(z.p, L);
+        }
+        finish_row<T, float>(y.p + c * ld, dt.p + c * ld, Dv, p.z ? z.p : nullptr, static_cast<T*>(p.out) + g.row(b, d), L);
+        if (p.last_state) std::memcpy(static_cast<float*>(p.last_state) + r * p.N, x + c * Np, sizeof(float) * p.N);
+      }
+    }
+  });
+  return true;
+}
+
 template <typename T, typename Acc>
 void fwd(const SelectiveScanParams& p) {
+  if constexpr (std::is_same_v<Acc, float>)
+    if (fwd_fast<T>(p)) return;
   using V = typename Lane<Acc>::V;
   const Geometry<T, Acc> g(p);
   const int64_t Np = g.Np, NV = g.NV, L = p.L;
