@@ -465,26 +465,23 @@ void launch_f32(const AttnBwdParams& p, cudaStream_t stream) {
 }  // namespace
 
 void attention_bwd_cuda(const AttnBwdParams& params, int device, intptr_t stream) {
-  const AttnShape& s = params.shape;
-  if (s.B == 0) return;
-  if (s.D > 256 || s.Dv > 256) throw std::invalid_argument("flash_attn: CUDA kernels take head dims up to 256");
+  if (params.shape.B == 0) return;
   if (params.dbias && !params.work) throw std::invalid_argument("flash_attn backward: dbias needs the work buffer");
-  check_grid(s);
-  cuda::DeviceGuard guard(device);
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
-  const AttnBwdParams p = with_clamped_window(params);
-  const int dmax = s.D > s.Dv ? s.D : s.Dv;
-  switch (p.dtype) {
-    case DType::bf16: with_head_dim_config(dmax, [&](auto dp) { launch_tc<__nv_bfloat16, decltype(dp)::value>(p, st); }); break;
-    case DType::f16: with_head_dim_config(dmax, [&](auto dp) { launch_tc<__half, decltype(dp)::value>(p, st); }); break;
-    case DType::f32: launch_f32(p, st); break;
-    default: throw std::invalid_argument("flash_attn: the CUDA kernels take fp32, bf16 or fp16 (fp64 runs on the CPU)");
-  }
-  if (p.dbias) {
-    const int blocks = p.dtype == DType::f32 ? int(cuda::blocks_for(s.Sq, kF32Warps)) : int(cuda::blocks_for(s.Sq, kRows));
-    KK_LAUNCH(cuda::blocks_for(s.Hq, 128), 128, 0, st, dbias_reduce_kernel)(p.work, p.dbias, s.B, s.Hq, blocks);
-  }
-  cuda::check(cudaGetLastError(), "flash_attn backward launch");
+  run_entry(
+      params, device, stream,
+      [](auto tag, auto dp, const AttnBwdParams& p, cudaStream_t st) {
+        launch_tc<typename decltype(tag)::type, decltype(dp)::value>(p, st);
+      },
+      [](const AttnBwdParams& p, cudaStream_t st) { launch_f32(p, st); },
+      [](const AttnBwdParams& p, cudaStream_t st) {
+        const AttnShape& s = p.shape;
+        if (p.dbias) {
+          const int blocks =
+              p.dtype == DType::f32 ? int(cuda::blocks_for(s.Sq, kF32Warps)) : int(cuda::blocks_for(s.Sq, kRows));
+          KK_LAUNCH(cuda::blocks_for(s.Hq, 128), 128, 0, st, dbias_reduce_kernel)(p.work, p.dbias, s.B, s.Hq, blocks);
+        }
+        cuda::check(cudaGetLastError(), "flash_attn backward launch");
+      });
 }
 
 }  // namespace kernkit

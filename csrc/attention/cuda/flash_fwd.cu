@@ -495,28 +495,21 @@ void launch_tc(const AttnFwdParams& p, cudaStream_t stream) {
 }  // namespace
 
 void attention_fwd_cuda(const AttnFwdParams& params, int device, intptr_t stream) {
-  const AttnShape& s = params.shape;
-  if (s.B == 0 || s.Sq == 0) return;
-  if (s.D > 256 || s.Dv > 256) throw std::invalid_argument("flash_attn: CUDA kernels take head dims up to 256");
-  check_grid(s);
-  cuda::DeviceGuard guard(device);
-  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
-  const AttnFwdParams p = with_clamped_window(params);
-  const int dmax = s.D > s.Dv ? s.D : s.Dv;
-  switch (p.dtype) {
-    case DType::bf16: with_head_dim_config(dmax, [&](auto dp) { launch_tc<__nv_bfloat16, decltype(dp)::value>(p, st); }); break;
-    case DType::f16: with_head_dim_config(dmax, [&](auto dp) { launch_tc<__half, decltype(dp)::value>(p, st); }); break;
-    case DType::f32: {
-      const int Dp = (dmax + 31) / 32 * 32;
-      const size_t smem = size_t(kF32Warps * Dp + kF32Keys * (Dp + 1) + kF32Keys * Dp) * sizeof(float);
-      allow_smem(flash_fwd_f32_kernel, smem);
-      const dim3 grid(cuda::blocks_for(s.Sq, kF32Warps), s.Hq, s.B);
-      KK_LAUNCH(grid, kF32Warps * 32, smem, st, flash_fwd_f32_kernel)(p, s.Hq / s.Hkv, Dp);
-      break;
-    }
-    default: throw std::invalid_argument("flash_attn: the CUDA kernels take fp32, bf16 or fp16 (fp64 runs on the CPU)");
-  }
-  cuda::check(cudaGetLastError(), "flash_attn forward launch");
+  if (params.shape.B == 0 || params.shape.Sq == 0) return;
+  run_entry(
+      params, device, stream,
+      [](auto tag, auto dp, const AttnFwdParams& p, cudaStream_t st) {
+        launch_tc<typename decltype(tag)::type, decltype(dp)::value>(p, st);
+      },
+      [](const AttnFwdParams& p, cudaStream_t st) {
+        const AttnShape& s = p.shape;
+        const int Dp = ((s.D > s.Dv ? s.D : s.Dv) + 31) / 32 * 32;
+        const size_t smem = size_t(kF32Warps * Dp + kF32Keys * (Dp + 1) + kF32Keys * Dp) * sizeof(float);
+        allow_smem(flash_fwd_f32_kernel, smem);
+        const dim3 grid(cuda::blocks_for(s.Sq, kF32Warps), s.Hq, s.B);
+        KK_LAUNCH(grid, kF32Warps * 32, smem, st, flash_fwd_f32_kernel)(p, s.Hq / s.Hkv, Dp);
+      },
+      [](const AttnFwdParams&, cudaStream_t) { cuda::check(cudaGetLastError(), "flash_attn forward launch"); });
 }
 
 }  // namespace kernkit

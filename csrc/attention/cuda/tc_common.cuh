@@ -254,6 +254,32 @@ void with_head_dim_config(int d, F&& f) {
   else f(std::integral_constant<int, 256>());
 }
 
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// What the forward and backward entry points share: the head-dim limit and grid checks, the device,
+// the clamped window, and the dispatch: tc(TypeTag<T>, integral_constant<Dp>, p, stream) for
+// bf16/fp16, f32(p, stream) for fp32; then then(p, stream), still on the device.
+template <typename P, typename Tc, typename F32, typename Then>
+void run_entry(const P& params, int device, intptr_t stream, Tc&& tc, F32&& f32, Then&& then) {
+  const AttnShape& s = params.shape;
+  if (s.D > 256 || s.Dv > 256) throw std::invalid_argument("flash_attn: CUDA kernels take head dims up to 256");
+  check_grid(s);
+  cuda::DeviceGuard guard(device);
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  const P p = with_clamped_window(params);
+  const int dmax = s.D > s.Dv ? s.D : s.Dv;
+  switch (p.dtype) {
+    case DType::bf16: with_head_dim_config(dmax, [&](auto dp) { tc(TypeTag<__nv_bfloat16>(), dp, p, st); }); break;
+    case DType::f16: with_head_dim_config(dmax, [&](auto dp) { tc(TypeTag<__half>(), dp, p, st); }); break;
+    case DType::f32: f32(p, st); break;
+    default: throw std::invalid_argument("flash_attn: the CUDA kernels take fp32, bf16 or fp16 (fp64 runs on the CPU)");
+  }
+  then(p, st);
+}
+
 }  // namespace tc
 }  // namespace attn
 }  // namespace kernkit
