@@ -58,19 +58,24 @@ def finite_float(fn: str, name: str, v, *, min_value: float | None = None) -> fl
     return v
 
 
-def cu_seqlens(fn: str, name: str, cu, total: int) -> torch.Tensor:
+def cu_seqlens(fn: str, name: str, cu, total: int, *, with_longest: bool = False):
     """Packed-sequence offsets: 1-D int32 or int64 (flash-linear-attention's convention), starting
     at 0, non-decreasing, ending at `total`. Returns them as a contiguous int32 tensor (what the
-    kernels read)."""
+    kernels read); with_longest, also the longest sequence's length (None for meta tensors), read
+    from the same host copy (one device sync in all for CUDA offsets)."""
     tensor(fn, name, cu, dtypes=(torch.int32, torch.int64))
     if cu.dim() != 1 or cu.numel() < 1:
         raise ValueError(f"{fn}: {name} must be a 1-D int32 or int64 tensor of batch+1 offsets")
+    longest = None
     if cu.device.type != "meta":
         c = cu.cpu()
-        if int(c[0]) != 0 or int(c[-1]) != total or bool((c[1:] < c[:-1]).any()):
+        lens = c[1:] - c[:-1]
+        if int(c[0]) != 0 or int(c[-1]) != total or bool((lens < 0).any()):
             raise ValueError(f"{fn}: {name} must start at 0, be non-decreasing and end at {total} "
                              "(the packed length)")
-    return cu.to(torch.int32).contiguous()
+        longest = int(lens.max()) if lens.numel() else 0
+    cu = cu.to(torch.int32).contiguous()
+    return (cu, longest) if with_longest else cu
 
 
 def integral(fn: str, name: str, v) -> int:

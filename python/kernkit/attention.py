@@ -284,21 +284,19 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     sequence. Same keyword options as :func:`flash_attn`; lse is ``(Hq, total_q)``."""
     fn = "flash_attn_varlen"
     _check_qkv(fn, q, k, v, 3)
-    cu_seqlens_q = chk.cu_seqlens(fn, "cu_seqlens_q", cu_seqlens_q, q.shape[0])
-    cu_seqlens_k = chk.cu_seqlens(fn, "cu_seqlens_k", cu_seqlens_k, k.shape[0])
+    cu_seqlens_q, longest_q = chk.cu_seqlens(fn, "cu_seqlens_q", cu_seqlens_q, q.shape[0], with_longest=True)
+    cu_seqlens_k, longest_k = chk.cu_seqlens(fn, "cu_seqlens_k", cu_seqlens_k, k.shape[0], with_longest=True)
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError(f"{fn}: cu_seqlens_q and cu_seqlens_k must have the same length (batch + 1)")
     chk.same_device(fn, "cu_seqlens_q", cu_seqlens_q, "q", q)
     chk.same_device(fn, "cu_seqlens_k", cu_seqlens_k, "q", q)
     max_seqlen_q = chk.integral(fn, "max_seqlen_q", max_seqlen_q)
     max_seqlen_k = chk.integral(fn, "max_seqlen_k", max_seqlen_k)
-    for name, m, cu in (("max_seqlen_q", max_seqlen_q, cu_seqlens_q), ("max_seqlen_k", max_seqlen_k, cu_seqlens_k)):
+    for name, m, longest in (("max_seqlen_q", max_seqlen_q, longest_q), ("max_seqlen_k", max_seqlen_k, longest_k)):
         if m < 0:
             raise ValueError(f"{fn}: {name} must be a non-negative int, got {m!r}")
-        if cu.device.type != "meta" and cu.numel() > 1:   # (the CUDA kernels size their grid by it)
-            longest = int((cu[1:] - cu[:-1]).max())
-            if m < longest:
-                raise ValueError(f"{fn}: {name} ({m}) is smaller than the longest sequence ({longest})")
+        if longest is not None and m < longest:   # (the CUDA kernels size their grid by it)
+            raise ValueError(f"{fn}: {name} ({m}) is smaller than the longest sequence ({longest})")
     return_lse = kwargs.get("return_lse", False)
     opts = _options(fn, q, **{**_DEFAULTS, **kwargs})
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
