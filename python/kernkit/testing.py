@@ -6,8 +6,8 @@ op given CPU tensors runs its **CUDA** kernel in that emulator instead of its CP
 emulator checks what a GPU would only show as a wrong number or a hang: data races between the
 threads of a block (racecheck), shared-memory bounds and reads of unwritten shared memory, barrier
 and warp-collective misuse, deadlocks and spinning threads. Errors are ``RuntimeError``s naming
-the kernel, block, thread and source line. Ops that have no CUDA kernel raise the error a GPU user
-gets. Setting ``KERNKIT_SIMT=1`` in the environment turns simt on for the whole process.
+the kernel, block, thread and source line. Every op has CUDA kernels (fp64 attention, linear
+attention and selective scan raise the error a GPU user gets). Setting ``KERNKIT_SIMT=1`` in the environment turns simt on for the whole process.
 
 Example::
 
