@@ -71,6 +71,12 @@ SIMT_DEVICE = -2
 simt_session = None
 
 
+def uses_cuda_kernels(t: torch.Tensor) -> bool:
+    """Whether an op on t runs kernkit's CUDA kernels: a CUDA tensor, or a CPU tensor under
+    kernkit.testing.simt()."""
+    return t.is_cuda or (simt_session is not None and t.is_cpu)
+
+
 def launch_args(t: torch.Tensor) -> tuple[int, int, int]:
     """(threads, device, stream) for a kernel working on tensors on t's device; under
     kernkit.testing.simt(), CPU tensors go to the CUDA kernels run by the emulator."""

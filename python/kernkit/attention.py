@@ -22,7 +22,7 @@ import torch
 
 from . import _C, _native
 from . import _checks as chk
-from ._native import DTYPE_CODES, advise_large, dtype_code, launch_args, ptr
+from ._native import DTYPE_CODES, advise_large, dtype_code, launch_args, ptr, uses_cuda_kernels
 from ._ops import _eager_plain, call, define_op
 
 _ACTIVATIONS = {"softmax": 0, "sigmoid": 1}
@@ -92,7 +92,7 @@ def _bwd_impl(dout, q, k, v, out, lse, cu_q, cu_k, seqused_k, max_q, max_k, scal
     if q.numel() == 0 or k.numel() == 0 or v.numel() == 0 or dout.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_(), dbias
     work = None   # CUDA: per-block partials of the bias gradient, summed in order by the kernels
-    if need_dbias and _cuda_kernels(q):
+    if need_dbias and uses_cuda_kernels(q):
         work = torch.zeros(_C.attention_bwd_work_floats(dims[0], dims[1], dims[5]), dtype=torch.float32,
                            device=q.device)
     delta = None
@@ -171,7 +171,7 @@ def _check_qkv(fn, q, k, v, ndim):
         raise ValueError(f"{fn}: k {tuple(k.shape)} and v {tuple(v.shape)} must agree in all but the last dim")
     if ndim == 4 and k.shape[0] != q.shape[0]:
         raise ValueError(f"{fn}: batch mismatch: q has {q.shape[0]}, k/v have {k.shape[0]}")
-    if q.dtype == torch.float64 and _cuda_kernels(q):
+    if q.dtype == torch.float64 and uses_cuda_kernels(q):
         raise TypeError(f"{fn}: float64 attention runs on the CPU only (the CUDA kernels take fp32, bf16, fp16)")
     hq, hkv = q.shape[-2], k.shape[-2]
     if hq == 0 or hkv == 0 or hq % hkv:
@@ -181,11 +181,6 @@ def _check_qkv(fn, q, k, v, ndim):
     for name, d in (("q/k", q.shape[-1]), ("v", v.shape[-1])):
         if not 1 <= d <= MAX_HEAD_DIM:
             raise ValueError(f"{fn}: {name} head dim must be in [1, {MAX_HEAD_DIM}], got {d}")
-
-
-def _cuda_kernels(t):
-    """Whether t goes to the CUDA kernels (a CUDA tensor, or a CPU tensor under kernkit.testing.simt())."""
-    return t.is_cuda or (_native.simt_session is not None and t.is_cpu)
 
 
 def _last_dim_contiguous(t):

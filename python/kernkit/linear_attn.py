@@ -16,9 +16,9 @@ from typing import Optional
 
 import torch
 
-from . import _C, _native
+from . import _C
 from . import _checks as chk
-from ._native import advise_large, dtype_code, launch_args, ptr
+from ._native import advise_large, dtype_code, launch_args, ptr, uses_cuda_kernels
 from ._ops import _eager_plain, call, define_op
 from .reference.linear_attn import retnet_decay as _retnet_decay
 
@@ -50,10 +50,6 @@ def _sizes(q, v, cu):
 def _bth(t):
     return tuple(t.stride()[:3])
 
-
-def _cuda_kernels(t):
-    """Whether t goes to the CUDA kernels (a CUDA tensor, or a CPU tensor under kernkit.testing.simt())."""
-    return t.is_cuda or (_native.simt_session is not None and t.is_cpu)
 
 
 _CUDA_MAX_CHUNK = 64
@@ -94,7 +90,7 @@ def _fwd_impl(q, k, v, g, h0, cu, scale, chunk, want_final):
         return o, ht
     states = off = seq = None
     counts = [0, 0]
-    if _cuda_kernels(q):
+    if uses_cuda_kernels(q):
         chunk, off, seq, counts, states = _cuda_plan(q, v, cu, chunk)
     _C.linear_attn_fwd(ptr(q), _bth(q), ptr(k), _bth(k), ptr(v), _bth(v), ptr(o), _gate_code(g), ptr(g),
                        _gate_strides(g), ptr(h0), ptr(ht) if want_final else 0, ptr(cu), dims, scale, chunk,
@@ -126,7 +122,7 @@ def _bwd_impl(do, dht, q, k, v, g, h0, cu, scale, chunk, need_dg, need_dh0):
         return dq, dk, dv, dg, dh0
     states = dstates = off = seq = None
     counts = [0, 0]
-    if _cuda_kernels(q):
+    if uses_cuda_kernels(q):
         chunk, off, seq, counts, states = _cuda_plan(q, v, cu, chunk)
         dstates = torch.empty_like(states)
     _C.linear_attn_bwd(ptr(q), _bth(q), ptr(k), _bth(k), ptr(v), _bth(v), _gate_code(g), ptr(g), _gate_strides(g),
@@ -243,7 +239,7 @@ def _check_qkv(fn, q, k, v, ndim):
     K, V = q.shape[-1], v.shape[-1]
     if not (1 <= K <= 256 and 1 <= V <= 256):
         raise ValueError(f"{fn}: head dims must be in [1, 256], got K={K}, V={V}")
-    if q.dtype == torch.float64 and _cuda_kernels(q):
+    if q.dtype == torch.float64 and uses_cuda_kernels(q):
         raise TypeError(f"{fn}: float64 runs on the CPU only (the CUDA kernels take float32, bfloat16, float16)")
 
 
