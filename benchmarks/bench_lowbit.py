@@ -5,7 +5,11 @@ training step against the usual fake-quantise + F.linear emulation."""
 
 from __future__ import annotations
 
+import ctypes
 import itertools
+import os
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +17,9 @@ import torch.nn.functional as F
 import kernkit
 from kernkit.nn import BitLinear
 from kernkit.reference import bitlinear_emulated
+
+from kernkit import _C
+from kernkit._native import dtype_code, launch_args, ptr
 
 from .common import Row, bandwidth, flops_rate, mem_read_gbps, time_pair
 
@@ -203,7 +210,98 @@ def _cuda_rows(quick, dev="cuda"):
     return rows
 
 
+# --------------------------------------------------------------------------- side by side with bitnet.cpp's I2_S
+
+def _i2s_lib():
+    """bitnet.cpp's I2_S GEMV built as a shared library outside this repository (its code is not
+    ours to ship): KERNKIT_I2S_LIB=/path/libi2s.so, with this C ABI:
+      int  i2s_packed_bytes(int64 N, int64 K)
+      void i2s_pack(const float* w, int64 N, int64 K, uint8* packed)       absmean ternary + quantize_i2_s
+      void i2s_quant_act_sum(const float* x, int64 K, int8* xq, float* scale, int32* sum)   quantize_row_i8_s
+      void i2s_gemv_s(const uint8* packed, const int8* xq, float scale, int32 sum, int64 N, int64 K,
+                      float* y, int nthreads)                               rows split over a thread pool
+    Without the variable these rows are skipped."""
+    path = os.environ.get("KERNKIT_I2S_LIB")
+    if not path:
+        return None
+    lib = ctypes.CDLL(path)
+    P, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.i2s_packed_bytes.argtypes, lib.i2s_packed_bytes.restype = [i64, i64], ctypes.c_int
+    lib.i2s_pack.argtypes, lib.i2s_pack.restype = [P, i64, i64, P], None
+    lib.i2s_quant_act_sum.argtypes, lib.i2s_quant_act_sum.restype = [P, i64, P, P, P], None
+    lib.i2s_gemv_s.argtypes = [P, P, ctypes.c_float, ctypes.c_int32, i64, i64, P, ctypes.c_int]
+    lib.i2s_gemv_s.restype = None
+    return lib
+
+
+def _apart(fa, fb, rounds: int, batch_s: float = 0.05, gap_s: float = 0.15) -> tuple[float, float]:
+    """Median seconds per call of fa and fb, alternating batches with a pause between them: both
+    libraries keep spinning worker threads for a while after a call, which would otherwise take a
+    core from the other one's batch."""
+    for f in (fa, fb):
+        f()
+        f()
+    t0 = time.perf_counter()
+    fa()
+    n = max(1, int(batch_s / max(time.perf_counter() - t0, 1e-7)))
+    ta, tb = [], []
+    for _ in range(rounds):
+        for f, out in ((fa, ta), (fb, tb)):
+            time.sleep(gap_s)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            out.append((time.perf_counter() - t0) / n)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def _i2s_rows(quick):
+    lib = _i2s_lib()
+    if lib is None:
+        return []
+    rows = []
+    threads = torch.get_num_threads()
+    read = mem_read_gbps()
+    g = torch.Generator().manual_seed(3)
+    for N, K in [(6912, 2560)] if quick else [(6912, 2560), (2560, 6912), (2560, 2560)]:
+        w = torch.randn(N, K, generator=g)
+        x = torch.randn(1, K, generator=g)
+        packed, scale = kernkit.ternary_quantize(w)
+        y = torch.empty(1, N)
+        nthr, dev, stream = launch_args(x)
+        Kp = packed.shape[1] * 4
+
+        def ours(pk):  # the kernel call itself (the public function adds ~20-40 us of Python checks)
+            _C.ternary_linear(ptr(x), x.stride(0), ptr(pk), ptr(scale), False, 0, ptr(y), 1, N, K, Kp, 8,
+                              dtype_code(x), nthr, dev, stream, 0)
+
+        ipk = torch.empty(lib.i2s_packed_bytes(N, K), dtype=torch.uint8)
+        lib.i2s_pack(ptr(w), N, K, ptr(ipk))
+        xq, yi = torch.empty(K, dtype=torch.int8), torch.empty(N)
+        a_s, a_sum = ctypes.c_float(), ctypes.c_int32()
+
+        def theirs(pk):  # what bitnet.cpp's mul_mat does per token: quantise the activations, then the GEMV
+            lib.i2s_quant_act_sum(ptr(x), K, ptr(xq), ctypes.byref(a_s), ctypes.byref(a_sum))
+            lib.i2s_gemv_s(ptr(pk), ptr(xq), a_s.value, a_sum.value, N, K, ptr(yi), threads)
+
+        ours(packed)
+        theirs(ipk)
+        err = ((y[0] - yi).abs().max() / yi.abs().max()).item()  # same math: both exact integer dots
+        ck = _cycler([packed.clone() for _ in range((256 << 20) // packed.numel() + 1)])
+        ci = _cycler([ipk.clone() for _ in range((256 << 20) // ipk.numel() + 1)])
+        shape = f"M1 K{K} N{N}"
+        for case, fa, fb in (("hot", lambda: ours(packed), lambda: theirs(ipk)),
+                             ("cold", lambda: ours(ck()), lambda: theirs(ci()))):
+            tk, ti = _apart(fa, fb, 5 if quick else 9)
+            gk, gi = packed.numel() / tk / 1e9, packed.numel() / ti / 1e9
+            rows.append(Row(FAMILY, f"ternary GEMV vs I2_S {case}", shape, "float32", tk * 1e6,
+                            f"bitnet.cpp I2_S ({case})", ti * 1e6,
+                            f"{gk:.1f} vs {gi:.1f} GB/s ({100 * gk / read:.0f}% / {100 * gi / read:.0f}% of read "
+                            f"{read:.0f}); max rel diff {err:.0e}"))
+    return rows
+
+
 def run(device: str = "cpu", quick: bool = False) -> list[Row]:
     if device == "cuda":
         return _cuda_rows(quick)
-    return _gemv_rows(quick) + _gemm_rows(quick) + _binary_rows(quick) + _float_act_rows(quick) + _sgemm_rows(quick) + _bitlinear_rows(quick)
+    return _gemv_rows(quick) + _i2s_rows(quick) + _gemm_rows(quick) + _binary_rows(quick) + _float_act_rows(quick) + _sgemm_rows(quick) + _bitlinear_rows(quick)

@@ -33,6 +33,10 @@ constexpr int64_t kXChunk = 128;
 #endif
 constexpr int64_t kFlushChunks = 4096;  // chunks between int32 -> int64 flushes (<= 2^20 weights)
 constexpr int64_t kPrefetch = 1024;     // GEMV weight prefetch distance in bytes (rows are contiguous)
+// avx2 GEMV: one prefetch stream running 4 KiB ahead through the tile's rows as if they were one
+// row (they are adjacent in memory), a line per 64 bytes consumed. Per-row streams 1 KiB ahead
+// reached 13-16 GB/s from memory at K = 6912, this 24-32 (2 threads; read bandwidth ~30).
+constexpr int64_t kLinearPrefetch = 4096;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -124,7 +128,7 @@ __attribute__((always_inline)) inline void dot_chunk(__m512i (&acc)[MB][NB], con
 
 // acc[m][n] = sum_k code[n][k] * x_q[m][k] for MB x NB rows (wrow: packed rows).
 template <int MB, int NB>
-void int_dot_tile(const uint8_t* const* wrow, const int8_t* const* xrow, int64_t Kp, int64_t (&out)[MB][NB]) {
+__attribute__((always_inline)) inline void int_dot_tile(const uint8_t* const* wrow, const int8_t* const* xrow, int64_t Kp, int64_t (&out)[MB][NB]) {
   for (int a = 0; a < MB; ++a)
     for (int b = 0; b < NB; ++b) out[a][b] = 0;
 #if defined(KK_ISA_AVX512)
@@ -148,31 +152,57 @@ void int_dot_tile(const uint8_t* const* wrow, const int8_t* const* xrow, int64_t
     }
   }
 #elif defined(KK_ISA_AVX2)
+  // vpmaddubsw pair sums are at most 2 * 2 * 128 = 512 in magnitude, so 32 of them (8 blocks of
+  // 4 steps) add up in int16 lanes without overflow; one vpmaddwd per 8 blocks moves them to int32
+  // (a third fewer instructions per 32 weights than widening every step).
+  constexpr int64_t kInt16Blocks = 8;
   const int64_t nblk = Kp / 128;
   const __m256i lo2 = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
   for (int64_t q0 = 0; q0 < nblk; q0 += kFlushChunks) {
     __m256i acc[MB][NB];
     for (int a = 0; a < MB; ++a)
       for (int b = 0; b < NB; ++b) acc[a][b] = _mm256_setzero_si256();
-    for (int64_t q = q0; q < std::min(nblk, q0 + kFlushChunks); ++q) {
-      for (int j = 0; j < 4; ++j) {  // codes shifted and masked straight from memory (few registers)
-        __m256i code[NB];
-        for (int b = 0; b < NB; ++b)
-          code[b] = _mm256_and_si256(
-              _mm256_srli_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow[b] + q * 32)), 2 * j), lo2);
-        for (int a = 0; a < MB; ++a) {
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xrow[a] + q * 128 + j * 32));
+    const int64_t q1 = std::min(nblk, q0 + kFlushChunks);
+    for (int64_t g = q0; g < q1; g += kInt16Blocks) {
+      __m256i acc16[MB][NB];
+      for (int a = 0; a < MB; ++a)
+        for (int b = 0; b < NB; ++b) acc16[a][b] = _mm256_setzero_si256();
+      for (int64_t q = g; q < std::min(q1, g + kInt16Blocks); ++q) {
+        if constexpr (MB == 1)  // GEMV: the tile's rows are one contiguous run of memory, read once
+          for (int i = 0; i < (NB * 32 + 63) / 64; ++i)
+            _mm_prefetch(reinterpret_cast<const char*>(wrow[0] + q * NB * 32 + i * 64 + kLinearPrefetch), _MM_HINT_T0);
+        for (int j = 0; j < 4; ++j) {  // codes shifted and masked straight from memory (few registers)
+          __m256i code[NB];
           for (int b = 0; b < NB; ++b)
-            acc[a][b] = _mm256_add_epi32(acc[a][b], _mm256_madd_epi16(_mm256_maddubs_epi16(code[b], xv), ones));
+            code[b] = _mm256_and_si256(
+                _mm256_srli_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow[b] + q * 32)), 2 * j), lo2);
+          for (int a = 0; a < MB; ++a) {
+            const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xrow[a] + q * 128 + j * 32));
+            for (int b = 0; b < NB; ++b) acc16[a][b] = _mm256_add_epi16(acc16[a][b], _mm256_maddubs_epi16(code[b], xv));
+          }
         }
       }
+      for (int a = 0; a < MB; ++a)
+        for (int b = 0; b < NB; ++b) acc[a][b] = _mm256_add_epi32(acc[a][b], _mm256_madd_epi16(acc16[a][b], ones));
     }
-    for (int a = 0; a < MB; ++a)
-      for (int b = 0; b < NB; ++b) {
-        alignas(32) int32_t l[8];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(l), acc[a][b]);
-        for (int i = 0; i < 8; ++i) out[a][b] += l[i];
+    // Lane sums in int32 (a flush's total is below 2^28), pairs of outputs per hadd chain: at
+    // K = 2560 a GEMV row is only 20 blocks, so a long reduction would cost a fifth of the loop.
+    for (int a = 0; a < MB; ++a) {
+      int b = 0;
+      for (; b + 2 <= NB; b += 2) {
+        const __m256i h = _mm256_hadd_epi32(acc[a][b], acc[a][b + 1]);
+        const __m256i hh = _mm256_hadd_epi32(h, h);
+        const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(hh), _mm256_extracti128_si256(hh, 1));
+        out[a][b] += _mm_cvtsi128_si32(t);
+        out[a][b + 1] += _mm_extract_epi32(t, 1);
       }
+      if (b < NB) {
+        const __m256i h = _mm256_hadd_epi32(acc[a][b], acc[a][b]);
+        const __m256i hh = _mm256_hadd_epi32(h, h);
+        const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(hh), _mm256_extracti128_si256(hh, 1));
+        out[a][b] += _mm_cvtsi128_si32(t);
+      }
+    }
   }
 #else
   for (int64_t q = 0; q < Kp / 128; ++q)
@@ -226,10 +256,19 @@ void int8_tile(const LowbitParams& p, const QuantRows& qr, int64_t m0, int64_t n
     }
 }
 
+// Output rows per tile. GEMV on avx2 takes two: with four, the four interleaved weight streams ran
+// ~40% slower from memory (and from L3) than two, measured at 6912 x 2560.
+#if defined(KK_ISA_AVX2) && !defined(KK_ISA_AVX512)
+constexpr int kGemvCols = 2;
+#else
+constexpr int kGemvCols = 4;
+#endif
+
 template <typename T, int MB>
 void int8_rows(const LowbitParams& p, const QuantRows& qr, int64_t m0, int64_t n0, int64_t n1) {
+  constexpr int NB = MB == 1 ? kGemvCols : 4;
   int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) int8_tile<MB, 4, T>(p, qr, m0, n);
+  for (; n + NB <= n1; n += NB) int8_tile<MB, NB, T>(p, qr, m0, n);
   for (; n < n1; ++n) int8_tile<MB, 1, T>(p, qr, m0, n);
 }
 
