@@ -16,6 +16,7 @@
 #include "common/cpu_isa.h"
 #include "common/parallel.h"
 #include "attention/attention.h"
+#include "attention/cpu/rotary.h"
 #include "linear_attn/linear_attn.h"
 #include "lowbit/lowbit.h"
 #include "common/sgemm.h"
@@ -207,6 +208,17 @@ void kvcache_append(uintptr_t kc, Strides kcs, uintptr_t vc, Strides vcs, uintpt
     }
     used[b] = st[b] + int32_t(n_new);
   }
+}
+
+// Rotary embedding of (B, S, H, D) rows into out (see attention/cpu/rotary.h); the caller checks
+// shapes, dtypes and that every position lies inside the cos/sin tables.
+void rotary(uintptr_t x, Strides xs, uintptr_t out, Strides os, uintptr_t starts, bool out_at_starts,
+            bool same_position, uintptr_t cos, uintptr_t sin, int64_t B, int64_t S, int64_t H, int64_t D,
+            int64_t rd, bool interleaved, int dtype) {
+  RotaryParams p{ptr<const void>(x), {xs[0], xs[1], xs[2]}, ptr<void>(out), {os[0], os[1], os[2]},
+                 ptr<const int32_t>(starts), out_at_starts, same_position, ptr<const float>(cos),
+                 ptr<const float>(sin), B, S, H, D, rd, interleaved, dtype_from_code(dtype, "x")};
+  rotary_cpu(p);
 }
 
 void attention_fwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v, Strides vs, uintptr_t o,
@@ -665,6 +677,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("lowbit_work_bytes", &lowbit_work_bytes);
   m.def("selective_scan_work_floats", &ss_cuda_work_floats);
   m.def("kvcache_append", &kvcache_append);
+  m.def("rotary", &rotary);
   m.def("sgemm", &sgemm);
   m.def("advise_huge_pages", &advise_huge_pages);
   m.def("attach_simt", &attach_simt, py::arg("table"));

@@ -305,6 +305,42 @@ _DEFAULTS = dict(causal=False, window=(-1, -1), sinks=0, softcap=0.0, scale=None
 
 
 _KV_FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_KV_FAST_KWARGS = frozenset(("causal", "rotary_cos", "rotary_sin", "rotary_interleaved"))
+
+
+def _rotary_tables(fn, q, kwargs):
+    """Checked (cos, sin, interleaved) from flash_attn_with_kvcache's rotary arguments, or None."""
+    cos, sin = kwargs.pop("rotary_cos", None), kwargs.pop("rotary_sin", None)
+    inter = kwargs.pop("rotary_interleaved", True)
+    if not isinstance(inter, bool):
+        raise TypeError(f"{fn}: rotary_interleaved must be a bool, got {type(inter).__name__}")
+    if cos is None and sin is None:
+        return None
+    if cos is None or sin is None:
+        raise ValueError(f"{fn}: give both rotary_cos and rotary_sin, or neither")
+    for name, t in (("rotary_cos", cos), ("rotary_sin", sin)):
+        chk.tensor(fn, name, t)
+        chk.same_device(fn, name, t, "q", q)
+        if t.dim() != 2 or t.shape[0] == 0 or not 0 < 2 * t.shape[1] <= q.shape[-1]:
+            raise ValueError(f"{fn}: {name} must be (positions, rotary_dim / 2) with 0 < rotary_dim <= head dim "
+                             f"{q.shape[-1]}, got {tuple(t.shape)}")
+    if sin.shape != cos.shape:
+        raise ValueError(f"{fn}: rotary_sin {tuple(sin.shape)} must have rotary_cos's shape {tuple(cos.shape)}")
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return cos.to(acc), sin.to(acc), inter
+
+
+def _rotate(x, cos, sin, pos, interleaved):
+    """x (B, S, H, D) rotated at positions pos (B, S): arithmetic in the tables' dtype (fp32; fp64 for
+    fp64 x), one rounding to x's dtype (the native fast path computes the same products and sums)."""
+    half = cos.shape[1]
+    rd = 2 * half
+    c, s = cos[pos][:, :, None, :], sin[pos][:, :, None, :]
+    xr = x[..., :rd].to(cos.dtype)
+    x0, x1 = (xr[..., 0::2], xr[..., 1::2]) if interleaved else (xr[..., :half], xr[..., half:])
+    o0, o1 = x0 * c - x1 * s, x1 * c + x0 * s
+    rot = torch.stack([o0, o1], -1).flatten(-2) if interleaved else torch.cat([o0, o1], -1)
+    return torch.cat([rot.to(x.dtype), x[..., rd:]], -1)
 
 
 def _kvcache_fast(q, k_cache, v_cache, cache_seqlens, k, v, kwargs):
@@ -312,7 +348,8 @@ def _kvcache_fast(q, k_cache, v_cache, cache_seqlens, k, v, kwargs):
     generic checks cost several times the kernel): plain CPU tensors, no autograd or compile or
     modes, at most ``causal`` given, few sequences, caches with room. Anything else (including every
     error) returns None and takes the fully checked path."""
-    if kwargs and (len(kwargs) > 1 or type(kwargs.get("causal")) is not bool):
+    if kwargs and (not kwargs.keys() <= _KV_FAST_KWARGS or type(kwargs.get("causal", False)) is not bool
+                   or type(kwargs.get("rotary_interleaved", False)) is not bool):
         return None
     if (k is None) != (v is None):
         return None
@@ -338,12 +375,29 @@ def _kvcache_fast(q, k_cache, v_cache, cache_seqlens, k, v, kwargs):
     starts = cache_seqlens.tolist()
     if min(starts) < 0 or max(starts) + n_new > cap:
         return None
+    causal = kwargs.get("causal", False)
+    cos, sin = kwargs.get("rotary_cos"), kwargs.get("rotary_sin")
+    if cos is not None or sin is not None:
+        if type(cos) is not torch.Tensor or type(sin) is not torch.Tensor or cos.dtype is not torch.float32 \
+                or sin.dtype is not torch.float32 or not (cos.is_cpu and sin.is_cpu) or cos.dim() != 2 \
+                or sin.shape != cos.shape or not 0 < 2 * cos.shape[1] <= D or not cos.is_contiguous() \
+                or not sin.is_contiguous() or max(starts) + max(Sq if causal else 1, n_new) > cos.shape[0]:
+            return None
+        rd, inter, code = 2 * cos.shape[1], kwargs.get("rotary_interleaved", True), DTYPE_CODES[dt]
+        if k is not None:  # the new keys go into the cache rotated, at positions cache_seqlens + i
+            k_rot = torch.empty((B, n_new, Hkv, D), dtype=dt)
+            _C.rotary(ptr(k), _strides(k), ptr(k_rot), _strides(k_rot), ptr(cache_seqlens), False, False, ptr(cos),
+                      ptr(sin), B, n_new, Hkv, D, rd, inter, code)
+            k = k_rot
+        q_rot = torch.empty((B, Sq, Hq, D), dtype=dt)
+        _C.rotary(ptr(q), _strides(q), ptr(q_rot), _strides(q_rot), ptr(cache_seqlens), False, not causal, ptr(cos),
+                  ptr(sin), B, Sq, Hq, D, rd, inter, code)
+        q = q_rot
     seqused = torch.empty(B, dtype=torch.int32)  # the append and the key counts in one native call
     _C.kvcache_append(ptr(k_cache), _strides(k_cache), ptr(v_cache), _strides(v_cache), ptr(k), _strides(q if k is None else k),
                       ptr(v), _strides(q if v is None else v), ptr(cache_seqlens), ptr(seqused), B, n_new, Hkv, D, Dv,
                       q.element_size())
     out = torch.empty((B, Sq, Hq, Dv), dtype=dt)
-    causal = kwargs.get("causal", False)
     _C.attention_fwd(ptr(q), _strides(q), ptr(k_cache), _strides(k_cache), ptr(v_cache), _strides(v_cache),
                      ptr(out), _strides(out), 0, (Hq * Sq, Sq), [B, Hq, Hkv, D, Dv, Sq, cap, 0], 0, 0, ptr(seqused),
                      float(D ** -0.5), 0.0, -1, 0 if causal else -1, 0, 0, 0, 0.0, False, DTYPE_CODES[dt],
@@ -361,9 +415,16 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     written **in place** into the caches at ``cache_seqlens``; attention then runs over the first
     ``cache_seqlens + Snew`` keys of each batch entry (masks aligned to that length).
 
+    ``rotary_cos``, ``rotary_sin`` ``(positions, rotary_dim / 2)`` (flash-attn's arguments): q and the
+    new keys are rotated before the append and the attention, the keys at positions
+    ``cache_seqlens + i``, q at the same positions if ``causal`` or windowed, else all at
+    ``cache_seqlens``; features past ``rotary_dim`` pass through. ``rotary_interleaved`` (default True,
+    as flash-attn): pairs ``(2i, 2i+1)`` rotate (GPT-J); False: ``(i, i + rotary_dim/2)`` (GPT-NeoX,
+    rotate-half). Arithmetic in fp32, one rounding to q's dtype; inputs are not modified.
+
     On CUDA a tensor ``cache_seqlens`` is not range-checked on the host (that would synchronise
-    every decode step): rows past the capacity make the append's indexing assert on the device,
-    and the kernels never read past the cache."""
+    every decode step): rows past the capacity (or the rotary tables) make the indexing assert on
+    the device, and the kernels never read past the cache."""
     if _native.simt_session is None:
         fast = _kvcache_fast(q, k_cache, v_cache, cache_seqlens, k, v, kwargs)
         if fast is not None:
@@ -382,6 +443,8 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     chk.same_device(fn, "cache_seqlens", cache_seqlens, "q", q)
     if (k is None) != (v is None):
         raise ValueError(f"{fn}: give both k and v to append, or neither")
+    kwargs = dict(kwargs)
+    rotary = _rotary_tables(fn, q, kwargs)
     n_new = 0
     if k is not None:
         _check_qkv(fn, q, k, v, 4)
@@ -401,6 +464,20 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         if lo < 0 or hi + n_new > cap:
             raise ValueError(f"{fn}: cache_seqlens + new keys must lie in [0, {cap}] (the cache capacity); "
                              f"got cache_seqlens in [{lo}, {hi}] with {n_new} new keys")
+    if rotary is not None:  # q and the new keys at positions cache_seqlens + i (q at cache_seqlens if not local)
+        cos, sin, inter = rotary
+        causal_or_local = kwargs.get("causal", False) or tuple(kwargs.get("window", (-1, -1))) != (-1, -1)
+        span = max(q.shape[1] if causal_or_local else 1, n_new)
+        if B and q.device.type != "cuda":  # on a GPU this would sync: out-of-range indexing asserts there
+            top = given_int if given_int is not None else (max(starts) if few else int(lens.max()))
+            if top + span > cos.shape[0]:
+                raise ValueError(f"{fn}: positions up to {top + span - 1} need rotary_cos/rotary_sin rows, which "
+                                 f"have {cos.shape[0]}")
+        steps = torch.arange(max(q.shape[1], n_new), device=q.device)
+        if k is not None:
+            k = _rotate(k, cos, sin, lens[:, None] + steps[:n_new], inter)
+        qpos = lens[:, None] + (steps[: q.shape[1]] if causal_or_local else torch.zeros_like(steps[: q.shape[1]]))
+        q = _rotate(q, cos, sin, qpos, inter)
     if n_new and few:   # slice copies beat an index_put per call
         for b, start in enumerate(starts):
             k_cache[b, start:start + n_new] = k[b]

@@ -18,7 +18,7 @@ from torch import nn
 
 import kernkit
 from kernkit import reference as ref
-from kernkit.nn import BitLinear, KVCache, apply_rotary
+from kernkit.nn import BitLinear, KVCache, apply_rotary, rotary_tables
 
 
 # ----------------------------------------------------------------------------- two op sets
@@ -30,11 +30,20 @@ class KernkitOps:
     def rms_norm(x, w):
         return kernkit.rms_norm(x.contiguous(), w, 1e-6)
 
-    @staticmethod
-    def attention(q, k, v, cache):
+    _rotary = {}  # (positions, head dim, device) -> cos/sin tables
+
+    @classmethod
+    def attention(cls, q, k, v, cache, pos0):
         if cache is None:
-            return kernkit.flash_attn(q, k, v, causal=True)
-        out = kernkit.flash_attn_with_kvcache(q, cache.k, cache.v, cache.lengths, k=k, v=v, causal=True)
+            pos = pos0 + torch.arange(q.shape[1], device=q.device)
+            return kernkit.flash_attn(apply_rotary(q, pos), apply_rotary(k, pos), v, causal=True)
+        key = (cache.k.shape[1], q.shape[-1], q.device)
+        if key not in cls._rotary:
+            cls._rotary[key] = rotary_tables(key[0], key[1], device=q.device)
+        cos, sin = cls._rotary[key]
+        # rotary, append and attention in one call (flash-attn's rotary_cos/rotary_sin), at positions cache.lengths + i
+        out = kernkit.flash_attn_with_kvcache(q, cache.k, cache.v, cache.lengths, k=k, v=v, causal=True,
+                                              rotary_cos=cos, rotary_sin=sin, rotary_interleaved=False)
         cache.lengths += q.shape[1]
         return out
 
@@ -61,7 +70,9 @@ class TorchOps:
         return F.rms_norm(x, (x.shape[-1],), w, 1e-6)
 
     @staticmethod
-    def attention(q, k, v, cache):
+    def attention(q, k, v, cache, pos0):
+        pos = pos0 + torch.arange(q.shape[1], device=q.device)
+        q, k = apply_rotary(q, pos), apply_rotary(k, pos)
         if cache is not None:  # a cache of concatenated keys, attended to with SDPA
             cache.k = torch.cat([cache.k, k], 1)
             cache.v = torch.cat([cache.v, v], 1)
@@ -114,9 +125,7 @@ class Block(nn.Module):
         if self.kind == "attention":
             q, k, v = self.qkv(x).split([self.h * self.hd, self.hkv * self.hd, self.hkv * self.hd], -1)
             q, k, v = (t.view(B, S, -1, self.hd) for t in (q, k, v))
-            pos = pos0 + torch.arange(S, device=x.device)
-            q, k = apply_rotary(q, pos), apply_rotary(k, pos)
-            return self.proj(ops.attention(q, k, v, state).reshape(B, S, -1)), state
+            return self.proj(ops.attention(q, k, v, state, pos0).reshape(B, S, -1)), state
         xz = self.in_proj(x).transpose(1, 2)
         xs, z = xz[:, : self.d_inner].contiguous(), xz[:, self.d_inner:].contiguous()
         conv_state, ssm_state = state if state is not None else (None, None)

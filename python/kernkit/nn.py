@@ -46,6 +46,15 @@ def apply_rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0
     return rot.to(x.dtype)
 
 
+def rotary_tables(positions: int, dim: int, base: float = 10000.0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)``, each ``(positions, dim // 2)`` fp32, for ``flash_attn_with_kvcache``'s
+    ``rotary_cos`` / ``rotary_sin`` (with ``rotary_interleaved=False`` it rotates exactly as
+    :func:`apply_rotary` does: the same angles, products and rounding)."""
+    inv = 1.0 / (base ** (torch.arange(0, dim - dim % 2, 2, device=device, dtype=torch.float32) / dim))
+    ang = torch.arange(positions, device=device, dtype=torch.float32)[:, None] * inv
+    return ang.cos(), ang.sin()
+
+
 @dataclass
 class KVCache:
     """Preallocated key/value cache for :class:`MultiheadFlashAttention` decoding."""
