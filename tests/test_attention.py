@@ -304,13 +304,15 @@ def test_kvcache_append_batch_sizes(B):
 
 @pytest.mark.parametrize("kw", [dict(), dict(causal=True, window=(700, -1), sinks=5), dict(window=(100, 0), sinks=600),
                                 dict(activation="sigmoid", window=(900, -1)), dict(softcap=3.0, causal=True)], ids=str)
-def test_decode_long_cache_splits(isa, kw):
-    # caches longer than one key chunk: partial results merged across chunks
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_decode_long_cache_splits(isa, kw, dtype):
+    # caches longer than one key chunk: partial results merged across chunks (fp32: rows read in
+    # place, with the software prefetch of chunks past 512 KiB)
     g = torch.Generator().manual_seed(5)
     B, L, Hq, Hkv, D = 2, 1500, 8, 2, 64
-    kc = torch.randn(B, L, Hkv, D, generator=g).to(torch.bfloat16)
-    vc = torch.randn(B, L, Hkv, D, generator=g).to(torch.bfloat16)
-    q = torch.randn(B, 1, Hq, D, generator=g).to(torch.bfloat16)
+    kc = torch.randn(B, L, Hkv, D, generator=g).to(dtype)
+    vc = torch.randn(B, L, Hkv, D, generator=g).to(dtype)
+    q = torch.randn(B, 1, Hq, D, generator=g).to(dtype)
     lens = torch.tensor([1500, 1100], dtype=torch.int32)
     out = kernkit.flash_attn_with_kvcache(q, kc, vc, lens, **kw)
     for b in range(B):
@@ -323,13 +325,16 @@ def test_decode_long_cache_splits(isa, kw):
 @pytest.mark.parametrize("D", [1, 17, 40, 100, 128, 200, 256])
 @pytest.mark.parametrize("kw", [dict(causal=True), dict(window=(9, 3), sinks=2, softcap=2.0),
                                 dict(activation="sigmoid", causal=True)], ids=str)
-def test_decode_bf16_head_dims(isa, D, kw):
-    # the bf16 decode path takes q.k from the bf16 rows 32 elements at a time (masked tails)
-    # and 16 keys per block (a short last block points at zero rows)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+def test_decode_head_dims(isa, D, kw, dtype):
+    # the bf16 decode path takes q.k from the bf16 rows 32 elements at a time (masked tails); fp32
+    # rows are read in place and scored 8/16 keys per reduction when D is a multiple of the vector
+    # width (else copied and dotted one by one); 16 keys per block (a short last block points at
+    # zero rows)
     g = torch.Generator().manual_seed(D)
-    q = torch.randn(2, 2, 4, D, generator=g).to(torch.bfloat16)
-    k = torch.randn(2, 37, 2, D, generator=g).to(torch.bfloat16)
-    v = torch.randn(2, 37, 2, D, generator=g).to(torch.bfloat16)
+    q = torch.randn(2, 2, 4, D, generator=g).to(dtype)
+    k = torch.randn(2, 37, 2, D, generator=g).to(dtype)
+    v = torch.randn(2, 37, 2, D, generator=g).to(dtype)
     out = kernkit.flash_attn(q, k, v, **kw)
     exact, _ = flash_attn_ref(q.double(), k.double(), v.double(), **kw)
     same, _ = flash_attn_ref(q, k, v, **kw)

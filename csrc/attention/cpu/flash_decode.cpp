@@ -19,6 +19,7 @@ namespace {
 constexpr int kChunkKeys = 512;   // keys per split
 constexpr int KB = 16;            // keys per softmax step
 constexpr int kPrefetchBlocks = 1;  // how many key blocks ahead the L2 prefetch runs
+constexpr int64_t kPrefetchMinBytes = int64_t(1) << 19;  // K/V bytes of a chunk below which it is skipped
 alignas(64) const uint16_t kZeroRow[512] = {};  // stands in for the missing keys of a short block (D <= 512)
 
 struct DecodeWorker {
@@ -118,6 +119,38 @@ inline void prefetch_row(const T* row, int n) {
   for (int off = 0; off < int(n * sizeof(T)); off += 64) __builtin_prefetch(c + off, 0, 2);
 }
 
+// sr[j] = q . k_j for the KB fp32 key rows (rows past the block point at zeros), D a multiple of
+// the vector width: the KB accumulators are reduced together (one transposing add tree per 8 or
+// 16 keys) instead of KB separate horizontal sums, which cost as much as the dot products.
+inline void scores_f32(float* sr, const float* q, const float* const (&krow)[KB], int D) {
+#if defined(KK_ISA_AVX512)
+  __m512 acc[KB];
+  for (int j = 0; j < KB; ++j) acc[j] = _mm512_setzero_ps();
+  for (int c = 0; c < D; c += 16) {
+    const __m512 qv = _mm512_loadu_ps(q + c);
+    for (int j = 0; j < KB; ++j) acc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(krow[j] + c), acc[j]);
+  }
+  _mm512_storeu_ps(sr, hsum16(acc));
+#elif defined(KK_ISA_AVX2)
+  for (int g = 0; g < KB; g += 8) {
+    __m256 acc[8];
+    for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+    for (int c = 0; c < D; c += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + c);
+      for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(krow[g + j] + c), acc[j]);
+    }
+    // hadd pairs: lane l of h2 (per 128-bit half) sums a quarter of acc[l] or acc[4 + l]
+    const __m256 h01 = _mm256_hadd_ps(acc[0], acc[1]), h23 = _mm256_hadd_ps(acc[2], acc[3]);
+    const __m256 h45 = _mm256_hadd_ps(acc[4], acc[5]), h67 = _mm256_hadd_ps(acc[6], acc[7]);
+    const __m256 a = _mm256_hadd_ps(h01, h23), b = _mm256_hadd_ps(h45, h67);  // a: keys 0-3 per half
+    const __m256 lo = _mm256_permute2f128_ps(a, b, 0x20), hi = _mm256_permute2f128_ps(a, b, 0x31);
+    _mm256_storeu_ps(sr + g, _mm256_add_ps(lo, hi));
+  }
+#else
+  for (int j = 0; j < KB; ++j) sr[j] = dot(q, krow[j], D);
+#endif
+}
+
 // o[0..Dvp) = o * alpha + sum_{j<nk} p[j] * V[j][0..Dvp), a few vectors at a time in registers.
 inline void scale_and_accumulate(float* o, float alpha, const float* p, const float* V, int ldv, int nk) {
   constexpr int NV = 4;
@@ -139,6 +172,28 @@ inline void scale_and_accumulate(float* o, float alpha, const float* p, const fl
   }
 }
 
+// The same with V's rows read where they are (fp32 caches, Dv a multiple of the vector width).
+inline void scale_and_accumulate_rows(float* o, float alpha, const float* p, const float* const (&vrow)[KB], int Dv,
+                                      int nk) {
+  constexpr int NV = 4;
+  const Vec va = Vec::set1(alpha);
+  int c = 0;
+  for (; c + NV * Vec::size <= Dv; c += NV * Vec::size) {
+    Vec acc[NV];
+    for (int u = 0; u < NV; ++u) acc[u] = Vec::load(o + c + u * Vec::size) * va;
+    for (int j = 0; j < nk; ++j) {
+      const Vec pj = Vec::set1(p[j]);
+      for (int u = 0; u < NV; ++u) acc[u] = fma(pj, Vec::load(vrow[j] + c + u * Vec::size), acc[u]);
+    }
+    for (int u = 0; u < NV; ++u) acc[u].store(o + c + u * Vec::size);
+  }
+  for (; c < Dv; c += Vec::size) {
+    Vec acc = Vec::load(o + c) * va;
+    for (int j = 0; j < nk; ++j) acc = fma(Vec::set1(p[j]), Vec::load(vrow[j] + c), acc);
+    acc.store(o + c);
+  }
+}
+
 // Partial results of every (kv head, row) over the keys in up to two ranges
 // [ranges[2i], ranges[2i+1]): the unnormalised output, running max m and sum l
 // (softmax), written to part[Hkv x Rs x (Dv + 2)].
@@ -151,6 +206,10 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
   const int group = sh.Hq / sh.Hkv, R = s.q_len * group, Rs = sh.Sq * group, D = sh.D, Dv = sh.Dv, Dvp = w.Dvp;
   const bool softmax = mk.activation == AttnActivation::softmax, cap = mk.softcap > 0.f;
   constexpr bool bf16_dots = kBf16Dots && std::is_same<T, bf16_t>::value;
+  // fp32 caches whose rows are whole vectors are read in place (no copy into the block buffers)
+  const bool in_place = std::is_same<T, float>::value && D % Vec::size == 0 && Dv % Vec::size == 0;
+  // other blocks are widened into w.k; scores then come from the same transposed reduction
+  const bool f32_scores = !bf16_dots && D % Vec::size == 0;
   for (int hkv = 0; hkv < sh.Hkv; ++hkv)
     for (int r = 0; r < R; ++r) {
       const int x = hkv * Rs + r, h = hkv * group + r % group;
@@ -167,11 +226,15 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
     }
   std::memset(w.o.p, 0, sizeof(float) * sh.Hkv * Rs * Dvp);
   float* sr = w.s.p;
+  // Software prefetch only for a chunk whose K/V rows outgrow L2: a prefetch per 64 bytes costs as
+  // much as the arithmetic of a query row, and a small cache is read from L2/L3 anyway.
+  const int64_t chunk_keys = int64_t(ranges[1] - ranges[0]) + (ranges[3] - ranges[2]);
+  const bool prefetch = chunk_keys * sh.Hkv * (D + Dv) * int64_t(sizeof(T)) > kPrefetchMinBytes;
   for (int rg = 0; rg < 2; ++rg)
     for (int j0 = ranges[2 * rg]; j0 < ranges[2 * rg + 1]; j0 += KB) {
       const int nk = std::min(KB, ranges[2 * rg + 1] - j0);
       const bool full = tile_fully_visible(mk, s, group, j0, 0, nk);
-      const int next_end = std::min(ranges[2 * rg + 1], j0 + (kPrefetchBlocks + 1) * KB);
+      const int next_end = prefetch ? std::min(ranges[2 * rg + 1], j0 + (kPrefetchBlocks + 1) * KB) : 0;
       for (int hkv = 0; hkv < sh.Hkv; ++hkv) {
         // The (key, head) rows are scattered (head-interleaved layout): fetch the
         // next block's rows of this head into L2 while this one is computed.
@@ -180,8 +243,12 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
           prefetch_row(elem<const T>(p.v, s, j, s.k_row0, hkv), Dv);
         }
         const uint16_t *krow[KB], *vrow[KB];
+        const float *kf[KB], *vf[KB];
         for (int jj = 0; jj < nk; ++jj) {
-          if (bf16_dots) {
+          if (in_place) {
+            kf[jj] = reinterpret_cast<const float*>(elem<const T>(p.k, s, j0 + jj, s.k_row0, hkv));
+            vf[jj] = reinterpret_cast<const float*>(elem<const T>(p.v, s, j0 + jj, s.k_row0, hkv));
+          } else if (bf16_dots) {
             krow[jj] = reinterpret_cast<const uint16_t*>(elem<const T>(p.k, s, j0 + jj, s.k_row0, hkv));
             vrow[jj] = reinterpret_cast<const uint16_t*>(elem<const T>(p.v, s, j0 + jj, s.k_row0, hkv));
           } else {
@@ -190,6 +257,9 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
           }
         }
         for (int jj = nk; jj < KB; ++jj) krow[jj] = vrow[jj] = kZeroRow;
+        if (f32_scores)  // zero rows past nk (D <= 256 floats fit in kZeroRow); their scores become -inf
+          for (int jj = 0; jj < KB; ++jj)
+            kf[jj] = jj >= nk ? reinterpret_cast<const float*>(kZeroRow) : in_place ? kf[jj] : w.k.p + jj * D;
 #if defined(KK_ISA_AVX512)
         if (bf16_dots) pair_v_rows(w.vp.p, vrow, Dv, Dvp);
 #endif
@@ -200,7 +270,10 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
             scores_bf16(sr, static_cast<const uint16_t*>(w.qrow[x]), krow, D, mk.scale);
           else
 #endif
-            for (int jj = 0; jj < nk; ++jj) sr[jj] = dot(w.q.p + size_t(x) * D, w.k.p + jj * D, D);
+            if (f32_scores)
+              scores_f32(sr, w.q.p + size_t(x) * D, kf, D);
+            else
+              for (int jj = 0; jj < nk; ++jj) sr[jj] = dot(w.q.p + size_t(x) * D, w.k.p + jj * D, D);
           for (int jj = nk; jj < KB; ++jj) sr[jj] = kNegInf;
           if (cap)
             for (int jj = 0; jj < nk; ++jj) sr[jj] = mk.softcap * std::tanh(sr[jj] / mk.softcap);
@@ -235,7 +308,10 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
             scale_and_accumulate_bf16(w.o.p + size_t(x) * Dvp, alpha, sr, w.vp.p, Dvp);
           else
 #endif
-            scale_and_accumulate(w.o.p + size_t(x) * Dvp, alpha, sr, w.v.p, Dvp, nk);
+            if (in_place)
+              scale_and_accumulate_rows(w.o.p + size_t(x) * Dvp, alpha, sr, vf, Dv, nk);
+            else
+              scale_and_accumulate(w.o.p + size_t(x) * Dvp, alpha, sr, w.v.p, Dvp, nk);
         }
       }
     }
