@@ -404,3 +404,25 @@ def test_kvcache_lengths_past_the_capacity_are_clamped(gpu):
     same, _ = flash_attn_ref(q[:1], kc[:1], vc[:1], scale=0.125)
     assert_within_ref_error(out[:1].cpu(), exact, same)
     assert torch.all(out[1].cpu() == 0) and torch.all(torch.isneginf(lse[1].cpu()))
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_kvcache_rotary(gpu, interleaved):
+    # rotary_cos/rotary_sin through the CUDA kernels == the same call on the CPU kernels (native rotation)
+    g = torch.Generator().manual_seed(9)
+    B, cap, Hq, Hkv, D, rd, sq = 2, 40, 4, 2, 32, 24, 2
+    mk = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    q, k, v, kc, vc = mk(B, sq, Hq, D), mk(B, sq, Hkv, D), mk(B, sq, Hkv, D), mk(B, cap, Hkv, D), mk(B, cap, Hkv, D)
+    ang = torch.arange(cap, dtype=torch.float32)[:, None] * torch.rand(rd // 2, generator=g)
+    cos, sin = ang.cos(), ang.sin()
+    lens = torch.tensor([3, 30], dtype=torch.int32)
+    dev = lambda t: t.to(gpu.device)  # noqa: E731
+    kc1, vc1 = dev(kc), dev(vc)
+    out = kernkit.flash_attn_with_kvcache(dev(q), kc1, vc1, dev(lens), k=dev(k), v=dev(v), causal=True,
+                                          rotary_cos=dev(cos), rotary_sin=dev(sin), rotary_interleaved=interleaved)
+    kc2, vc2 = kc.clone(), vc.clone()
+    want = on_cpu_kernels(lambda: kernkit.flash_attn_with_kvcache(q, kc2, vc2, lens, k=k, v=v, causal=True,
+                                                                  rotary_cos=cos, rotary_sin=sin,
+                                                                  rotary_interleaved=interleaved))
+    torch.testing.assert_close(kc1.cpu(), kc2, rtol=0, atol=0)
+    torch.testing.assert_close(out.cpu(), want, rtol=2e-5, atol=2e-6)

@@ -124,3 +124,17 @@ def test_rotary_bad_arguments():
         kernkit.flash_attn_with_kvcache(q, kc, vc, torch.tensor([9], dtype=torch.int32), k=q, v=q, causal=True,
                                         rotary_cos=cos[:9], rotary_sin=sin[:9])
     assert torch.equal(kc, kc0)  # nothing appended on error
+
+
+def test_bad_option_leaves_the_cache_untouched():
+    # options are checked before the new keys are written (with and without rotary)
+    B, cap, H, D = 1, 10, 2, 8
+    q, k = torch.randn(B, 1, H, D), torch.randn(B, 1, H, D)
+    kc, vc = torch.zeros(B, cap, H, D), torch.zeros(B, cap, H, D)
+    cos, sin = torch.ones(10, 4), torch.zeros(10, 4)
+    for rot in ({}, dict(rotary_cos=cos, rotary_sin=sin)):
+        with pytest.raises(ValueError, match="window"):
+            kernkit.flash_attn_with_kvcache(q, kc, vc, 2, k=k, v=k, window=5, **rot)
+        with pytest.raises(TypeError, match="causal"):
+            kernkit.flash_attn_with_kvcache(q, kc, vc, 2, k=k, v=k, causal=1, **rot)
+        assert not kc.any() and not vc.any()

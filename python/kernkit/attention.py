@@ -445,6 +445,7 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         raise ValueError(f"{fn}: give both k and v to append, or neither")
     kwargs = dict(kwargs)
     rotary = _rotary_tables(fn, q, kwargs)
+    opts = _options(fn, q, **{**_DEFAULTS, **kwargs})  # every option checked before the cache is written
     n_new = 0
     if k is not None:
         _check_qkv(fn, q, k, v, 4)
@@ -489,7 +490,6 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         v_cache[batch, rows] = v
     seqused = (lens + n_new).to(torch.int32)
     return_lse = kwargs.get("return_lse", False)
-    opts = _options(fn, q, **{**_DEFAULTS, **kwargs})
     q, kc, vc = (_last_dim_contiguous(t) for t in (q, k_cache, v_cache))
     out, lse = call(_attn_fwd, q, kc, vc, None, None, seqused, q.shape[1], cap, *opts, 0)
     return (out, lse) if return_lse else out
