@@ -138,3 +138,27 @@ def test_bad_option_leaves_the_cache_untouched():
         with pytest.raises(TypeError, match="causal"):
             kernkit.flash_attn_with_kvcache(q, kc, vc, 2, k=k, v=k, causal=1, **rot)
         assert not kc.any() and not vc.any()
+
+
+def test_rotary_window_rule_and_meta():
+    # a window bound at or past the cache capacity is unbounded (flash-attn): q keeps one position
+    g = torch.Generator().manual_seed(11)
+    B, cap, H, D = 1, 12, 2, 8
+    q, k = torch.randn(B, 3, H, D, generator=g), torch.randn(B, 3, H, D, generator=g)
+    cos, sin = tables(cap, D, g)
+    lens = torch.tensor([4], dtype=torch.int32)
+    outs = []
+    for window in ((-1, -1), (cap, cap + 5)):
+        kc, vc = torch.zeros(B, cap, H, D), torch.zeros(B, cap, H, D)
+        outs.append(kernkit.flash_attn_with_kvcache(q, kc, vc, lens, k=k, v=k, window=window, rotary_cos=cos,
+                                                    rotary_sin=sin))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    kc, vc = torch.zeros(B, cap, H, D), torch.zeros(B, cap, H, D)
+    local = kernkit.flash_attn_with_kvcache(q, kc, vc, lens, k=k, v=k, window=(cap - 1, -1), rotary_cos=cos,
+                                           rotary_sin=sin)
+    assert not torch.equal(local, outs[0])  # per-row positions for a real window
+    # meta tensors: shapes only, no range checks that would read values
+    m = lambda t: t.to("meta")  # noqa: E731
+    out = kernkit.flash_attn_with_kvcache(m(q), m(kc), m(vc), m(lens), k=m(k), v=m(k), causal=True,
+                                         rotary_cos=m(cos), rotary_sin=m(sin))
+    assert out.shape == q.shape and out.device.type == "meta"

@@ -380,6 +380,7 @@ def _kvcache_fast(q, k_cache, v_cache, cache_seqlens, k, v, kwargs):
     if cos is not None or sin is not None:
         if type(cos) is not torch.Tensor or type(sin) is not torch.Tensor or cos.dtype is not torch.float32 \
                 or sin.dtype is not torch.float32 or not (cos.is_cpu and sin.is_cpu) or cos.dim() != 2 \
+                or cos.requires_grad or sin.requires_grad \
                 or sin.shape != cos.shape or not 0 < 2 * cos.shape[1] <= D or not cos.is_contiguous() \
                 or not sin.is_contiguous() or max(starts) + max(Sq if causal else 1, n_new) > cos.shape[0]:
             return None
@@ -417,7 +418,8 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
 
     ``rotary_cos``, ``rotary_sin`` ``(positions, rotary_dim / 2)`` (flash-attn's arguments): q and the
     new keys are rotated before the append and the attention, the keys at positions
-    ``cache_seqlens + i``, q at the same positions if ``causal`` or windowed, else all at
+    ``cache_seqlens + i``, q at the same positions if ``causal`` or windowed (a bound below the cache
+    capacity), else all at
     ``cache_seqlens``; features past ``rotary_dim`` pass through. ``rotary_interleaved`` (default True,
     as flash-attn): pairs ``(2i, 2i+1)`` rotate (GPT-J); False: ``(i, i + rotary_dim/2)`` (GPT-NeoX,
     rotate-half). Arithmetic in fp32, one rounding to q's dtype; inputs are not modified.
@@ -467,9 +469,11 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                              f"got cache_seqlens in [{lo}, {hi}] with {n_new} new keys")
     if rotary is not None:  # q and the new keys at positions cache_seqlens + i (q at cache_seqlens if not local)
         cos, sin, inter = rotary
-        causal_or_local = kwargs.get("causal", False) or tuple(kwargs.get("window", (-1, -1))) != (-1, -1)
+        # flash-attn: a window bound past the cache capacity counts as unbounded (not local)
+        causal_or_local = kwargs.get("causal", False) or any(0 <= w < cap for w in kwargs.get("window", (-1, -1)))
         span = max(q.shape[1] if causal_or_local else 1, n_new)
-        if B and q.device.type != "cuda":  # on a GPU this would sync: out-of-range indexing asserts there
+        # (a tensor cache_seqlens on a GPU is not read back, which would sync: indexing asserts there)
+        if B and (given_int is not None or q.device.type not in ("meta", "cuda")):
             top = given_int if given_int is not None else (max(starts) if few else int(lens.max()))
             if top + span > cos.shape[0]:
                 raise ValueError(f"{fn}: positions up to {top + span - 1} need rotary_cos/rotary_sin rows, which "

@@ -77,9 +77,13 @@ class TorchOps:
             cache.k = torch.cat([cache.k, k], 1)
             cache.v = torch.cat([cache.v, v], 1)
             k, v = cache.k, cache.v
-        causal = cache is None
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
-                                           enable_gqa=True)
+        # causal without a cache; with one, the new rows see the cache and the new keys up to their own
+        # (a bottom-right mask: SDPA's is_causal aligns top-left when there are more keys than queries)
+        Sq, Sk = q.shape[1], k.shape[1]
+        mask = None if cache is None or Sq == 1 else \
+            torch.ones(Sq, Sk, dtype=torch.bool, device=q.device).tril(Sk - Sq)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=cache is None, attn_mask=mask, enable_gqa=True)
         return o.transpose(1, 2)
 
     @staticmethod

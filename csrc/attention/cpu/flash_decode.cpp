@@ -20,7 +20,8 @@ constexpr int kChunkKeys = 512;   // keys per split
 constexpr int KB = 16;            // keys per softmax step
 constexpr int kPrefetchBlocks = 1;  // how many key blocks ahead the L2 prefetch runs
 constexpr int64_t kPrefetchMinBytes = int64_t(1) << 19;  // K/V bytes of a chunk below which it is skipped
-alignas(64) const uint16_t kZeroRow[512] = {};  // stands in for the missing keys of a short block (D <= 512)
+// Stands in for the missing keys of a short block: 512 bf16/f16 or fp32 elements (D <= 512).
+alignas(64) const uint16_t kZeroRow[1024] = {};
 
 struct DecodeWorker {
   // per (kv head, row): q (scaled), output accumulator, m, l, bias; one key block of K/V; scores
@@ -257,7 +258,7 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
           }
         }
         for (int jj = nk; jj < KB; ++jj) krow[jj] = vrow[jj] = kZeroRow;
-        if (f32_scores)  // zero rows past nk (D <= 256 floats fit in kZeroRow); their scores become -inf
+        if (f32_scores)  // zero rows past nk (kZeroRow holds 512 floats); their scores become -inf
           for (int jj = 0; jj < KB; ++jj)
             kf[jj] = jj >= nk ? reinterpret_cast<const float*>(kZeroRow) : in_place ? kf[jj] : w.k.p + jj * D;
 #if defined(KK_ISA_AVX512)
