@@ -5,7 +5,9 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <cmath>
 #include <cstring>
+#include <vector>
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -187,38 +189,54 @@ AttnMask attn_mask(double scale, double softcap, int left, int right, int sinks,
                   ptr<const float>(bias), float(bias_value), bias_default};
 }
 
-// flash_attn_with_kvcache's append for small CPU batches, in one call: rows [starts[b], starts[b] + n_new)
-// of both caches get the new keys / values (last dim contiguous everywhere), and seqused[b] =
-// starts[b] + n_new. The caller has checked shapes and that the rows lie inside the caches.
-void kvcache_append(uintptr_t kc, Strides kcs, uintptr_t vc, Strides vcs, uintptr_t k, Strides ks, uintptr_t v,
-                    Strides vs, uintptr_t starts, uintptr_t seqused, int64_t B, int64_t n_new, int64_t H, int64_t D,
-                    int64_t Dv, int64_t elem) {
+// flash_attn_with_kvcache's lean decode call (CPU, B <= 16, last dims contiguous; the caller has checked
+// shapes, dtypes, that rows [starts[b], starts[b] + n_new) lie inside the caches and every rotary
+// position inside the tables) in one native step: the new keys (rotated when cos/sin are given) and
+// values go into the caches, q is rotated into a scratch copy, then attention over starts[b] + n_new keys.
+// dims = (B, Sq, Hq, Hkv, D, Dv).
+void kvcache_decode(uintptr_t q, Strides qs, uintptr_t kc, Strides kcs, uintptr_t vc, Strides vcs, uintptr_t k,
+                    Strides ks, uintptr_t v, Strides vs, uintptr_t starts, uintptr_t out, Strides os,
+                    std::array<int, 6> dims, int cap, int n_new, bool causal, uintptr_t cos, uintptr_t sin, int rd,
+                    bool interleaved, int dtype, int threads) {
+  const int B = dims[0], Sq = dims[1], Hq = dims[2], Hkv = dims[3], D = dims[4], Dv = dims[5];
+  require(B >= 1 && B <= 16 && Sq >= 1 && n_new >= 0, "flash_attn_with_kvcache: bad decode geometry");
+  const DType dt = dtype_from_code(dtype, "q");
+  require(dt != DType::f64, "flash_attn_with_kvcache: the native decode step takes fp32/bf16/fp16");
+  const int64_t elem = dt == DType::f32 ? 4 : 2;
   const int32_t* st = ptr<const int32_t>(starts);
-  int32_t* used = ptr<int32_t>(seqused);
-  auto rows = [&](uintptr_t dst, const Strides& ds, uintptr_t src, const Strides& ss, int64_t b, int64_t d) {
-    for (int64_t i = 0; i < n_new; ++i)
-      for (int64_t h = 0; h < H; ++h)
+  std::array<int32_t, 16> used{};
+  std::vector<char> qrot;
+  Strides qst = qs;
+  py::gil_scoped_release nogil;
+  auto rotate = [&](uintptr_t x, const Strides& xs, void* o, const Strides& ostr, bool at_starts, bool same_pos, int S,
+                    int H) {
+    rotary_cpu(RotaryParams{ptr<const void>(x), {xs[0], xs[1], xs[2]}, o, {ostr[0], ostr[1], ostr[2]}, st, at_starts,
+                            same_pos, ptr<const float>(cos), ptr<const float>(sin), B, S, H, D, rd, interleaved, dt});
+  };
+  auto append = [&](uintptr_t dst, const Strides& ds, uintptr_t src, const Strides& ss, int b, int d) {
+    for (int i = 0; i < n_new; ++i)
+      for (int h = 0; h < Hkv; ++h)
         std::memcpy(ptr<char>(dst) + elem * (b * ds[0] + (st[b] + i) * ds[1] + h * ds[2]),
                     ptr<const char>(src) + elem * (b * ss[0] + i * ss[1] + h * ss[2]), size_t(elem * d));
   };
-  for (int64_t b = 0; b < B; ++b) {
-    if (n_new) {
-      rows(kc, kcs, k, ks, b, D);
-      rows(vc, vcs, v, vs, b, Dv);
-    }
-    used[b] = st[b] + int32_t(n_new);
+  if (n_new && cos) rotate(k, ks, ptr<void>(kc), kcs, true, false, n_new, Hkv);  // keys rotated into the cache
+  for (int b = 0; b < B; ++b) {
+    if (n_new && !cos) append(kc, kcs, k, ks, b, D);
+    if (n_new) append(vc, vcs, v, vs, b, Dv);
+    used[b] = st[b] + n_new;
   }
-}
-
-// Rotary embedding of (B, S, H, D) rows into out (see attention/cpu/rotary.h); the caller checks
-// shapes, dtypes and that every position lies inside the cos/sin tables.
-void rotary(uintptr_t x, Strides xs, uintptr_t out, Strides os, uintptr_t starts, bool out_at_starts,
-            bool same_position, uintptr_t cos, uintptr_t sin, int64_t B, int64_t S, int64_t H, int64_t D,
-            int64_t rd, bool interleaved, int dtype) {
-  RotaryParams p{ptr<const void>(x), {xs[0], xs[1], xs[2]}, ptr<void>(out), {os[0], os[1], os[2]},
-                 ptr<const int32_t>(starts), out_at_starts, same_position, ptr<const float>(cos),
-                 ptr<const float>(sin), B, S, H, D, rd, interleaved, dtype_from_code(dtype, "x")};
-  rotary_cpu(p);
+  if (cos) {  // q at cache_seqlens + i if causal, else all at cache_seqlens (flash-attn's rule)
+    qrot.resize(size_t(B) * Sq * Hq * D * elem);
+    qst = {int64_t(Sq) * Hq * D, int64_t(Hq) * D, D};
+    rotate(q, qs, qrot.data(), qst, false, !causal, Sq, Hq);
+    q = reinterpret_cast<uintptr_t>(qrot.data());
+  }
+  AttnFwdParams p{attn_shape({B, Hq, Hkv, D, Dv, Sq, cap, 0}, 0, 0, reinterpret_cast<uintptr_t>(used.data()),
+                             {int64_t(Hq) * Sq, Sq}),
+                  attn_mask(std::pow(double(D), -0.5), 0.0, -1, causal ? 0 : -1, 0, 0, 0, 0.0, false),  // = D ** -0.5
+                  attn_tensor(q, qst), attn_tensor(kc, kcs), attn_tensor(vc, vcs), attn_tensor(out, os), nullptr, dt,
+                  threads};
+  KK_CPU_KERNEL(attention_fwd_cpu)(p);
 }
 
 void attention_fwd(uintptr_t q, Strides qs, uintptr_t k, Strides ks, uintptr_t v, Strides vs, uintptr_t o,
@@ -676,8 +694,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("act_quant_dequant", &act_quant_dequant);
   m.def("lowbit_work_bytes", &lowbit_work_bytes);
   m.def("selective_scan_work_floats", &ss_cuda_work_floats);
-  m.def("kvcache_append", &kvcache_append);
-  m.def("rotary", &rotary);
+  m.def("kvcache_decode", &kvcache_decode);
   m.def("sgemm", &sgemm);
   m.def("advise_huge_pages", &advise_huge_pages);
   m.def("attach_simt", &attach_simt, py::arg("table"));

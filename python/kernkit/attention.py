@@ -377,6 +377,7 @@ def _kvcache_fast(q, k_cache, v_cache, cache_seqlens, k, v, kwargs):
         return None
     causal = kwargs.get("causal", False)
     cos, sin = kwargs.get("rotary_cos"), kwargs.get("rotary_sin")
+    rd = 0
     if cos is not None or sin is not None:
         if type(cos) is not torch.Tensor or type(sin) is not torch.Tensor or cos.dtype is not torch.float32 \
                 or sin.dtype is not torch.float32 or not (cos.is_cpu and sin.is_cpu) or cos.dim() != 2 \
@@ -384,25 +385,13 @@ def _kvcache_fast(q, k_cache, v_cache, cache_seqlens, k, v, kwargs):
                 or sin.shape != cos.shape or not 0 < 2 * cos.shape[1] <= D or not cos.is_contiguous() \
                 or not sin.is_contiguous() or max(starts) + max(Sq if causal else 1, n_new) > cos.shape[0]:
             return None
-        rd, inter, code = 2 * cos.shape[1], kwargs.get("rotary_interleaved", True), DTYPE_CODES[dt]
-        if k is not None:  # the new keys go into the cache rotated, at positions cache_seqlens + i
-            k_rot = torch.empty((B, n_new, Hkv, D), dtype=dt)
-            _C.rotary(ptr(k), _strides(k), ptr(k_rot), _strides(k_rot), ptr(cache_seqlens), False, False, ptr(cos),
-                      ptr(sin), B, n_new, Hkv, D, rd, inter, code)
-            k = k_rot
-        q_rot = torch.empty((B, Sq, Hq, D), dtype=dt)
-        _C.rotary(ptr(q), _strides(q), ptr(q_rot), _strides(q_rot), ptr(cache_seqlens), False, not causal, ptr(cos),
-                  ptr(sin), B, Sq, Hq, D, rd, inter, code)
-        q = q_rot
-    seqused = torch.empty(B, dtype=torch.int32)  # the append and the key counts in one native call
-    _C.kvcache_append(ptr(k_cache), _strides(k_cache), ptr(v_cache), _strides(v_cache), ptr(k), _strides(q if k is None else k),
-                      ptr(v), _strides(q if v is None else v), ptr(cache_seqlens), ptr(seqused), B, n_new, Hkv, D, Dv,
-                      q.element_size())
+        rd = 2 * cos.shape[1]
     out = torch.empty((B, Sq, Hq, Dv), dtype=dt)
-    _C.attention_fwd(ptr(q), _strides(q), ptr(k_cache), _strides(k_cache), ptr(v_cache), _strides(v_cache),
-                     ptr(out), _strides(out), 0, (Hq * Sq, Sq), [B, Hq, Hkv, D, Dv, Sq, cap, 0], 0, 0, ptr(seqused),
-                     float(D ** -0.5), 0.0, -1, 0 if causal else -1, 0, 0, 0, 0.0, False, DTYPE_CODES[dt],
-                     torch.get_num_threads(), -1, 0)
+    # rotation, append, key counts and attention in one native call
+    _C.kvcache_decode(ptr(q), _strides(q), ptr(k_cache), _strides(k_cache), ptr(v_cache), _strides(v_cache), ptr(k),
+                      _strides(q if k is None else k), ptr(v), _strides(q if v is None else v), ptr(cache_seqlens),
+                      ptr(out), _strides(out), (B, Sq, Hq, Hkv, D, Dv), cap, n_new, causal, ptr(cos), ptr(sin), rd,
+                      kwargs.get("rotary_interleaved", True), DTYPE_CODES[dt], torch.get_num_threads())
     return out
 
 
