@@ -152,28 +152,8 @@ inline void scores_f32(float* sr, const float* q, const float* const (&krow)[KB]
 #endif
 }
 
-// o[0..Dvp) = o * alpha + sum_{j<nk} p[j] * V[j][0..Dvp), a few vectors at a time in registers.
-inline void scale_and_accumulate(float* o, float alpha, const float* p, const float* V, int ldv, int nk) {
-  constexpr int NV = 4;
-  const Vec va = Vec::set1(alpha);
-  int c = 0;
-  for (; c + NV * Vec::size <= ldv; c += NV * Vec::size) {
-    Vec acc[NV];
-    for (int u = 0; u < NV; ++u) acc[u] = Vec::load(o + c + u * Vec::size) * va;
-    for (int j = 0; j < nk; ++j) {
-      const Vec pj = Vec::set1(p[j]);
-      for (int u = 0; u < NV; ++u) acc[u] = fma(pj, Vec::load(V + j * ldv + c + u * Vec::size), acc[u]);
-    }
-    for (int u = 0; u < NV; ++u) acc[u].store(o + c + u * Vec::size);
-  }
-  for (; c < ldv; c += Vec::size) {
-    Vec acc = Vec::load(o + c) * va;
-    for (int j = 0; j < nk; ++j) acc = fma(Vec::set1(p[j]), Vec::load(V + j * ldv + c), acc);
-    acc.store(o + c);
-  }
-}
-
-// The same with V's rows read where they are (fp32 caches, Dv a multiple of the vector width).
+// o[0..Dv) = o * alpha + sum_{j<nk} p[j] * vrow[j][0..Dv), a few vectors at a time in registers; Dv a
+// multiple of the vector width (fp32 cache rows read in place, or the block buffer's padded rows).
 inline void scale_and_accumulate_rows(float* o, float alpha, const float* p, const float* const (&vrow)[KB], int Dv,
                                       int nk) {
   constexpr int NV = 4;
@@ -255,6 +235,7 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
           } else {
             load_row(w.k.p + jj * D, elem<const T>(p.k, s, j0 + jj, s.k_row0, hkv), D, D);
             load_row(w.v.p + jj * Dvp, elem<const T>(p.v, s, j0 + jj, s.k_row0, hkv), Dv, Dvp);
+            vf[jj] = w.v.p + jj * Dvp;
           }
         }
         for (int jj = nk; jj < KB; ++jj) krow[jj] = vrow[jj] = kZeroRow;
@@ -309,10 +290,7 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
             scale_and_accumulate_bf16(w.o.p + size_t(x) * Dvp, alpha, sr, w.vp.p, Dvp);
           else
 #endif
-            if (in_place)
-              scale_and_accumulate_rows(w.o.p + size_t(x) * Dvp, alpha, sr, vf, Dv, nk);
-            else
-              scale_and_accumulate(w.o.p + size_t(x) * Dvp, alpha, sr, w.v.p, Dvp, nk);
+            scale_and_accumulate_rows(w.o.p + size_t(x) * Dvp, alpha, sr, vf, Dvp, nk);  // in place: Dvp == Dv
         }
       }
     }
