@@ -71,6 +71,8 @@ struct Vec {
     return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127)), 23))};
   }
   static Vec round(Vec a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+  // the float whose bit pattern is a's shifted left by 23 (its low mantissa bits become the exponent)
+  static Vec shl23(Vec a) { return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(a.v), 23))}; }
   // x = m * 2^e with m in [1, 2), for finite x > 0
   static void frexp1(Vec x, Vec& m, Vec& e) {
     m = {_mm512_getmant_ps(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src)};
@@ -142,6 +144,7 @@ struct Vec {
     return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23))};
   }
   static Vec round(Vec a) { return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+  static Vec shl23(Vec a) { return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(a.v), 23))}; }
   static void frexp1(Vec x, Vec& m, Vec& e) {
     const __m256i bits = _mm256_castps_si256(x.v);
     e = {_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)))};
@@ -233,6 +236,29 @@ inline Vec exp(Vec x) {
 #endif
 }
 
+// 2^t to ~2 ulp, for kernels that fold log2(e) into a per-channel constant (exp(d * a) =
+// exp2(d * (a log2 e))): ~40% fewer operations than exp(). t is clamped to [-126, 127] (NaN passes
+// through: max/min return their second operand for NaN). Adding 1.5 * 2^23 + 127 rounds t to an
+// integer n held in the sum's low mantissa bits, already biased, so one shift makes 2^n; 2^f for
+// f = t - n in [-1/2, 1/2] is a degree-6 fit (relative error 2e-9), evaluated Estrin-style for a
+// short dependency chain.
+inline Vec exp2(Vec t) {
+#if defined(KK_ISA_AVX512) || defined(KK_ISA_AVX2)
+  t = min(Vec::set1(127.f), max(Vec::set1(-126.f), t));
+  const Vec magic = Vec::set1(12582912.f + 127.f);
+  const Vec m = t + magic;
+  const Vec f = t - (m - magic), f2 = f * f;
+  const Vec lo = fma(Vec::set1(0.6931472056f), f, Vec::set1(1.0000000006f));
+  Vec mid = fma(Vec::set1(5.550328998e-2f), f, Vec::set1(0.2402264661f));
+  Vec hi = fma(Vec::set1(1.339986036e-3f), f, Vec::set1(9.618519534e-3f));
+  hi = fma(Vec::set1(1.533757683e-4f), f2, hi);
+  mid = fma(hi, f2, mid);
+  return fma(mid, f2, lo) * Vec::shl23(m);
+#else
+  return {std::exp2(t.v)};
+#endif
+}
+
 // log(x) for x > 0 (normal, finite) to ~2 ulp: mantissa in [sqrt(1/2), sqrt(2))
 // and the Cephes logf polynomial.
 inline Vec log(Vec x) {
@@ -261,10 +287,14 @@ inline Vec log(Vec x) {
 #endif
 }
 
-// softplus(x) = log(1 + exp(x)), = x above 20 (where the two agree in fp32).
+// softplus(x) = log(1 + exp(x)), = x above 20 (where the two agree in fp32). log1p(e) is
+// log(u) * e / (u - 1) with u = 1 + e rounded: the factor undoes u's rounding, so small results
+// (x below ~-5, where log(1 + e) alone loses most digits) keep full relative precision.
 inline Vec softplus(Vec x) {
-  const Vec lim = Vec::set1(20.f);
-  return select_gt(x, lim, x, log(Vec::set1(1.f) + exp(min(x, lim))));
+  const Vec lim = Vec::set1(20.f), one = Vec::set1(1.f);
+  const Vec e = exp2(min(lim, x) * Vec::set1(1.44269504088896341f)), u = one + e, d = u - one;
+  const Vec l = select_below(d, 1e-30f, e, log(u) * (e / max(d, Vec::set1(1e-30f))));
+  return select_gt(x, lim, x, l);
 }
 
 // tanh(x) = sign(x) * (1 - 2 / (exp(2|x|) + 1)): absolute error ~1e-7.

@@ -56,7 +56,8 @@ inline void widen_row(Acc* dst, const T* src, int64_t n) {
   for (; i < n; ++i) dst[i] = cvt<T, Acc>(src[i]);
 }
 
-constexpr int64_t kChunk = 256;  // backward checkpoint interval (time steps)
+constexpr int64_t kChunk = 256;
+constexpr float kLog2e = 1.44269504088896341f;  // backward checkpoint interval (time steps)
 
 // z[t] <- silu(z[t]) and, with s set, s[t] <- sigmoid(z[t]) (before the overwrite).
 template <typename Acc>
@@ -147,7 +148,7 @@ void dt_row(const SelectiveScanParams& p, int64_t b, int64_t d, Acc* dt) {
 // sizes: x and A stay in registers). The channels' independent chains overlap, and y's per-step
 // reductions over N are deferred: each step leaves its C.x products as one vector in P, and every
 // Vec::size steps one transposing tree sums them (row_sums), instead of a horizontal sum per step.
-// dt, dbu (= dt * u) and y: CH rows of stride ld; x: CH x Np states in and out.
+// A holds A log2(e) (exp2 is the cheaper exponential). dt, dbu (= dt * u) and y: CH rows of stride ld; x: CH x Np states in and out.
 template <int NV, int CH>
 void scan_rows(const float* dt, const float* dbu, int64_t ld, const float* A, int64_t Np, const float* Bv,
                int64_t b_step, const float* Cv, int64_t c_step, int64_t L, float* x_io, float* y, float* P) {
@@ -171,7 +172,7 @@ void scan_rows(const float* dt, const float* dbu, int64_t ld, const float* A, in
         const Vec dtv = Vec::set1(dt[c * ld + t]), du = Vec::set1(dbu[c * ld + t]);
         Vec acc = Vec::zero();
         for (int v = 0; v < NV; ++v) {
-          x[c][v] = fma(exp(dtv * a[c][v]), x[c][v], du * bv[v]);
+          x[c][v] = fma(exp2(dtv * a[c][v]), x[c][v], du * bv[v]);
           acc = fma(cv[v], x[c][v], acc);
         }
         acc.store(P + (c * W + i) * W);
@@ -190,6 +191,7 @@ void scan_rows(const float* dt, const float* dbu, int64_t ld, const float* A, in
 // Forward for fp32 accumulation with N <= 2 * Vec::size: blocks of up to kFwdChannels channels of one
 // (batch, B/C group) run scan_rows together.
 constexpr int64_t kFwdChannels = 4;
+constexpr bool kFewRegisters = Vec::size == 8;  // AVX2 (16 vector registers): 2 x 2 state vectors spill
 
 template <typename T>
 bool fwd_fast(const SelectiveScanParams& p) {
@@ -222,6 +224,7 @@ bool fwd_fast(const SelectiveScanParams& p) {
           (Vec::load(dt.p + c * ld + t) * Vec::load(dbu.p + c * ld + t)).store(dbu.p + c * ld + t);
         for (; t < L; ++t) dbu[c * ld + t] *= dt[c * ld + t];
         channel_vec(p.A, d, p.N, Np, A + c * Np);
+        for (int64_t n = 0; n < p.N; ++n) A[c * Np + n] *= kLog2e;  // exp(dt A) = exp2(dt A log2 e)
         std::memset(x + c * Np, 0, sizeof(float) * Np);
         if (p.h0) std::memcpy(x + c * Np, static_cast<const float*>(p.h0) + r * p.N, sizeof(float) * p.N);
       }
@@ -239,7 +242,7 @@ bool fwd_fast(const SelectiveScanParams& p) {
         if (NV == 1 && cn >= 4) return scan_rows<1, 4>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 4;
         if (NV == 1 && cn >= 2) return scan_rows<1, 2>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 2;
         if (NV == 1) return scan_rows<1, 1>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 1;
-        if (cn >= 2) return scan_rows<2, 2>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 2;
+        if (cn >= 2 && !kFewRegisters) return scan_rows<2, 2>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 2;
         return scan_rows<2, 1>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 1;
       };
       for (int64_t c = 0; c < nch;) c += run(c, shared_bc ? nch - c : 1);
@@ -318,6 +321,209 @@ void fwd(const SelectiveScanParams& p) {
   });
 }
 
+// ---- Backward fast path: fp32 accumulation, N in at most two vectors ----
+// Per channel: the states are recomputed from checkpoints (every kBwdChunk steps; one chunk
+// covers L <= 2048 at N = 16, so the checkpoint pass only runs for longer sequences), keeping each
+// chunk's step factors e_t = exp(dt_t A) and states in scratch so that the reverse pass does no
+// exponentials. The reverse pass keeps dx and the per-channel sums (dA, invariant dB/dC) in
+// registers; its two per-step reductions over N (for ddelta and du) are stored as vectors and
+// summed Vec::size steps at a time by one transposing tree.
+constexpr int64_t kBwdScratchBytes = int64_t(256) << 10;
+
+struct BwdScratch {
+  int64_t Np, chunk, nck;
+  Buf<float> dt, u, dbu, geff, dout, zsilu, zsig, y, ddt, du, ckpt, xs, es, P1, P2, sums;
+  BwdScratch(int64_t L, int64_t Np_)
+      : Np(Np_), chunk(std::max<int64_t>(256, kBwdScratchBytes / (Np_ * 8) / 64 * 64)),
+        nck((L + chunk - 1) / chunk), dt(size_t(L) + 16), u(size_t(L) + 16), dbu(size_t(L) + 16),
+        geff(size_t(L) + 16), dout(size_t(L) + 16), zsilu(size_t(L) + 16), zsig(size_t(L) + 16),
+        y(size_t(L) + 16), ddt(size_t(L) + 16), du(size_t(L) + 16), ckpt(size_t(nck + 1) * Np_),
+        xs(size_t(chunk + 1) * Np_), es(size_t(chunk) * Np_), P1(size_t(Vec::size) * Vec::size),
+        P2(size_t(Vec::size) * Vec::size), sums(size_t(2) * Vec::size) {}
+};
+
+// The recurrence over steps [t0, t1) from state x (NV vectors), A2 = A log2(e). With es/xs set,
+// stores e_t (row t - t0 of es) and the state after step t (row t - t0 + 1 of xs).
+template <int NV>
+inline void advance(const float* dt, const float* dbu, const float* A2, const float* Bv, int64_t b_step,
+                    int64_t t0, int64_t t1, Vec (&x)[NV], float* es, float* xs, int64_t Np) {
+  constexpr int W = Vec::size;
+  Vec a[NV];
+  for (int v = 0; v < NV; ++v) a[v] = Vec::load(A2 + v * W);
+  for (int64_t t = t0; t < t1; ++t) {
+    const Vec dtv = Vec::set1(dt[t]), du = Vec::set1(dbu[t]);
+    for (int v = 0; v < NV; ++v) {
+      const Vec e = exp2(dtv * a[v]);
+      x[v] = fma(e, x[v], du * Vec::load(Bv + t * b_step + v * W));
+      if (es) {
+        e.store(es + (t - t0) * Np + v * W);
+        x[v].store(xs + (t - t0 + 1) * Np + v * W);
+      }
+    }
+  }
+}
+
+template <typename T, int NV>
+void channel_bwd_fast(const SelectiveScanBwdParams& q, int64_t b, int64_t d, const float* Bt, const float* Ct,
+                      float* dBt, float* dCt, BwdScratch& s, float* dA_out, float* dB_out, float* dC_out,
+                      float& dD_out, float& dbias_out) {
+  constexpr int W = Vec::size;
+  const SelectiveScanParams& p = q.fwd;
+  const Geometry<T, float> g(p);
+  const int64_t Np = s.Np, L = p.L, N = p.N, r = b * p.D + d, row = g.row(b, d);
+  const bool gated = p.z != nullptr;
+  // per-channel vectors: A, A log2(e), invariant B and C
+  alignas(64) float A[NV * W] = {}, A2[NV * W] = {}, Bi[NV * W] = {}, Ci[NV * W] = {};
+  std::memcpy(A, static_cast<const float*>(p.A) + d * N, sizeof(float) * N);
+  for (int64_t n = 0; n < N; ++n) A2[n] = A[n] * kLog2e;
+  if (!p.b_var) std::memcpy(Bi, static_cast<const float*>(p.Bm) + d * N, sizeof(float) * N);
+  if (!p.c_var) std::memcpy(Ci, static_cast<const float*>(p.Cm) + d * N, sizeof(float) * N);
+  const float* Bv = Bt ? Bt : Bi;
+  const float* Cv = Ct ? Ct : Ci;
+  const int64_t bs = Bt ? Np : 0, cs = Ct ? Np : 0;
+  // rows over time
+  float *dt = s.dt.p, *u = s.u.p, *dbu = s.dbu.p, *geff = s.geff.p;
+  dt_row<T, float>(p, b, d, dt);
+  widen_row<T, float>(u, static_cast<const T*>(p.u) + row, L);
+  widen_row<T, float>(s.dout.p, static_cast<const T*>(q.dout) + row, L);
+  int64_t t = 0;
+  for (; t + W <= L; t += W) (Vec::load(dt + t) * Vec::load(u + t)).store(dbu + t);
+  for (; t < L; ++t) dbu[t] = dt[t] * u[t];
+  if (gated) {  // out = y silu(z): the scan sees dout silu(z)
+    widen_row<T, float>(s.zsilu.p, static_cast<const T*>(p.z) + row, L);
+    silu_row(s.zsilu.p, L, s.zsig.p);
+    for (t = 0; t + W <= L; t += W) (Vec::load(s.dout.p + t) * Vec::load(s.zsilu.p + t)).store(geff + t);
+    for (; t < L; ++t) geff[t] = s.dout[t] * s.zsilu[t];
+  } else {
+    std::memcpy(geff, s.dout.p, sizeof(float) * L);
+  }
+  const float Dv = p.Dskip ? static_cast<const float*>(p.Dskip)[d] : 0.f;
+  // checkpoints: the state before each chunk
+  Vec x[NV];
+  {
+    alignas(64) float x0[NV * W] = {};
+    if (p.h0) std::memcpy(x0, static_cast<const float*>(p.h0) + r * N, sizeof(float) * N);
+    for (int v = 0; v < NV; ++v) x[v] = Vec::load(x0 + v * W);
+  }
+  for (int64_t c = 0; c < s.nck; ++c) {
+    for (int v = 0; v < NV; ++v) x[v].store(s.ckpt.p + c * Np + v * W);
+    if (c + 1 < s.nck) advance<NV>(dt, dbu, A2, Bv, bs, c * s.chunk, (c + 1) * s.chunk, x, nullptr, nullptr, Np);
+  }
+  // reverse pass
+  Vec dx[NV], dA[NV], dBs[NV], dCs[NV];
+  {
+    alignas(64) float tmp[NV * W] = {};
+    if (q.dlast) std::memcpy(tmp, static_cast<const float*>(q.dlast) + r * N, sizeof(float) * N);
+    for (int v = 0; v < NV; ++v) {
+      dx[v] = Vec::load(tmp + v * W);
+      dA[v] = dBs[v] = dCs[v] = Vec::zero();
+    }
+  }
+  T* dz = gated ? static_cast<T*>(q.dz) + row : nullptr;
+  for (int64_t c = s.nck - 1; c >= 0; --c) {
+    const int64_t t0 = c * s.chunk, t1 = std::min(L, t0 + s.chunk);
+    for (int v = 0; v < NV; ++v) {
+      x[v] = Vec::load(s.ckpt.p + c * Np + v * W);
+      x[v].store(s.xs.p + v * W);
+    }
+    advance<NV>(dt, dbu, A2, Bv, bs, t0, t1, x, s.es.p, s.xs.p, Np);
+    if (gated) {  // dz = dout (y + D u) silu'(z), silu' = s + silu (1 - s); y = C x_t, W steps per tree
+      for (int64_t tb = t0; tb < t1; tb += W) {
+        const int n = int(std::min<int64_t>(W, t1 - tb));
+        for (int i = 0; i < W; ++i) {
+          Vec acc = Vec::zero();
+          if (i < n)
+            for (int v = 0; v < NV; ++v)
+              acc = fma(Vec::load(Cv + (tb + i) * cs + v * W), Vec::load(s.xs.p + (tb + i - t0 + 1) * Np + v * W), acc);
+          acc.store(s.P1.p + i * W);
+        }
+        row_sums(s.P1.p, s.y.p + tb);
+      }
+      for (t = t0; t + W <= t1; t += W) {
+        const Vec sg = Vec::load(s.zsig.p + t), y = fma(Vec::set1(Dv), Vec::load(u + t), Vec::load(s.y.p + t));
+        (Vec::load(s.dout.p + t) * y * fma(Vec::load(s.zsilu.p + t), Vec::set1(1.f) - sg, sg)).store(dz + t);
+      }
+      for (; t < t1; ++t) {
+        const float sg = s.zsig[t], y = s.y[t] + Dv * u[t];
+        dz[t] = back<T, float>(s.dout[t] * y * (s.zsilu[t] * (1.f - sg) + sg));
+      }
+    }
+    for (int64_t tb = t0 + (t1 - 1 - t0) / W * W; tb >= t0; tb -= W) {
+      const int n = int(std::min<int64_t>(W, t1 - tb));
+      for (int i = n; i < W; ++i) {
+        Vec::zero().store(s.P1.p + i * W);
+        Vec::zero().store(s.P2.p + i * W);
+      }
+      for (int i = n - 1; i >= 0; --i) {
+        const int64_t tt = tb + i, k = tt - t0;
+        const Vec gv = Vec::set1(geff[tt]), dtv = Vec::set1(dt[tt]), dbuv = Vec::set1(dbu[tt]);
+        Vec s1 = Vec::zero(), s2 = Vec::zero();
+        for (int v = 0; v < NV; ++v) {
+          const int64_t o = v * W;
+          const Vec xt = Vec::load(s.xs.p + (k + 1) * Np + o), cv = Vec::load(Cv + tt * cs + o);
+          const Vec bv = Vec::load(Bv + tt * bs + o);
+          if (dCt) fma(gv, xt, Vec::load(dCt + tt * Np + o)).store(dCt + tt * Np + o);
+          else dCs[v] = fma(gv, xt, dCs[v]);
+          dx[v] = fma(gv, cv, dx[v]);                // dL/dx_t
+          s2 = fma(dx[v], bv, s2);
+          if (dBt) fma(dx[v], dbuv, Vec::load(dBt + tt * Np + o)).store(dBt + tt * Np + o);
+          else dBs[v] = fma(dx[v], dbuv, dBs[v]);
+          dx[v] = dx[v] * Vec::load(s.es.p + k * Np + o);  // dL/dx_{t-1} (and dL/de_t = dx_t x_{t-1})
+          const Vec dde = dx[v] * Vec::load(s.xs.p + k * Np + o);  // dL/de_t * e_t
+          s1 = fma(dde, Vec::load(A + o), s1);
+          dA[v] = fma(dde, dtv, dA[v]);
+        }
+        s1.store(s.P1.p + i * W);
+        s2.store(s.P2.p + i * W);
+      }
+      row_sums(s.P1.p, s.sums.p);
+      row_sums(s.P2.p, s.sums.p + W);
+      for (int i = 0; i < n; ++i) {  // ddt = sum dde A + u sum dx B, du = g D + dt sum dx B
+        const int64_t tt = tb + i;
+        s.ddt[tt] = s.sums[i] + u[tt] * s.sums[W + i];
+        s.du[tt] = geff[tt] * Dv + dt[tt] * s.sums[W + i];
+      }
+    }
+  }
+  // outputs of this channel
+  T* duo = static_cast<T*>(q.du) + row;
+  T* ddo = static_cast<T*>(q.ddelta) + row;
+  if (p.softplus) {  // d softplus(pre) = sigmoid(pre)
+    const float bias = p.delta_bias ? static_cast<const float*>(p.delta_bias)[d] : 0.f;
+    widen_row<T, float>(s.zsig.p, static_cast<const T*>(p.delta) + row, L);
+    for (t = 0; t < L; ++t) s.zsig[t] += bias;
+    silu_row(s.zsig.p, L, s.zsilu.p);  // zsilu <- sigmoid(pre)
+  }
+  if (p.softplus)
+    for (t = 0; t + W <= L; t += W) (Vec::load(s.ddt.p + t) * Vec::load(s.zsilu.p + t)).store(s.ddt.p + t);
+  float dbias = 0, dDsum = 0;
+  Vec vb = Vec::zero(), vd = Vec::zero();
+  for (t = 0; t + W <= L; t += W) {
+    const Vec dd = Vec::load(s.ddt.p + t);
+    dd.store(ddo + t);
+    Vec::load(s.du.p + t).store(duo + t);
+    vb = vb + dd;
+    vd = fma(Vec::load(geff + t), Vec::load(u + t), vd);
+  }
+  for (; t < L; ++t) {
+    const float dd = p.softplus ? s.ddt[t] * s.zsilu[t] : s.ddt[t];
+    ddo[t] = back<T, float>(dd);
+    duo[t] = back<T, float>(s.du[t]);
+    dbias += dd;
+    dDsum += geff[t] * u[t];
+  }
+  dD_out = dDsum + vd.sum();
+  dbias_out = dbias + vb.sum();
+  alignas(64) float tmp[NV * W];
+  for (int v = 0; v < NV; ++v) dx[v].store(tmp + v * W);
+  if (q.dh0) std::memcpy(static_cast<float*>(q.dh0) + r * N, tmp, sizeof(float) * N);
+  for (int v = 0; v < NV; ++v) {
+    dA[v].store(dA_out + v * W);
+    dBs[v].store(dB_out + v * W);
+    dCs[v].store(dC_out + v * W);
+  }
+}
+
 template <typename T, typename Acc>
 void bwd(const SelectiveScanBwdParams& q) {
   using V = typename Lane<Acc>::V;
@@ -344,7 +550,11 @@ void bwd(const SelectiveScanBwdParams& q) {
   Buf<Acc> dA_part(size_t(p.Bsz * D * Np)), dB_part(size_t(p.Bsz * D * Np)), dC_part(size_t(p.Bsz * D * Np));
   Buf<Acc> dD_part(size_t(p.Bsz * D)), dbias_part(size_t(p.Bsz * D));
 
+  constexpr bool kFast = std::is_same_v<Acc, float>;
+  const bool fast = kFast && NV <= 2;
   parallel_for(p.Bsz * nblk, p.threads, 1, [&](int64_t k0, int64_t k1) {
+    std::unique_ptr<BwdScratch> fs;
+    if (fast) fs = std::make_unique<BwdScratch>(L, Np);
     const int64_t nck = (L + kChunk - 1) / kChunk;
     Buf<Acc> dt(size_t(L) + 16), u(size_t(L) + 16), vecs(size_t(Np) * 8), ckpt(size_t(nck + 1) * Np),
         xs(size_t(kChunk + 1) * Np), das(size_t(kChunk) * Np), ddt(size_t(L) + 16), du(size_t(L) + 16),
@@ -359,6 +569,15 @@ void bwd(const SelectiveScanBwdParams& q) {
       const int64_t dend = std::min((blk / bpg + 1) * cpg, dbeg + per_blk);
       for (int64_t d = dbeg; d < dend; ++d) {
         const int64_t r = b * D + d, grp = g.group_of(d);
+        if constexpr (kFast)
+          if (fast) {
+            const float* Bt = p.b_var ? bt->p + (b * p.G + grp) * L * Np : nullptr;
+            const float* Ct = p.c_var ? ct->p + (b * p.G + grp) * L * Np : nullptr;
+            auto run = NV == 1 ? channel_bwd_fast<T, 1> : channel_bwd_fast<T, 2>;
+            run(q, b, d, Bt, Ct, dBt, dCt, *fs, dA_part.p + r * Np, dB_part.p + r * Np, dC_part.p + r * Np,
+                dD_part[r], dbias_part[r]);
+            continue;
+          }
         Acc* A = vecs.p;
         Acc* Bi = vecs.p + Np;
         Acc* Ci = vecs.p + 2 * Np;
@@ -506,18 +725,24 @@ void bwd(const SelectiveScanBwdParams& q) {
       if (q.ddelta_bias) static_cast<Acc*>(q.ddelta_bias)[d] = db;
     }
   });
-  // Variable B/C: sum the channel blocks of each group, in block order, into (B, G, N, L).
+  // Variable B/C: sum the channel blocks of each group, in block order, into (B, G, N, L), in tiles
+  // of kTile steps (each block's tile is contiguous) spread over the threads.
   auto reduce_var = [&](Buf<Acc>* part, void* out) {
-    parallel_for(p.Bsz * p.G, p.threads, 1, [&](int64_t i0, int64_t i1) {
+    constexpr int64_t kTile = 64;
+    const int64_t tiles = (L + kTile - 1) / kTile;
+    parallel_for(p.Bsz * p.G * tiles, p.threads, 1, [&](int64_t i0, int64_t i1) {
+      Buf<Acc> acc(size_t(kTile * Np));
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t b = i / p.G, grp = i % p.G;
-        T* o = static_cast<T*>(out) + i * N * L;
-        for (int64_t t = 0; t < L; ++t)
-          for (int64_t n = 0; n < N; ++n) {
-            Acc s = 0;
-            for (int64_t blk = grp * bpg; blk < (grp + 1) * bpg; ++blk) s += part->p[((b * nblk + blk) * L + t) * Np + n];
-            o[n * L + t] = back<T, Acc>(s);
-          }
+        const int64_t bg = i / tiles, b = bg / p.G, grp = bg % p.G, t0 = i % tiles * kTile;
+        const int64_t nt = std::min(kTile, L - t0);
+        std::memset(acc.p, 0, sizeof(Acc) * nt * Np);
+        for (int64_t blk = grp * bpg; blk < (grp + 1) * bpg; ++blk) {
+          const Acc* src = part->p + ((b * nblk + blk) * L + t0) * Np;
+          for (int64_t j = 0; j < nt * Np; ++j) acc[j] += src[j];
+        }
+        T* o = static_cast<T*>(out) + bg * N * L + t0;
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t t = 0; t < nt; ++t) o[n * L + t] = back<T, Acc>(acc[t * Np + n]);
       }
     });
   };
