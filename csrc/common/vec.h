@@ -287,14 +287,20 @@ inline Vec log(Vec x) {
 #endif
 }
 
-// softplus(x) = log(1 + exp(x)), = x above 20 (where the two agree in fp32). log1p(e) is
-// log(u) * e / (u - 1) with u = 1 + e rounded: the factor undoes u's rounding, so small results
-// (x below ~-5, where log(1 + e) alone loses most digits) keep full relative precision.
+// softplus(x) = log(1 + exp(x)) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]. log1p(e) is
+// 2 atanh(s) with s = e / (2 + e) in (0, 1/3]: 2 s (1 + s^2 P(s^2)), P a cubic fit (relative error
+// 2e-8). No logarithm, no cancellation for small e (x far below 0 keeps full relative precision).
+// The rounding of t = -|x| log2(e) (relative error of e up to |t| 2^-24) is corrected: r, the
+// product's exact residual plus log2(e)'s own, gives e = 2^t (1 + r ln 2).
 inline Vec softplus(Vec x) {
-  const Vec lim = Vec::set1(20.f), one = Vec::set1(1.f);
-  const Vec e = exp2(min(lim, x) * Vec::set1(1.44269504088896341f)), u = one + e, d = u - one;
-  const Vec l = select_below(d, 1e-30f, e, log(u) * (e / max(d, Vec::set1(1e-30f))));
-  return select_gt(x, lim, x, l);
+  const Vec nx = Vec::zero() - abs(x), l2e = Vec::set1(1.44269504088896341f);
+  const Vec t = nx * l2e, r = fma(nx, l2e, Vec::zero() - t) + nx * Vec::set1(1.925963e-8f);
+  const Vec e0 = exp2(t), e = fma(e0, r * Vec::set1(0.693147181f), e0);
+  const Vec s = e / (Vec::set1(2.f) + e), w = s * s, s2 = s + s;
+  Vec p = fma(Vec::set1(0.1343375802f), w, Vec::set1(0.1411698120f));
+  p = fma(p, w, Vec::set1(0.2000383525f));
+  p = fma(p, w, Vec::set1(0.3333331984f));
+  return max(Vec::zero(), x) + fma(s2 * w, p, s2);
 }
 
 // tanh(x) = sign(x) * (1 - 2 / (exp(2|x|) + 1)): absolute error ~1e-7.
