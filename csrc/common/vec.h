@@ -66,10 +66,6 @@ struct Vec {
                          _mm512_cmple_epi32_mask(idx, _mm512_set1_epi32(hi));
     return {_mm512_mask_mov_ps(_mm512_set1_ps(fill), in, a.v)};
   }
-  // 2^n for integral-valued n in [-126, 127]
-  static Vec exp2i(Vec n) {
-    return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127)), 23))};
-  }
   static Vec round(Vec a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
   // the float whose bit pattern is a's shifted left by 23 (its low mantissa bits become the exponent)
   static Vec shl23(Vec a) { return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(a.v), 23))}; }
@@ -139,9 +135,6 @@ struct Vec {
     const __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), idx),
                                         _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(hi)));
     return {_mm256_blendv_ps(a.v, _mm256_set1_ps(fill), _mm256_castsi256_ps(out))};
-  }
-  static Vec exp2i(Vec n) {
-    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23))};
   }
   static Vec round(Vec a) { return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
   static Vec shl23(Vec a) { return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(a.v), 23))}; }
@@ -220,7 +213,9 @@ struct Buf {
 inline Vec exp(Vec x) {
 #if defined(KK_ISA_AVX512) || defined(KK_ISA_AVX2)
   const Vec xc = min(max(x, Vec::set1(-87.3f)), Vec::set1(88.7f));
-  const Vec n = Vec::round(xc * Vec::set1(1.44269504088896341f));
+  // n = round(x log2 e), biased, in the low mantissa bits of m (see exp2): no round/convert
+  const Vec magic = Vec::set1(12582912.f + 127.f);
+  const Vec m = fma(xc, Vec::set1(1.44269504088896341f), magic), n = m - magic;
   Vec r = fma(n, Vec::set1(-0.693359375f), xc);           // Cody-Waite: ln2 = hi + lo
   r = fma(n, Vec::set1(2.12194440e-4f), r);
   Vec p = Vec::set1(1.9875691500e-4f);
@@ -230,7 +225,7 @@ inline Vec exp(Vec x) {
   p = fma(p, r, Vec::set1(1.6666665459e-1f));
   p = fma(p, r, Vec::set1(5.0000001201e-1f));
   p = fma(p * r, r, r) + Vec::set1(1.f);
-  return select_below(x, -87.3f, Vec::zero(), p * Vec::exp2i(n));
+  return select_below(x, -87.3f, Vec::zero(), p * Vec::shl23(m));
 #else
   return {std::exp(x.v)};
 #endif
