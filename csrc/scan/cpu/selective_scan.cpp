@@ -202,7 +202,10 @@ bool fwd_fast(const SelectiveScanParams& p) {
   std::unique_ptr<Buf<float>> bt, ct;
   if (p.b_var) { bt = std::make_unique<Buf<float>>(size_t(p.Bsz * p.G * L * Np)); transpose_bc<T, float>(p, p.Bm, Np, bt->p); }
   if (p.c_var) { ct = std::make_unique<Buf<float>>(size_t(p.Bsz * p.G * L * Np)); transpose_bc<T, float>(p, p.Cm, Np, ct->p); }
-  parallel_for(p.Bsz * p.G * blocks_per_group, p.threads, 1, [&](int64_t k0, int64_t k1) {
+  // blocks are claimed one at a time (a preempted thread leaves its share to the others)
+  const int64_t nblocks = p.Bsz * p.G * blocks_per_group;
+  TaskCounter counter;
+  parallel_for(std::min<int64_t>(std::max(p.threads, 1), nblocks), p.threads, 1, [&](int64_t, int64_t) {
     constexpr int64_t CHM = kFwdChannels;
     const int64_t ld = L + 16;
     Buf<float> dt(size_t(CHM * ld)), dbu(size_t(CHM * ld)), y(size_t(CHM * ld)), z{size_t(ld)},
@@ -211,7 +214,7 @@ bool fwd_fast(const SelectiveScanParams& p) {
     float* x = vecs.p + CHM * Np;
     float* Bi = vecs.p + 2 * CHM * Np;
     float* Ci = Bi + Np;
-    for (int64_t k = k0; k < k1; ++k) {
+    for (int64_t k; (k = take_task(&counter)) < nblocks;) {
       const int64_t b = k / (p.G * blocks_per_group), grp = k / blocks_per_group % p.G;
       const int64_t d0 = grp * cpg + k % blocks_per_group * kFwdChannels;
       const int64_t nch = std::min(kFwdChannels, (grp + 1) * cpg - d0);
@@ -258,7 +261,7 @@ bool fwd_fast(const SelectiveScanParams& p) {
         if (p.last_state) std::memcpy(static_cast<float*>(p.last_state) + r * p.N, x + c * Np, sizeof(float) * p.N);
       }
     }
-  });
+  }, nblocks);
   return true;
 }
 
@@ -552,14 +555,15 @@ void bwd(const SelectiveScanBwdParams& q) {
 
   constexpr bool kFast = std::is_same_v<Acc, float>;
   const bool fast = kFast && NV <= 2;
-  parallel_for(p.Bsz * nblk, p.threads, 1, [&](int64_t k0, int64_t k1) {
+  TaskCounter counter;  // (batch, block) tasks claimed one at a time
+  parallel_for(std::min<int64_t>(std::max(p.threads, 1), p.Bsz * nblk), p.threads, 1, [&](int64_t, int64_t) {
     std::unique_ptr<BwdScratch> fs;
     if (fast) fs = std::make_unique<BwdScratch>(L, Np);
     const int64_t nck = (L + kChunk - 1) / kChunk;
     Buf<Acc> dt(size_t(L) + 16), u(size_t(L) + 16), vecs(size_t(Np) * 8), ckpt(size_t(nck + 1) * Np),
         xs(size_t(kChunk + 1) * Np), das(size_t(kChunk) * Np), ddt(size_t(L) + 16), du(size_t(L) + 16),
         zsilu(size_t(L) + 16), zsig(size_t(L) + 16);
-    for (int64_t k = k0; k < k1; ++k) {
+    for (int64_t k; (k = take_task(&counter)) < p.Bsz * nblk;) {
       const int64_t b = k / nblk, blk = k % nblk;
       Acc* dBt = dbt ? dbt->p + (b * nblk + blk) * L * Np : nullptr;
       Acc* dCt = dct ? dct->p + (b * nblk + blk) * L * Np : nullptr;
@@ -703,7 +707,7 @@ void bwd(const SelectiveScanBwdParams& q) {
         std::memcpy(dC_part.p + r * Np, dCi, sizeof(Acc) * Np);
       }
     }
-  });
+  }, p.Bsz * nblk);
 
   // Reductions in a fixed order. Per-channel parameters: sum over the batch.
   parallel_for(D, p.threads, 16, [&](int64_t d0, int64_t d1) {
