@@ -282,20 +282,38 @@ inline Vec log(Vec x) {
 #endif
 }
 
-// softplus(x) = log(1 + exp(x)) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]. log1p(e) is
-// 2 atanh(s) with s = e / (2 + e) in (0, 1/3]: 2 s (1 + s^2 P(s^2)), P a cubic fit (relative error
-// 2e-8). No logarithm, no cancellation for small e (x far below 0 keeps full relative precision).
-// The rounding of t = -|x| log2(e) (relative error of e up to |t| 2^-24) is corrected: r, the
-// product's exact residual plus log2(e)'s own, gives e = 2^t (1 + r ln 2).
-inline Vec softplus(Vec x) {
-  const Vec nx = Vec::zero() - abs(x), l2e = Vec::set1(1.44269504088896341f);
+// exp(-|x|) in (0, 1] to ~2 ulp by exp2: the rounding of t = -|x| log2(e) (relative error of the
+// result up to |t| 2^-24) is corrected: r, the product's exact residual plus log2(e)'s own, gives
+// 2^t (1 + r ln 2).
+inline Vec exp_neg_abs(Vec x) {
+  // (clamped where the result underflows anyway: infinite x would make r NaN; NaN passes)
+  const Vec nx = max(Vec::set1(-87.5f), Vec::zero() - abs(x)), l2e = Vec::set1(1.44269504088896341f);
   const Vec t = nx * l2e, r = fma(nx, l2e, Vec::zero() - t) + nx * Vec::set1(1.925963e-8f);
-  const Vec e0 = exp2(t), e = fma(e0, r * Vec::set1(0.693147181f), e0);
-  const Vec s = e / (Vec::set1(2.f) + e), w = s * s, s2 = s + s;
+  const Vec e = exp2(t);
+  return fma(e, r * Vec::set1(0.693147181f), e);
+}
+
+// softplus(x) = log(1 + exp(x)) = max(x, 0) + log1p(e), e = exp(-|x|). log1p(e) is 2 atanh(s) with
+// s = e / (2 + e) in (0, 1/3]: 2 s (1 + s^2 P(s^2)), P a cubic fit (relative error 2e-8). No
+// logarithm, no cancellation for small e (x far below 0 keeps full relative precision). With
+// `sig` set, also stores sigmoid(x) (softplus' derivative) from the same e.
+inline Vec softplus(Vec x, Vec* sig = nullptr) {
+  const Vec e = exp_neg_abs(x), two_e = Vec::set1(2.f) + e;
+  if (sig) {  // 1 / (1 + e) for x >= 0, e / (1 + e) below
+    const Vec q = Vec::set1(1.f) / (Vec::set1(1.f) + e);
+    *sig = select_below(x, 0.f, e * q, q);
+  }
+  const Vec s = e / two_e, w = s * s, s2 = s + s;
   Vec p = fma(Vec::set1(0.1343375802f), w, Vec::set1(0.1411698120f));
   p = fma(p, w, Vec::set1(0.2000383525f));
   p = fma(p, w, Vec::set1(0.3333331984f));
   return max(Vec::zero(), x) + fma(s2 * w, p, s2);
+}
+
+// sigmoid(x) = 1 / (1 + exp(-x)) with one exp2 and one divide, to ~2 ulp.
+inline Vec sigmoid_accurate(Vec x) {
+  const Vec e = exp_neg_abs(x), q = Vec::set1(1.f) / (Vec::set1(1.f) + e);
+  return select_below(x, 0.f, e * q, q);
 }
 
 // tanh(x) = sign(x) * (1 - 2 / (exp(2|x|) + 1)): absolute error ~1e-7.

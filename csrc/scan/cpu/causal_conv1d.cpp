@@ -77,7 +77,6 @@ inline void fix_pre(const int32_t* s, const float* ext, const float* w, int64_t 
   }
 }
 
-inline Vec sigmoid_exact(Vec x) { return Vec::set1(1.f) / (Vec::set1(1.f) + exp(Vec::zero() - x)); }
 
 template <typename T>
 void fwd(const CausalConvParams& p) {
@@ -96,7 +95,7 @@ void fwd(const CausalConvParams& p) {
       if (p.silu)
         for (int64_t t = 0; t < L; t += Vec::size) {
           const Vec x = Vec::load(pre.p + t);
-          (x * sigmoid_exact(x)).store(pre.p + t);
+          (x * sigmoid_accurate(x)).store(pre.p + t);
         }
       T* y = static_cast<T*>(p.y) + r * L;
       int64_t t = 0;
@@ -137,7 +136,7 @@ void bwd(const CausalConvBwdParams& q) {
           conv_row(ext.p, w, W, bias, L, dext.p);  // dext as scratch for the pre-activation
           if (seq) fix_pre(seq, ext.p, w, W, bias, L, dext.p);
           for (int64_t t = 0; t < L; t += Vec::size) {
-            const Vec x = Vec::load(dext.p + t), s = sigmoid_exact(x);
+            const Vec x = Vec::load(dext.p + t), s = sigmoid_accurate(x);
             (Vec::load(gp + t) * s * (Vec::set1(1.f) + x * (Vec::set1(1.f) - s))).store(gp + t);
           }
           std::memset(gp + L, 0, sizeof(float) * (W1 + Vec::size));

@@ -39,8 +39,7 @@ template <> struct Lane<double> { using V = DVec; };
 inline DVec exp(DVec x) { return {std::exp(x.v)}; }
 inline DVec softplus(DVec x) { return {x.v > 20.0 ? x.v : std::log1p(std::exp(x.v))}; }
 inline DVec sigmoid(DVec x) { return {1.0 / (1.0 + std::exp(-x.v))}; }
-inline Vec sigmoid_exact(Vec x) { return Vec::set1(1.f) / (Vec::set1(1.f) + exp(Vec::zero() - x)); }
-inline DVec sigmoid_exact(DVec x) { return sigmoid(x); }
+inline DVec sigmoid_accurate(DVec x) { return sigmoid(x); }
 
 template <typename T, typename Acc> inline Acc cvt(T x) { return Acc(to_float(x)); }
 template <> inline double cvt<double, double>(double x) { return x; }
@@ -65,7 +64,7 @@ void silu_row(Acc* z, int64_t L, Acc* s = nullptr) {
   using V = typename Lane<Acc>::V;
   int64_t t = 0;
   for (; t + V::size <= L; t += V::size) {
-    const V zv = V::load(z + t), sg = sigmoid_exact(zv);
+    const V zv = V::load(z + t), sg = sigmoid_accurate(zv);
     if (s) sg.store(s + t);
     (zv * sg).store(z + t);
   }
@@ -124,9 +123,10 @@ void channel_vec(const void* src, int64_t d, int64_t N, int64_t Np, Acc* out) {
   std::memcpy(out, static_cast<const Acc*>(src) + d * N, sizeof(Acc) * N);
 }
 
-// dt row for channel (b, d): delta + bias, softplus'ed if asked.
+// dt row for channel (b, d): delta + bias, softplus'ed if asked; with `sig` (fp32 only), also
+// sigmoid(delta + bias), the softplus derivative, from the same exponential.
 template <typename T, typename Acc>
-void dt_row(const SelectiveScanParams& p, int64_t b, int64_t d, Acc* dt) {
+void dt_row(const SelectiveScanParams& p, int64_t b, int64_t d, Acc* dt, Acc* sig = nullptr) {
   using V = typename Lane<Acc>::V;
   const Geometry<T, Acc> g(p);
   widen_row<T, Acc>(dt, static_cast<const T*>(p.delta) + g.row(b, d), p.L);
@@ -134,11 +134,22 @@ void dt_row(const SelectiveScanParams& p, int64_t b, int64_t d, Acc* dt) {
   int64_t t = 0;
   for (; t + V::size <= p.L; t += V::size) {
     V x = V::load(dt + t) + V::set1(bias);
-    if (p.softplus) x = softplus(x);
+    if constexpr (std::is_same_v<Acc, float>) {
+      if (p.softplus && sig) {
+        V sg;
+        x = softplus(x, &sg);
+        sg.store(sig + t);
+      } else if (p.softplus) {
+        x = softplus(x);
+      }
+    } else if (p.softplus) {
+      x = softplus(x);
+    }
     x.store(dt + t);
   }
   for (; t < p.L; ++t) {
     Acc x = dt[t] + bias;
+    if (p.softplus && sig) sig[t] = Acc(1) / (Acc(1) + Acc(std::exp(double(-x))));
     if (p.softplus) x = x > Acc(20) ? x : Acc(std::log1p(std::exp(double(x))));
     dt[t] = x;
   }
@@ -335,10 +346,10 @@ constexpr int64_t kBwdScratchBytes = int64_t(256) << 10;
 
 struct BwdScratch {
   int64_t Np, chunk, nck;
-  Buf<float> dt, u, dbu, geff, dout, zsilu, zsig, y, ddt, du, ckpt, xs, es, P1, P2, sums;
+  Buf<float> dt, sigpre, u, dbu, geff, dout, zsilu, zsig, y, ddt, du, ckpt, xs, es, P1, P2, sums;
   BwdScratch(int64_t L, int64_t Np_)
       : Np(Np_), chunk(std::max<int64_t>(256, kBwdScratchBytes / (Np_ * 8) / 64 * 64)),
-        nck((L + chunk - 1) / chunk), dt(size_t(L) + 16), u(size_t(L) + 16), dbu(size_t(L) + 16),
+        nck((L + chunk - 1) / chunk), dt(size_t(L) + 16), sigpre(size_t(L) + 16), u(size_t(L) + 16), dbu(size_t(L) + 16),
         geff(size_t(L) + 16), dout(size_t(L) + 16), zsilu(size_t(L) + 16), zsig(size_t(L) + 16),
         y(size_t(L) + 16), ddt(size_t(L) + 16), du(size_t(L) + 16), ckpt(size_t(nck + 1) * Np_),
         xs(size_t(chunk + 1) * Np_), es(size_t(chunk) * Np_), P1(size_t(Vec::size) * Vec::size),
@@ -386,7 +397,7 @@ void channel_bwd_fast(const SelectiveScanBwdParams& q, int64_t b, int64_t d, con
   const int64_t bs = Bt ? Np : 0, cs = Ct ? Np : 0;
   // rows over time
   float *dt = s.dt.p, *u = s.u.p, *dbu = s.dbu.p, *geff = s.geff.p;
-  dt_row<T, float>(p, b, d, dt);
+  dt_row<T, float>(p, b, d, dt, s.sigpre.p);
   widen_row<T, float>(u, static_cast<const T*>(p.u) + row, L);
   widen_row<T, float>(s.dout.p, static_cast<const T*>(q.dout) + row, L);
   int64_t t = 0;
@@ -491,14 +502,8 @@ void channel_bwd_fast(const SelectiveScanBwdParams& q, int64_t b, int64_t d, con
   // outputs of this channel
   T* duo = static_cast<T*>(q.du) + row;
   T* ddo = static_cast<T*>(q.ddelta) + row;
-  if (p.softplus) {  // d softplus(pre) = sigmoid(pre)
-    const float bias = p.delta_bias ? static_cast<const float*>(p.delta_bias)[d] : 0.f;
-    widen_row<T, float>(s.zsig.p, static_cast<const T*>(p.delta) + row, L);
-    for (t = 0; t < L; ++t) s.zsig[t] += bias;
-    silu_row(s.zsig.p, L, s.zsilu.p);  // zsilu <- sigmoid(pre)
-  }
-  if (p.softplus)
-    for (t = 0; t + W <= L; t += W) (Vec::load(s.ddt.p + t) * Vec::load(s.zsilu.p + t)).store(s.ddt.p + t);
+  if (p.softplus)  // d softplus(pre) = sigmoid(pre)
+    for (t = 0; t + W <= L; t += W) (Vec::load(s.ddt.p + t) * Vec::load(s.sigpre.p + t)).store(s.ddt.p + t);
   float dbias = 0, dDsum = 0;
   Vec vb = Vec::zero(), vd = Vec::zero();
   for (t = 0; t + W <= L; t += W) {
@@ -509,7 +514,7 @@ void channel_bwd_fast(const SelectiveScanBwdParams& q, int64_t b, int64_t d, con
     vd = fma(Vec::load(geff + t), Vec::load(u + t), vd);
   }
   for (; t < L; ++t) {
-    const float dd = p.softplus ? s.ddt[t] * s.zsilu[t] : s.ddt[t];
+    const float dd = p.softplus ? s.ddt[t] * s.sigpre[t] : s.ddt[t];
     ddo[t] = back<T, float>(dd);
     duo[t] = back<T, float>(s.du[t]);
     dbias += dd;
