@@ -512,6 +512,26 @@ def test_selective_scan_backward_matches_reference(isa, dtype, bc, opts):
         torch.testing.assert_close(gg.double(), e, rtol=rtol * 3, atol=atol * 3 * scale, msg=f"d{name}")
 
 
+@pytest.mark.parametrize("N", [1, 2, 9])
+def test_selective_scan_backward_state_sizes(isa, N):
+    """State sizes around the vector widths (one or two vectors of state, scalar lanes, padding)."""
+    base, extra = _ss_inputs(2, 3, N, 300, "variable", torch.float32, seed=6)
+    kw = dict(D=extra["D"], delta_bias=extra["delta_bias"], delta_softplus=True)
+    tensors = base + [extra["z"], extra["initial_state"]]
+    dout = torch.randn(base[0].shape, generator=_gen(11))
+
+    def run(fn, ts, cast=lambda t: t):
+        return fn(*ts[:5], z=ts[5], initial_state=ts[6], **{k: cast(v) if torch.is_tensor(v) else v
+                                                            for k, v in kw.items()})
+
+    got = _grads(lambda *ts: run(kernkit.selective_scan, ts), tensors, dout)
+    exp = _grads(lambda *ts: run(selective_scan_ref, ts, lambda t: t.double()), [t.double() for t in tensors],
+                 dout.double())
+    for name, gg, e in zip(["u", "delta", "A", "B", "C", "z", "h0"], got, exp):
+        scale = max(1.0, e.abs().max().item())
+        torch.testing.assert_close(gg.double(), e, rtol=2e-3, atol=2e-3 * scale, msg=f"d{name}")
+
+
 @pytest.mark.parametrize("N", [5, 16])
 def test_selective_scan_backward_long_sequence(isa, N):
     """L = 4100 crosses the backward's recompute chunk (2048 or 4096 steps) at every ISA, not at a multiple
