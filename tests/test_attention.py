@@ -172,6 +172,18 @@ def test_sigmoid_bias_per_head_gradient():
         torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4)
 
 
+def test_sigmoid_saturated_logits_stay_finite(isa):
+    """Logits far below -88 (sigmoid ~ 0): exp(-x) must not overflow into 1 / (1 + inf) = NaN."""
+    q, k, v = _qkv((1, 9, 21, 2, 2, 16, 16), torch.float32)
+    q = q * 40  # |q.k| in the thousands
+    dout = torch.randn(1, 9, 2, 16)
+    got = _grads(lambda a, b, c: kernkit.flash_attn(a, b, c, activation="sigmoid", scale=1.0), [q, k, v], dout)
+    out = kernkit.flash_attn(q, k, v, activation="sigmoid", scale=1.0)
+    exact = flash_attn_ref(q.double(), k.double(), v.double(), activation="sigmoid", scale=1.0)[0]
+    torch.testing.assert_close(out.double(), exact, rtol=1e-4, atol=1e-4)
+    assert all(torch.isfinite(g).all() for g in got)
+
+
 def test_sigmoid_default_bias_is_minus_log_keys():
     q, k, v = _qkv((1, 10, 50, 2, 2, 16, 16), torch.float32)
     a = kernkit.flash_attn(q, k, v, activation="sigmoid")

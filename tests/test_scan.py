@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 import kernkit
 from kernkit.reference import causal_conv1d_ref, linear_scan_ref
@@ -510,6 +511,23 @@ def test_selective_scan_backward_matches_reference(isa, dtype, bc, opts):
     for name, gg, e in zip(names, got, exp):
         scale = max(1.0, e.abs().max().item())
         torch.testing.assert_close(gg.double(), e, rtol=rtol * 3, atol=atol * 3 * scale, msg=f"d{name}")
+
+
+def test_silu_and_softplus_edge_values(isa):
+    """SiLU (causal_conv1d) and the softplus of delta (selective_scan) at +-inf, NaN and far from 0 agree
+    with torch: NaN where torch gives NaN, exact 0 / x where the value under- or overflows."""
+    x = torch.tensor([float("-inf"), -1e4, -100.0, -30.0, -5.0, 0.0, 3.0, 30.0, 1e4, float("inf"), float("nan")])
+    got = kernkit.causal_conv1d(x[None, None].repeat(1, 2, 1), torch.ones(2, 1), activation="silu")[0, 0]
+    torch.testing.assert_close(got, F.silu(x), equal_nan=True, rtol=1e-6, atol=1e-30)  # (denormals)
+    # dt = softplus(delta) enters the output as dt * u * B * C with x0 = 0, L = 1, A irrelevant
+    # (delta = +inf is left out: dt = inf times the zero padding of B's unused state lanes is NaN)
+    x = x[x != float("inf")]
+    L = x.numel()
+    d = x[None, None].clone()
+    out = torch.stack([kernkit.selective_scan(torch.ones(1, 1, 1), d[..., i:i + 1], -torch.ones(1, 1),
+                                              torch.ones(1, 1, 1), torch.ones(1, 1, 1), delta_softplus=True)[0, 0, 0]
+                       for i in range(L)])
+    torch.testing.assert_close(out, F.softplus(x), equal_nan=True, rtol=1e-6, atol=1e-30)
 
 
 @pytest.mark.parametrize("N", [1, 2, 9])

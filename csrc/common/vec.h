@@ -209,10 +209,11 @@ struct Buf {
 };
 
 // exp(x) in fp32 to ~2 ulp; exactly 0 for x < -87.3 (so exp(-inf) = 0, which
-// masked attention scores rely on); large x saturates at exp(88.7).
+// masked attention scores rely on); large x saturates at exp(88.376) (x log2 e < 127.5 keeps the
+// exponent finite: above it, 1 / (1 + exp(x)) in sigmoid() would make NaN); NaN stays NaN.
 inline Vec exp(Vec x) {
 #if defined(KK_ISA_AVX512) || defined(KK_ISA_AVX2)
-  const Vec xc = min(max(x, Vec::set1(-87.3f)), Vec::set1(88.7f));
+  const Vec xc = min(Vec::set1(88.3762626f), max(Vec::set1(-87.3f), x));
   // n = round(x log2 e), biased, in the low mantissa bits of m (see exp2): no round/convert
   const Vec magic = Vec::set1(12582912.f + 127.f);
   const Vec m = fma(xc, Vec::set1(1.44269504088896341f), magic), n = m - magic;
@@ -233,7 +234,8 @@ inline Vec exp(Vec x) {
 
 // 2^t to ~2 ulp, for kernels that fold log2(e) into a per-channel constant (exp(d * a) =
 // exp2(d * (a log2 e))): ~40% fewer operations than exp(). t is clamped to [-126, 127] (NaN passes
-// through: max/min return their second operand for NaN). Adding 1.5 * 2^23 + 127 rounds t to an
+// through: max/min return their second operand for NaN), so the result is never 0 or inf: at most
+// 2^-126 * 2^0.5 where the true value underflows (negligible next to any O(1) term it is added to). Adding 1.5 * 2^23 + 127 rounds t to an
 // integer n held in the sum's low mantissa bits, already biased, so one shift makes 2^n; 2^f for
 // f = t - n in [-1/2, 1/2] is a degree-6 fit (relative error 2e-9), evaluated Estrin-style for a
 // short dependency chain.
@@ -286,11 +288,15 @@ inline Vec log(Vec x) {
 // result up to |t| 2^-24) is corrected: r, the product's exact residual plus log2(e)'s own, gives
 // 2^t (1 + r ln 2).
 inline Vec exp_neg_abs(Vec x) {
+#if defined(KK_ISA_AVX512) || defined(KK_ISA_AVX2)
   // (clamped where the result underflows anyway: infinite x would make r NaN; NaN passes)
   const Vec nx = max(Vec::set1(-87.5f), Vec::zero() - abs(x)), l2e = Vec::set1(1.44269504088896341f);
   const Vec t = nx * l2e, r = fma(nx, l2e, Vec::zero() - t) + nx * Vec::set1(1.925963e-8f);
   const Vec e = exp2(t);
-  return fma(e, r * Vec::set1(0.693147181f), e);
+  return select_below(nx, -87.3f, Vec::zero(), fma(e, r * Vec::set1(0.693147181f), e));  // 0 like exp()
+#else
+  return {std::exp(-std::fabs(x.v))};  // (the scalar fma is unfused: the residual would be 0)
+#endif
 }
 
 // softplus(x) = log(1 + exp(x)) = max(x, 0) + log1p(e), e = exp(-|x|). log1p(e) is 2 atanh(s) with
