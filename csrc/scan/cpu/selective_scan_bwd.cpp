@@ -60,11 +60,11 @@ void channel_bwd_fast(const SelectiveScanBwdParams& q, int64_t b, int64_t d, con
   const int64_t Np = s.Np, L = p.L, N = p.N, r = b * p.D + d, row = g.row(b, d);
   const bool gated = p.z != nullptr;
   // per-channel vectors: A, A log2(e), invariant B and C
-  alignas(64) float A[NV * W] = {}, A2[NV * W] = {}, Bi[NV * W] = {}, Ci[NV * W] = {};
-  std::memcpy(A, static_cast<const float*>(p.A) + d * N, sizeof(float) * N);
-  for (int64_t n = 0; n < N; ++n) A2[n] = A[n] * kLog2e;
-  if (!p.b_var) std::memcpy(Bi, static_cast<const float*>(p.Bm) + d * N, sizeof(float) * N);
-  if (!p.c_var) std::memcpy(Ci, static_cast<const float*>(p.Cm) + d * N, sizeof(float) * N);
+  alignas(64) float A[NV * W], A2[NV * W], Bi[NV * W], Ci[NV * W];
+  channel_vec(p.A, d, N, NV * W, A);
+  for (int n = 0; n < NV * W; ++n) A2[n] = A[n] * kLog2e;
+  if (!p.b_var) channel_vec(p.Bm, d, N, NV * W, Bi);
+  if (!p.c_var) channel_vec(p.Cm, d, N, NV * W, Ci);
   const float* Bv = Bt ? Bt : Bi;
   const float* Cv = Ct ? Ct : Ci;
   const int64_t bs = Bt ? Np : 0, cs = Ct ? Np : 0;

@@ -33,8 +33,11 @@ struct DVec {
 };
 template <> struct Lane<double> { using V = DVec; };
 inline DVec exp(DVec x) { return {std::exp(x.v)}; }
-inline DVec softplus(DVec x) { return {x.v > 20.0 ? x.v : std::log1p(std::exp(x.v))}; }
 inline DVec sigmoid(DVec x) { return {1.0 / (1.0 + std::exp(-x.v))}; }
+inline DVec softplus(DVec x, DVec* sig = nullptr) {  // (like Vec's: sig <- sigmoid(x) if set)
+  if (sig) *sig = sigmoid(x);
+  return {x.v > 20.0 ? x.v : std::log1p(std::exp(x.v))};
+}
 inline DVec sigmoid_accurate(DVec x) { return sigmoid(x); }
 
 template <typename T, typename Acc> inline Acc cvt(T x) { return Acc(to_float(x)); }
@@ -119,7 +122,7 @@ void channel_vec(const void* src, int64_t d, int64_t N, int64_t Np, Acc* out) {
   std::memcpy(out, static_cast<const Acc*>(src) + d * N, sizeof(Acc) * N);
 }
 
-// dt row for channel (b, d): delta + bias, softplus'ed if asked; with `sig` (fp32 only), also
+// dt row for channel (b, d): delta + bias, softplus'ed if asked; with `sig`, also
 // sigmoid(delta + bias), the softplus derivative, from the same exponential.
 template <typename T, typename Acc>
 void dt_row(const SelectiveScanParams& p, int64_t b, int64_t d, Acc* dt, Acc* sig = nullptr) {
@@ -130,16 +133,10 @@ void dt_row(const SelectiveScanParams& p, int64_t b, int64_t d, Acc* dt, Acc* si
   int64_t t = 0;
   for (; t + V::size <= p.L; t += V::size) {
     V x = V::load(dt + t) + V::set1(bias);
-    if constexpr (std::is_same_v<Acc, float>) {
-      if (p.softplus && sig) {
-        V sg;
-        x = softplus(x, &sg);
-        sg.store(sig + t);
-      } else if (p.softplus) {
-        x = softplus(x);
-      }
-    } else if (p.softplus) {
-      x = softplus(x);
+    if (p.softplus) {
+      V sg;
+      x = softplus(x, sig ? &sg : nullptr);
+      if (sig) sg.store(sig + t);
     }
     x.store(dt + t);
   }
