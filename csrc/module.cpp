@@ -189,29 +189,40 @@ AttnMask attn_mask(double scale, double softcap, int left, int right, int sinks,
                   ptr<const float>(bias), float(bias_value), bias_default};
 }
 
-// flash_attn_with_kvcache's lean decode call (CPU, B <= 16, last dims contiguous; the caller has checked
+// flash_attn_with_kvcache's lean decode call (CPU, B = len(starts) <= 16; the caller has checked
 // shapes, dtypes, that rows [starts[b], starts[b] + n_new) lie inside the caches and every rotary
 // position inside the tables) in one native step: the new keys (rotated when cos/sin are given) and
 // values go into the caches, q is rotated into a scratch copy, then attention over starts[b] + n_new keys.
-// dims = (B, Sq, Hq, Hkv, D, Dv).
-void kvcache_decode(uintptr_t q, Strides qs, uintptr_t kc, Strides kcs, uintptr_t vc, Strides vcs, uintptr_t k,
-                    Strides ks, uintptr_t v, Strides vs, uintptr_t starts, uintptr_t out, Strides os,
-                    std::array<int, 6> dims, int cap, int n_new, bool causal, uintptr_t cos, uintptr_t sin, int rd,
-                    bool interleaved, int dtype, int threads) {
-  const int B = dims[0], Sq = dims[1], Hq = dims[2], Hkv = dims[3], D = dims[4], Dv = dims[5];
+// Strides are the tensors' own four (elements; the last must be 1). dims = (Sq, Hq, Hkv, D, Dv, cap, n_new).
+using Strides4 = std::array<int64_t, 4>;
+void kvcache_decode(uintptr_t q, Strides4 qs4, uintptr_t kc, Strides4 kcs4, uintptr_t vc, Strides4 vcs4, uintptr_t k,
+                    Strides4 ks4, uintptr_t v, Strides4 vs4, uintptr_t out, Strides4 os4,
+                    const std::vector<int64_t>& starts, std::array<int, 7> dims, bool causal, uintptr_t cos,
+                    uintptr_t sin, int rd, bool interleaved, int dtype, int threads) {
+  const int B = int(starts.size()), Sq = dims[0], Hq = dims[1], Hkv = dims[2], D = dims[3], Dv = dims[4],
+            cap = dims[5], n_new = dims[6];
   require(B >= 1 && B <= 16 && Sq >= 1 && n_new >= 0, "flash_attn_with_kvcache: bad decode geometry");
+  for (const Strides4* s : {&qs4, &kcs4, &vcs4, &ks4, &vs4, &os4})
+    require((*s)[3] == 1, "flash_attn_with_kvcache: the native decode step needs unit last strides");
   const DType dt = dtype_from_code(dtype, "q");
   require(dt != DType::f64, "flash_attn_with_kvcache: the native decode step takes fp32/bf16/fp16");
   const int64_t elem = dt == DType::f32 ? 4 : 2;
-  const int32_t* st = ptr<const int32_t>(starts);
-  std::array<int32_t, 16> used{};
+  std::array<int32_t, 16> st{}, used{};
+  for (int b = 0; b < B; ++b) {
+    require(starts[b] >= 0 && starts[b] + n_new <= cap, "flash_attn_with_kvcache: cache_seqlens out of range");
+    st[b] = int32_t(starts[b]);
+  }
+  auto three = [](const Strides4& s) { return Strides{s[0], s[1], s[2]}; };
+  const Strides qs = three(qs4), kcs = three(kcs4), vcs = three(vcs4), ks = three(ks4), vs = three(vs4),
+                os = three(os4);
   std::vector<char> qrot;
   Strides qst = qs;
   py::gil_scoped_release nogil;
   auto rotate = [&](uintptr_t x, const Strides& xs, void* o, const Strides& ostr, bool at_starts, bool same_pos, int S,
                     int H) {
-    rotary_cpu(RotaryParams{ptr<const void>(x), {xs[0], xs[1], xs[2]}, o, {ostr[0], ostr[1], ostr[2]}, st, at_starts,
-                            same_pos, ptr<const float>(cos), ptr<const float>(sin), B, S, H, D, rd, interleaved, dt});
+    rotary_cpu(RotaryParams{ptr<const void>(x), {xs[0], xs[1], xs[2]}, o, {ostr[0], ostr[1], ostr[2]}, st.data(),
+                            at_starts, same_pos, ptr<const float>(cos), ptr<const float>(sin), B, S, H, D, rd,
+                            interleaved, dt});
   };
   auto append = [&](uintptr_t dst, const Strides& ds, uintptr_t src, const Strides& ss, int b, int d) {
     for (int i = 0; i < n_new; ++i)

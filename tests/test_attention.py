@@ -536,3 +536,40 @@ def test_kvcache_decode_fast_path_equals_checked_path(dtype):
     assert _kvcache_fast(q[:, :1], kc1, vc1, full, one, one, {}) is None
     with pytest.raises(ValueError, match="capacity"):
         kernkit.flash_attn_with_kvcache(q[:, :1], kc1, vc1, full, k=one, v=one)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kvcache_decode_fast_path_int_lengths_and_layouts(dtype):
+    # an int cache_seqlens, a head-major (permuted) q, strided caches and new keys: the fast path
+    # takes them and matches the checked path bitwise; the output keeps q's dense layout
+    from kernkit.attention import _kvcache_fast
+
+    g = torch.Generator().manual_seed(5)
+    B, cap, Hq, Hkv, D = 2, 40, 4, 2, 64
+    q = torch.randn(B, Hq, 1, D, generator=g).to(dtype).transpose(1, 2)     # (B, 1, Hq, D), head-major
+    base = [torch.randn(B, cap, Hkv, 2 * D, generator=g).to(dtype) for _ in range(2)]
+    k = torch.randn(B, 2, Hkv, D + 8, generator=g).to(dtype)[..., :D]       # strided rows
+    v = torch.randn(B, 2, Hkv, D, generator=g).to(dtype)
+    for start in (0, 13, cap - 2):
+        kc1, vc1 = (c.clone()[..., :D] for c in base)
+        kc2, vc2 = (c.clone()[..., :D] for c in base)
+        fast = _kvcache_fast(q, kc1, vc1, start, k, v, {"causal": True})
+        assert fast is not None and fast.stride() == q.stride()
+        slow = kernkit.flash_attn_with_kvcache(q, kc2, vc2, start, k=k, v=v, causal=True, window=(-1, -1))
+        assert torch.equal(fast, slow) and torch.equal(kc1, kc2) and torch.equal(vc1, vc2)
+        ref_k = torch.cat([base[0][:, :start, :, :D], k], 1)
+        ref_v = torch.cat([base[1][:, :start, :, :D], v], 1)
+        heads = [t.transpose(1, 2).float() for t in (q, ref_k, ref_v)]   # 1 query row at the end: all keys
+        want = torch.nn.functional.scaled_dot_product_attention(*heads, enable_gqa=True).transpose(1, 2)
+        torch.testing.assert_close(fast.float(), want, atol=2e-2 if dtype == torch.float16 else 1e-5, rtol=0)
+    # an int past the capacity, a bool, a negative int: left to the checked path, which raises
+    kc, vc = (c.clone()[..., :D] for c in base)
+    for bad in (cap, -1, True):
+        assert _kvcache_fast(q, kc, vc, bad, k[:, :1], v[:, :1], {}) is None
+    with pytest.raises(ValueError, match="capacity"):
+        kernkit.flash_attn_with_kvcache(q, kc, vc, cap, k=k[:, :1], v=v[:, :1])
+    with pytest.raises(ValueError, match="capacity"):
+        kernkit.flash_attn_with_kvcache(q, kc, vc, -1)
+    with pytest.raises(TypeError, match="cache_seqlens"):
+        kernkit.flash_attn_with_kvcache(q, kc, vc, True)
+    assert torch.equal(kc, base[0][..., :D]) and torch.equal(vc, base[1][..., :D])  # nothing written

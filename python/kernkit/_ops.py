@@ -34,6 +34,17 @@ _Parameter = torch.nn.Parameter
 _FAST_PATH = None not in (_fn_mode_enabled, _dispatch_stack_len, _is_functorch)
 
 
+_interpreter_stack = _probe("torch._C._functorch.peek_interpreter_stack")
+
+
+def _plain_now() -> bool:
+    """The call-independent half of :func:`_eager_plain`: eager mode, no torch-function or dispatch
+    mode, no functorch transform running (a wrapper leaked out of one has no storage: reading its
+    data pointer raises). Callers still check each tensor's type, device and requires_grad."""
+    return _FAST_PATH and _interpreter_stack is not None and not torch.compiler.is_compiling() \
+        and not _fn_mode_enabled() and not _dispatch_stack_len() and _interpreter_stack() is None
+
+
 def _eager_plain(args) -> bool:
     if not _FAST_PATH or torch.compiler.is_compiling() or _fn_mode_enabled() or _dispatch_stack_len():
         return False

@@ -23,7 +23,7 @@ import torch
 from . import _C, _native
 from . import _checks as chk
 from ._native import DTYPE_CODES, advise_large, dtype_code, launch_args, ptr, uses_cuda_kernels
-from ._ops import _eager_plain, call, define_op
+from ._ops import _Parameter, _eager_plain, _plain_now, call, define_op
 
 _ACTIVATIONS = {"softmax": 0, "sigmoid": 1}
 MAX_HEAD_DIM = 256
@@ -346,19 +346,26 @@ def _rotate(x, cos, sin, pos, interleaved):
 def _kvcache_fast(q, k_cache, v_cache, cache_seqlens, k, v, kwargs):
     """The decode call's common case, checked with attribute reads only (at a small cache the
     generic checks cost several times the kernel): plain CPU tensors, no autograd or compile or
-    modes, at most ``causal`` given, few sequences, caches with room. Anything else (including every
-    error) returns None and takes the fully checked path."""
+    modes, at most ``causal`` and the rotary tables given, few sequences, caches with room. Anything
+    else (including every error) returns None and takes the fully checked path."""
     if kwargs and (not kwargs.keys() <= _KV_FAST_KWARGS or type(kwargs.get("causal", False)) is not bool
                    or type(kwargs.get("rotary_interleaved", False)) is not bool):
         return None
-    if (k is None) != (v is None):
+    if k is None:
+        if v is not None:
+            return None
+        ts = (q, k_cache, v_cache)
+    elif v is None:
         return None
-    ts = (q, k_cache, v_cache) if k is None else (q, k_cache, v_cache, k, v)
-    if type(q) is not torch.Tensor or not _eager_plain(ts):
+    else:
+        ts = (q, k_cache, v_cache, k, v)
+    if not _plain_now():
         return None
     dt = q.dtype
+    grad = torch.is_grad_enabled()
     for t in ts:
-        if type(t) is not torch.Tensor or not t.is_cpu or t.dtype is not dt or t.dim() != 4 or t.stride(-1) != 1:
+        if (type(t) is not torch.Tensor and type(t) is not _Parameter) or not t.is_cpu or t.dtype is not dt \
+                or t.dim() != 4 or (grad and t.requires_grad):
             return None
     B, Sq, Hq, D = q.shape
     _, cap, Hkv, Dk = k_cache.shape
@@ -367,18 +374,27 @@ def _kvcache_fast(q, k_cache, v_cache, cache_seqlens, k, v, kwargs):
             v_cache.shape[:3] != k_cache.shape[:3] or Dk != D or not (0 < D <= MAX_HEAD_DIM and 0 < Dv <= MAX_HEAD_DIM) \
             or Hkv == 0 or Hq == 0 or Hq % Hkv or cap == 0:
         return None
-    if type(cache_seqlens) is not torch.Tensor or cache_seqlens.dtype is not torch.int32 or not cache_seqlens.is_cpu \
-            or cache_seqlens.shape != (B,) or not cache_seqlens.is_contiguous() \
-            or (k is not None and (k.shape != (B, k.shape[1], Hkv, D) or v.shape != (B, k.shape[1], Hkv, Dv))):
-        return None
-    n_new = 0 if k is None else k.shape[1]
-    starts = cache_seqlens.tolist()
-    if min(starts) < 0 or max(starts) + n_new > cap:
-        return None
-    causal = kwargs.get("causal", False)
-    cos, sin = kwargs.get("rotary_cos"), kwargs.get("rotary_sin")
+    n_new = 0
+    if k is not None:
+        n_new = k.shape[1]
+        if k.shape != (B, n_new, Hkv, D) or v.shape != (B, n_new, Hkv, Dv):
+            return None
+    if type(cache_seqlens) is int:
+        if not 0 <= cache_seqlens <= cap - n_new:
+            return None
+        starts = (cache_seqlens,) * B
+    else:
+        if type(cache_seqlens) is not torch.Tensor or cache_seqlens.dtype is not torch.int32 \
+                or not cache_seqlens.is_cpu or cache_seqlens.shape != (B,):
+            return None
+        starts = cache_seqlens.tolist()
+        if min(starts) < 0 or max(starts) + n_new > cap:
+            return None
+    causal = kwargs.get("causal", False) if kwargs else False
+    cos = sin = None
     rd = 0
-    if cos is not None or sin is not None:
+    if kwargs and ("rotary_cos" in kwargs or "rotary_sin" in kwargs):
+        cos, sin = kwargs.get("rotary_cos"), kwargs.get("rotary_sin")
         if type(cos) is not torch.Tensor or type(sin) is not torch.Tensor or cos.dtype is not torch.float32 \
                 or sin.dtype is not torch.float32 or not (cos.is_cpu and sin.is_cpu) or cos.dim() != 2 \
                 or cos.requires_grad or sin.requires_grad \
@@ -386,12 +402,23 @@ def _kvcache_fast(q, k_cache, v_cache, cache_seqlens, k, v, kwargs):
                 or not sin.is_contiguous() or max(starts) + max(Sq if causal else 1, n_new) > cos.shape[0]:
             return None
         rd = 2 * cos.shape[1]
-    out = torch.empty((B, Sq, Hq, Dv), dtype=dt)
+    # strides as they are (the native call takes all four and checks the last is 1)
+    qs, kcs, vcs = q.stride(), k_cache.stride(), v_cache.stride()
+    if qs[3] != 1 or kcs[3] != 1 or vcs[3] != 1:
+        return None
+    ks = vs = qs
+    if n_new:
+        ks, vs = k.stride(), v.stride()
+        if ks[3] != 1 or vs[3] != 1:
+            return None
+    # empty_like keeps q's layout when it is dense (the strides go along) and costs half of torch.empty
+    out = torch.empty_like(q) if Dv == D else torch.empty((B, Sq, Hq, Dv), dtype=dt)
     # rotation, append, key counts and attention in one native call
-    _C.kvcache_decode(ptr(q), _strides(q), ptr(k_cache), _strides(k_cache), ptr(v_cache), _strides(v_cache), ptr(k),
-                      _strides(q if k is None else k), ptr(v), _strides(q if v is None else v), ptr(cache_seqlens),
-                      ptr(out), _strides(out), (B, Sq, Hq, Hkv, D, Dv), cap, n_new, causal, ptr(cos), ptr(sin), rd,
-                      kwargs.get("rotary_interleaved", True), DTYPE_CODES[dt], torch.get_num_threads())
+    _C.kvcache_decode(q.data_ptr(), qs, k_cache.data_ptr(), kcs, v_cache.data_ptr(), vcs,
+                      k.data_ptr() if n_new else 0, ks, v.data_ptr() if n_new else 0, vs, out.data_ptr(), out.stride(),
+                      starts, (Sq, Hq, Hkv, D, Dv, cap, n_new), causal, 0 if cos is None else cos.data_ptr(),
+                      0 if sin is None else sin.data_ptr(), rd, kwargs.get("rotary_interleaved", True) if rd else True,
+                      DTYPE_CODES[dt], torch.get_num_threads())
     return out
 
 

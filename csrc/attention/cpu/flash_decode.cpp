@@ -25,15 +25,23 @@ alignas(64) const uint16_t kZeroRow[1024] = {};
 
 struct DecodeWorker {
   // per (kv head, row): q (scaled), output accumulator, m, l, bias; one key block of K/V; scores
-  int Dvp;
+  int rows, D, Dv, Dvp;
   Buf<float> q, o, m, l, bias, k, v, s;
   std::vector<const void*> qrow;   // per (kv head, row): the unscaled input row (bf16 path)
   Buf<uint32_t> vp;                // bf16 path: the block's V as (key 2i, key 2i+1) pairs, (KB/2) x Dvp
   DecodeWorker(int rows, int D, int Dv)
-      : Dvp(round_up(Dv, Vec::size)), q(size_t(rows) * D), o(size_t(rows) * round_up(Dv, Vec::size)), m(rows),
+      : rows(rows), D(D), Dv(Dv), Dvp(round_up(Dv, Vec::size)), q(size_t(rows) * D), o(size_t(rows) * round_up(Dv, Vec::size)), m(rows),
         l(rows), bias(rows), k(size_t(KB) * D), v(size_t(KB) * round_up(Dv, Vec::size)), s(KB), qrow(rows),
         vp(size_t(KB / 2) * round_up(Dv, Vec::size)) {}
 };
+
+// This thread's worker, kept between calls of the same geometry: a decode step at a small cache
+// is a few microseconds of arithmetic, and a dozen allocations per call were a sizeable part of it.
+DecodeWorker& thread_worker(int rows, int D, int Dv) {
+  thread_local std::unique_ptr<DecodeWorker> w;
+  if (!w || w->rows != rows || w->D != D || w->Dv != Dv) w = std::make_unique<DecodeWorker>(rows, D, Dv);
+  return *w;
+}
 
 #if defined(KK_ISA_AVX512)
 // bf16 caches at the avx512 level: q.k straight from the bf16 rows with vdpbf16ps (bf16
@@ -225,16 +233,19 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
         }
         const uint16_t *krow[KB], *vrow[KB];
         const float *kf[KB], *vf[KB];
+        const T* const k0 = elem<const T>(p.k, s, j0, s.k_row0, hkv);  // then one row stride per key
+        const T* const v0 = elem<const T>(p.v, s, j0, s.k_row0, hkv);
         for (int jj = 0; jj < nk; ++jj) {
+          const T *kj = k0 + jj * p.k.rs, *vj = v0 + jj * p.v.rs;
           if (in_place) {
-            kf[jj] = reinterpret_cast<const float*>(elem<const T>(p.k, s, j0 + jj, s.k_row0, hkv));
-            vf[jj] = reinterpret_cast<const float*>(elem<const T>(p.v, s, j0 + jj, s.k_row0, hkv));
+            kf[jj] = reinterpret_cast<const float*>(kj);
+            vf[jj] = reinterpret_cast<const float*>(vj);
           } else if (bf16_dots) {
-            krow[jj] = reinterpret_cast<const uint16_t*>(elem<const T>(p.k, s, j0 + jj, s.k_row0, hkv));
-            vrow[jj] = reinterpret_cast<const uint16_t*>(elem<const T>(p.v, s, j0 + jj, s.k_row0, hkv));
+            krow[jj] = reinterpret_cast<const uint16_t*>(kj);
+            vrow[jj] = reinterpret_cast<const uint16_t*>(vj);
           } else {
-            load_row(w.k.p + jj * D, elem<const T>(p.k, s, j0 + jj, s.k_row0, hkv), D, D);
-            load_row(w.v.p + jj * Dvp, elem<const T>(p.v, s, j0 + jj, s.k_row0, hkv), Dv, Dvp);
+            load_row(w.k.p + jj * D, kj, D, D);
+            load_row(w.v.p + jj * Dvp, vj, Dv, Dvp);
             vf[jj] = w.v.p + jj * Dvp;
           }
         }
@@ -270,7 +281,7 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
             float mnew = w.m[x];
             for (int jj = 0; jj < nk; ++jj) mnew = std::max(mnew, sr[jj]);
             const float m_use = mnew == kNegInf ? 0.f : mnew;
-            alpha = std::exp(w.m[x] - m_use);
+            alpha = mnew == w.m[x] ? 1.f : std::exp(w.m[x] - m_use);  // (exp(0) is 1: no call)
             Vec sum = Vec::zero();
             for (int jj = 0; jj < KB; jj += Vec::size) {
               const Vec e = exp(Vec::load(sr + jj) - Vec::set1(m_use));
@@ -313,14 +324,16 @@ void decode(const AttnFwdParams& p) {
   auto splits = [&](const Seq& s) { return std::max(1, (s.k_len + kChunkKeys - 1) / kChunkKeys); };
   TaskMap map(sh.B, [&](int b) { return int64_t(splits(seq_of(sh, b))); });
   const int64_t ntasks = map.total();
-  Buf<float> parts(std::max<size_t>(1, size_t(ntasks) * task_stride));
-  run_tasks(ntasks, p.threads, [&] { return std::make_unique<DecodeWorker>(sh.Hkv * R, sh.D, Dv); },
+  thread_local std::vector<float> part_store;  // the caller's, reused between calls (see thread_worker)
+  if (part_store.size() < size_t(ntasks) * task_stride) part_store.resize(size_t(ntasks) * task_stride);
+  float* const parts = part_store.data();
+  run_tasks(ntasks, p.threads, [&] { return &thread_worker(sh.Hkv * R, sh.D, Dv); },
             [&](int64_t t, DecodeWorker& w) {
               int b;
               int64_t split;
               map.locate(t, b, split);
               const Seq s = seq_of(sh, b);
-              float* part = parts.p + size_t(t) * task_stride;
+              float* part = parts + size_t(t) * task_stride;
               for (size_t x = 0; x < task_stride; x += Dv + 2) {  // empty partials
                 std::memset(part + x, 0, sizeof(float) * Dv);
                 part[x + Dv] = kNegInf;
@@ -339,21 +352,24 @@ void decode(const AttnFwdParams& p) {
   // that is a few microseconds of work: waking the pool would cost more).
   const int merge_threads = size_t(ntasks) * task_stride < (size_t(1) << 16) ? 1 : p.threads;
   parallel_for(int64_t(sh.B) * sh.Hkv, merge_threads, 1, [&](int64_t t0, int64_t t1) {
-    Buf<float> acc(head_stride);
-    Buf<float> tmp(size_t(Dv) + 16);
+    alignas(64) float acc[kMaxDecodeRows * (512 + 2)];   // head_stride floats (D <= 512)
+    alignas(64) float tmp[512];
     for (int64_t t = t0; t < t1; ++t) {
       const int b = int(t / sh.Hkv), hkv = int(t % sh.Hkv);
       const Seq s = seq_of(sh, b);
-      const float* first = parts.p + size_t(map.start[b]) * task_stride + hkv * head_stride;
-      std::memcpy(acc.p, first, sizeof(float) * head_stride);
-      for (int sp = 1; sp < splits(s); ++sp) merge_partial(acc.p, first + sp * task_stride, R, Dv, softmax);
+      float* first = parts + size_t(map.start[b]) * task_stride + hkv * head_stride;
+      // a single split is already the result (the buffer is this call's)
+      const int nsplit = splits(s);
+      float* merged = nsplit == 1 ? first : acc;
+      if (nsplit > 1) std::memcpy(acc, first, sizeof(float) * head_stride);
+      for (int sp = 1; sp < nsplit; ++sp) merge_partial(acc, first + sp * task_stride, R, Dv, softmax);
       for (int r = 0; r < s.q_len * group; ++r) {
-        const float* a = acc.p + size_t(r) * (Dv + 2);
+        const float* a = merged + size_t(r) * (Dv + 2);
         const int i = r / group, h = hkv * group + r % group;
         const float l = a[Dv + 1];
         const float inv = softmax ? (l > 0.f ? 1.f / l : 0.f) : 1.f;
         for (int c = 0; c < Dv; ++c) tmp[c] = a[c] * inv;
-        store_row(elem<T>(p.o, s, i, s.q_row0, h), tmp.p, Dv);
+        store_row(elem<T>(p.o, s, i, s.q_row0, h), tmp, Dv);
         if (softmax && p.lse)
           p.lse[s.b * sh.stat_bs + h * sh.stat_hs + s.q_row0 + i] = l > 0.f ? a[Dv] + std::log(l) : kNegInf;
       }
