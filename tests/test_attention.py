@@ -362,6 +362,31 @@ def test_kvcache_without_append():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("L", [200, 450])
+def test_decode_short_cache_heads_split_over_threads(isa, dtype, L):
+    # a cache shorter than one key chunk but large enough to start the pool: the KV heads are
+    # split into groups (3 heads over 2 or 3 threads: uneven groups); every thread count gives the
+    # same bits, within the reference's error, and writes every head's rows
+    g = torch.Generator().manual_seed(L)
+    B, Hq, Hkv, D = 1, 6, 3, 128
+    kc = torch.randn(B, 512, Hkv, D, generator=g).to(dtype)
+    vc = torch.randn(B, 512, Hkv, D, generator=g).to(dtype)
+    q = torch.randn(B, 1, Hq, D, generator=g).to(dtype)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            outs.append(kernkit.flash_attn_with_kvcache(q, kc, vc, L))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    exact, _ = flash_attn_ref(q.double(), kc[:, :L].double(), vc[:, :L].double())
+    same, _ = flash_attn_ref(q, kc[:, :L], vc[:, :L])
+    assert_within_ref_error(outs[1], exact, same)
+
+
 def test_deterministic_across_threads():
     q, k, v = _qkv((1, 150, 150, 4, 2, 64, 64), torch.bfloat16)
     dout = torch.randn(1, 150, 4, 64).to(torch.bfloat16)

@@ -20,6 +20,7 @@ constexpr int kChunkKeys = 512;   // keys per split
 constexpr int KB = 16;            // keys per softmax step
 constexpr int kPrefetchBlocks = 1;  // how many key blocks ahead the L2 prefetch runs
 constexpr int64_t kPrefetchMinBytes = int64_t(1) << 19;  // K/V bytes of a chunk below which it is skipped
+constexpr int64_t kSplitHeadsMinBytes = int64_t(1) << 17;  // K/V bytes of a call below which heads stay together
 // Stands in for the missing keys of a short block: 512 bf16/f16 or fp32 elements (D <= 512).
 alignas(64) const uint16_t kZeroRow[1024] = {};
 
@@ -183,11 +184,12 @@ inline void scale_and_accumulate_rows(float* o, float alpha, const float* p, con
   }
 }
 
-// Partial results of every (kv head, row) over the keys in up to two ranges
+// Partial results of every (kv head in [h0, h1), row) over the keys in up to two ranges
 // [ranges[2i], ranges[2i+1]): the unnormalised output, running max m and sum l
-// (softmax), written to part[Hkv x Rs x (Dv + 2)].
+// (softmax), written to part[Hkv x Rs x (Dv + 2)] (this range's heads).
 template <typename T>
-void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], DecodeWorker& w, float* part) {
+void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], int h0, int h1, DecodeWorker& w,
+                  float* part) {
   const AttnShape& sh = p.shape;
   const AttnMask& mk = p.mask;
   // R rows of this sequence per KV head; buffers and partials are laid out with the batch's
@@ -199,7 +201,7 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
   const bool in_place = std::is_same<T, float>::value && D % Vec::size == 0 && Dv % Vec::size == 0;
   // other blocks are widened into w.k; scores then come from the same transposed reduction
   const bool f32_scores = !bf16_dots && D % Vec::size == 0;
-  for (int hkv = 0; hkv < sh.Hkv; ++hkv)
+  for (int hkv = h0; hkv < h1; ++hkv)
     for (int r = 0; r < R; ++r) {
       const int x = hkv * Rs + r, h = hkv * group + r % group;
       const T* qr = elem<const T>(p.q, s, r / group, s.q_row0, h);
@@ -213,18 +215,18 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
       w.m[x] = kNegInf;
       w.l[x] = 0.f;
     }
-  std::memset(w.o.p, 0, sizeof(float) * sh.Hkv * Rs * Dvp);
+  std::memset(w.o.p + size_t(h0) * Rs * Dvp, 0, sizeof(float) * (h1 - h0) * Rs * Dvp);
   float* sr = w.s.p;
   // Software prefetch only for a chunk whose K/V rows outgrow L2: a prefetch per 64 bytes costs as
   // much as the arithmetic of a query row, and a small cache is read from L2/L3 anyway.
   const int64_t chunk_keys = int64_t(ranges[1] - ranges[0]) + (ranges[3] - ranges[2]);
-  const bool prefetch = chunk_keys * sh.Hkv * (D + Dv) * int64_t(sizeof(T)) > kPrefetchMinBytes;
+  const bool prefetch = chunk_keys * (h1 - h0) * (D + Dv) * int64_t(sizeof(T)) > kPrefetchMinBytes;
   for (int rg = 0; rg < 2; ++rg)
     for (int j0 = ranges[2 * rg]; j0 < ranges[2 * rg + 1]; j0 += KB) {
       const int nk = std::min(KB, ranges[2 * rg + 1] - j0);
       const bool full = tile_fully_visible(mk, s, group, j0, 0, nk);
       const int next_end = prefetch ? std::min(ranges[2 * rg + 1], j0 + (kPrefetchBlocks + 1) * KB) : 0;
-      for (int hkv = 0; hkv < sh.Hkv; ++hkv) {
+      for (int hkv = h0; hkv < h1; ++hkv) {
         // The (key, head) rows are scattered (head-interleaved layout): fetch the
         // next block's rows of this head into L2 while this one is computed.
         for (int j = std::max(j0 + KB, next_end - KB); j < next_end; ++j) {
@@ -305,7 +307,7 @@ void decode_chunk(const AttnFwdParams& p, const Seq& s, const int (&ranges)[4], 
         }
       }
     }
-  for (int hkv = 0; hkv < sh.Hkv; ++hkv)
+  for (int hkv = h0; hkv < h1; ++hkv)
     for (int r = 0; r < R; ++r) {   // rows past R keep the caller's empty partials
       const int x = hkv * Rs + r;
       float* out = part + size_t(x) * (Dv + 2);
@@ -323,18 +325,25 @@ void decode(const AttnFwdParams& p) {
   const size_t head_stride = size_t(R) * (Dv + 2), task_stride = head_stride * sh.Hkv;
   auto splits = [&](const Seq& s) { return std::max(1, (s.k_len + kChunkKeys - 1) / kChunkKeys); };
   TaskMap map(sh.B, [&](int b) { return int64_t(splits(seq_of(sh, b))); });
-  const int64_t ntasks = map.total();
+  const int64_t nparts = map.total();
+  // Fewer key chunks than threads (a short cache): the KV heads are split into groups too, when the
+  // K/V to read pays for starting the pool. Which task runs a head does not change its arithmetic.
+  int64_t keys = 0;
+  for (int b = 0; b < sh.B; ++b) keys += seq_of(sh, b).k_len;
+  const bool split_heads = nparts < p.threads && keys * sh.Hkv * (sh.D + Dv) * int64_t(sizeof(T)) >= kSplitHeadsMinBytes;
+  const int groups = split_heads ? int(std::min<int64_t>(sh.Hkv, (p.threads + nparts - 1) / nparts)) : 1;
   thread_local std::vector<float> part_store;  // the caller's, reused between calls (see thread_worker)
-  if (part_store.size() < size_t(ntasks) * task_stride) part_store.resize(size_t(ntasks) * task_stride);
+  if (part_store.size() < size_t(nparts) * task_stride) part_store.resize(size_t(nparts) * task_stride);
   float* const parts = part_store.data();
-  run_tasks(ntasks, p.threads, [&] { return &thread_worker(sh.Hkv * R, sh.D, Dv); },
+  run_tasks(nparts * groups, p.threads, [&] { return &thread_worker(sh.Hkv * R, sh.D, Dv); },
             [&](int64_t t, DecodeWorker& w) {
               int b;
               int64_t split;
-              map.locate(t, b, split);
+              map.locate(t / groups, b, split);
+              const int g = int(t % groups), h0 = g * sh.Hkv / groups, h1 = (g + 1) * sh.Hkv / groups;
               const Seq s = seq_of(sh, b);
-              float* part = parts + size_t(t) * task_stride;
-              for (size_t x = 0; x < task_stride; x += Dv + 2) {  // empty partials
+              float* part = parts + size_t(t / groups) * task_stride;
+              for (size_t x = h0 * head_stride; x < h1 * head_stride; x += Dv + 2) {  // empty partials
                 std::memset(part + x, 0, sizeof(float) * Dv);
                 part[x + Dv] = kNegInf;
                 part[x + Dv + 1] = 0.f;
@@ -346,11 +355,11 @@ void decode(const AttnFwdParams& p) {
               const int sink_end = std::min(jend, ks.sink_hi + 1);
               const int band_lo = std::max(std::max(jbeg, ks.jlo), sink_end), band_hi = std::min(jend, ks.jhi + 1);
               const int ranges[4] = {jbeg, std::max(jbeg, sink_end), band_lo, std::max(band_lo, band_hi)};
-              decode_chunk<T>(p, s, ranges, w, part);
+              decode_chunk<T>(p, s, ranges, h0, h1, w, part);
             });
   // Merge each (batch, kv head)'s splits in split order and write its rows (on one thread when
   // that is a few microseconds of work: waking the pool would cost more).
-  const int merge_threads = size_t(ntasks) * task_stride < (size_t(1) << 16) ? 1 : p.threads;
+  const int merge_threads = size_t(nparts) * task_stride < (size_t(1) << 16) ? 1 : p.threads;
   parallel_for(int64_t(sh.B) * sh.Hkv, merge_threads, 1, [&](int64_t t0, int64_t t1) {
     alignas(64) float acc[kMaxDecodeRows * (512 + 2)];   // head_stride floats (D <= 512)
     alignas(64) float tmp[512];
