@@ -103,6 +103,28 @@ def _flex_row(q, k, v, S, H, D, W, sinks, t_ours, pairs):
 
 def _decode_rows(quick):
     rows = []
+    # a tiny cache (8 heads, 100 keys, one appended per call): the per-call overhead (issue #20:
+    # within 1.5x of SDPA's call time), both sides appending the step's key and value
+    for dtype in (torch.float32, torch.bfloat16):
+        H, D, L = 8, 64, 100
+        g = torch.Generator().manual_seed(1)
+        kc, vc = (torch.randn(1, 128, H, D, generator=g).to(dtype) for _ in range(2))
+        q, k, v = (torch.randn(1, 1, H, D, generator=g).to(dtype) for _ in range(3))
+        qt, kt, vt = _bhsd(q, kc[:, :L], vc[:, :L])
+
+        def sdpa_step():
+            kc[:, L - 1:L] = k
+            vc[:, L - 1:L] = v
+            return F.scaled_dot_product_attention(qt, kt, vt)
+
+        tk, tb = time_pair(lambda: kernkit.flash_attn_with_kvcache(q, kc, vc, L - 1, k=k, v=v), sdpa_step,
+                           quick=quick)
+        rows.append(Row(FAMILY, "decode step, tiny cache", f"cache {L} H{H} D{D} (+1 key)", dtype_name(dtype),
+                        tk * 1e6, "SDPA (+ slice append)", tb * 1e6, f"call time {tk / tb:.2f}x SDPA's"))
+        tk, tb = time_pair(lambda: kernkit.flash_attn_with_kvcache(q, kc, vc, L),
+                           lambda: F.scaled_dot_product_attention(qt, kt, vt), quick=quick)
+        rows.append(Row(FAMILY, "decode call, tiny cache", f"cache {L} H{H} D{D}", dtype_name(dtype),
+                        tk * 1e6, "SDPA", tb * 1e6, f"call time {tk / tb:.2f}x SDPA's"))
     Hq, Hkv, D, dtype = 32, 8, 128, torch.bfloat16
     for L in ([4096] if quick else [4096, 16384, 32768]):
         g = torch.Generator().manual_seed(0)
