@@ -359,24 +359,28 @@ def _kvcache_fast(q, k_cache, v_cache, cache_seqlens, k, v, kwargs):
         return None
     else:
         ts = (q, k_cache, v_cache, k, v)
-    if not _plain_now():
+    if type(q) is not torch.Tensor or not _plain_now():
         return None
     dt = q.dtype
+    if dt not in _KV_FAST_DTYPES:
+        return None
     grad = torch.is_grad_enabled()
     for t in ts:
         if (type(t) is not torch.Tensor and type(t) is not _Parameter) or not t.is_cpu or t.dtype is not dt \
-                or t.dim() != 4 or (grad and t.requires_grad):
+                or (grad and t.requires_grad):
             return None
-    B, Sq, Hq, D = q.shape
-    _, cap, Hkv, Dk = k_cache.shape
-    Dv = v_cache.shape[3]
-    if dt not in _KV_FAST_DTYPES or not 0 < B <= 16 or Sq == 0 or k_cache.shape[0] != B or \
-            v_cache.shape[:3] != k_cache.shape[:3] or Dk != D or not (0 < D <= MAX_HEAD_DIM and 0 < Dv <= MAX_HEAD_DIM) \
-            or Hkv == 0 or Hq == 0 or Hq % Hkv or cap == 0:
+    qsh, ksh, vsh = q.shape, k_cache.shape, v_cache.shape
+    if len(qsh) != 4 or len(ksh) != 4 or len(vsh) != 4:
+        return None
+    B, Sq, Hq, D = qsh
+    _, cap, Hkv, Dk = ksh
+    Dv = vsh[3]
+    if not 0 < B <= 16 or Sq == 0 or ksh[0] != B or vsh[:3] != ksh[:3] or Dk != D \
+            or not (0 < D <= MAX_HEAD_DIM and 0 < Dv <= MAX_HEAD_DIM) or Hkv == 0 or Hq == 0 or Hq % Hkv or cap == 0:
         return None
     n_new = 0
     if k is not None:
-        n_new = k.shape[1]
+        n_new = k.shape[1] if k.dim() == 4 else -1
         if k.shape != (B, n_new, Hkv, D) or v.shape != (B, n_new, Hkv, Dv):
             return None
     if type(cache_seqlens) is int:
