@@ -8,8 +8,6 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -234,27 +232,6 @@ def _i2s_lib():
     return lib
 
 
-def _apart(fa, fb, rounds: int, batch_s: float = 0.05, gap_s: float = 0.15) -> tuple[float, float]:
-    """Median seconds per call of fa and fb, alternating batches with a pause between them: both
-    libraries keep spinning worker threads for a while after a call, which would otherwise take a
-    core from the other one's batch."""
-    for f in (fa, fb):
-        f()
-        f()
-    t0 = time.perf_counter()
-    fa()
-    n = max(1, int(batch_s / max(time.perf_counter() - t0, 1e-7)))
-    ta, tb = [], []
-    for _ in range(rounds):
-        for f, out in ((fa, ta), (fb, tb)):
-            time.sleep(gap_s)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                f()
-            out.append((time.perf_counter() - t0) / n)
-    return statistics.median(ta), statistics.median(tb)
-
-
 def _i2s_rows(quick):
     lib = _i2s_lib()
     if lib is None:
@@ -292,7 +269,7 @@ def _i2s_rows(quick):
         shape = f"M1 K{K} N{N}"
         for case, fa, fb in (("hot", lambda: ours(packed), lambda: theirs(ipk)),
                              ("cold", lambda: ours(ck()), lambda: theirs(ci()))):
-            tk, ti = _apart(fa, fb, 5 if quick else 9)
+            tk, ti = time_pair(fa, fb, rounds=5 if quick else 9, gap_s=0.15)
             gk, gi = packed.numel() / tk / 1e9, packed.numel() / ti / 1e9
             rows.append(Row(FAMILY, f"ternary GEMV vs I2_S {case}", shape, "float32", tk * 1e6,
                             f"bitnet.cpp I2_S ({case})", ti * 1e6,

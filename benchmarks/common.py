@@ -83,8 +83,11 @@ def _batch_time(fn: Callable, n: int, device: str) -> float:
     return (time.perf_counter() - t) / n
 
 
-def time_pair(fn_a: Callable, fn_b: Callable, *, device: str = "cpu", quick: bool = False) -> tuple[float, float]:
-    """Median seconds per call of fn_a and fn_b, measured alternately."""
+def time_pair(fn_a: Callable, fn_b: Callable, *, device: str = "cpu", quick: bool = False,
+              rounds: Optional[int] = None, gap_s: float = 0.0) -> tuple[float, float]:
+    """Median seconds per call of fn_a and fn_b, measured in alternating batches. ``gap_s``: a pause
+    before each batch, for libraries whose worker threads keep spinning for a while after a call
+    (they would otherwise take a core from the other side's batch)."""
     for f in (fn_a, fn_b):
         f()
         f()
@@ -92,9 +95,11 @@ def time_pair(fn_a: Callable, fn_b: Callable, *, device: str = "cpu", quick: boo
     est = max(_batch_time(fn_a, 1, device), _batch_time(fn_b, 1, device), 1e-7)
     n = max(1, int(per_batch / est))
     ta, tb = [], []
-    for _ in range(5 if quick else 9):
-        ta.append(_batch_time(fn_a, n, device))
-        tb.append(_batch_time(fn_b, n, device))
+    for _ in range(rounds or (5 if quick else 9)):
+        for fn, out in ((fn_a, ta), (fn_b, tb)):
+            if gap_s:
+                time.sleep(gap_s)
+            out.append(_batch_time(fn, n, device))
     return statistics.median(ta), statistics.median(tb)
 
 

@@ -299,16 +299,20 @@ inline Vec exp_neg_abs(Vec x) {
 #endif
 }
 
+// sigmoid(x) given e = exp(-|x|): 1 / (1 + e) for x >= 0, e / (1 + e) below (no cancellation on
+// either side).
+inline Vec sigmoid_from_exp_neg_abs(Vec x, Vec e) {
+  const Vec q = Vec::set1(1.f) / (Vec::set1(1.f) + e);
+  return select_below(x, 0.f, e * q, q);
+}
+
 // softplus(x) = log(1 + exp(x)) = max(x, 0) + log1p(e), e = exp(-|x|). log1p(e) is 2 atanh(s) with
 // s = e / (2 + e) in (0, 1/3]: 2 s (1 + s^2 P(s^2)), P a cubic fit (relative error 2e-8). No
 // logarithm, no cancellation for small e (x far below 0 keeps full relative precision). With
 // `sig` set, also stores sigmoid(x) (softplus' derivative) from the same e.
 inline Vec softplus(Vec x, Vec* sig = nullptr) {
   const Vec e = exp_neg_abs(x), two_e = Vec::set1(2.f) + e;
-  if (sig) {  // 1 / (1 + e) for x >= 0, e / (1 + e) below
-    const Vec q = Vec::set1(1.f) / (Vec::set1(1.f) + e);
-    *sig = select_below(x, 0.f, e * q, q);
-  }
+  if (sig) *sig = sigmoid_from_exp_neg_abs(x, e);
   const Vec s = e / two_e, w = s * s, s2 = s + s;
   Vec p = fma(Vec::set1(0.1343375802f), w, Vec::set1(0.1411698120f));
   p = fma(p, w, Vec::set1(0.2000383525f));
@@ -317,10 +321,7 @@ inline Vec softplus(Vec x, Vec* sig = nullptr) {
 }
 
 // sigmoid(x) = 1 / (1 + exp(-x)) with one exp2 and one divide, to ~2 ulp.
-inline Vec sigmoid_accurate(Vec x) {
-  const Vec e = exp_neg_abs(x), q = Vec::set1(1.f) / (Vec::set1(1.f) + e);
-  return select_below(x, 0.f, e * q, q);
-}
+inline Vec sigmoid_accurate(Vec x) { return sigmoid_from_exp_neg_abs(x, exp_neg_abs(x)); }
 
 // tanh(x) = sign(x) * (1 - 2 / (exp(2|x|) + 1)): absolute error ~1e-7.
 inline Vec tanh(Vec x) {

@@ -31,11 +31,15 @@ class RMSNorm(nn.Module):
         return rms_norm(x.contiguous(), self.weight.to(x.dtype), self.eps)
 
 
+def _inverse_frequencies(dim: int, base: float, device) -> torch.Tensor:
+    """base ** (-2i / dim) for i < dim // 2, fp32: the one definition of the rotary angles' rates."""
+    return 1.0 / (base ** (torch.arange(0, dim - dim % 2, 2, device=device, dtype=torch.float32) / dim))
+
+
 def apply_rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotary position embedding (rotate-half form) for x ``(B, S, H, D)`` at ``positions`` ``(S,)`` or ``(B, S)``."""
     D = x.shape[-1]
-    inv = 1.0 / (base ** (torch.arange(0, D - D % 2, 2, device=x.device, dtype=torch.float32) / D))
-    ang = positions.to(torch.float32)[..., None] * inv                 # (..., S, D/2)
+    ang = positions.to(torch.float32)[..., None] * _inverse_frequencies(D, base, x.device)   # (..., S, D/2)
     if ang.dim() == 2:
         ang = ang[None]
     cos, sin = ang.cos()[:, :, None, :], ang.sin()[:, :, None, :]      # (B, S, 1, D/2)
@@ -50,8 +54,7 @@ def rotary_tables(positions: int, dim: int, base: float = 10000.0, device=None) 
     """``(cos, sin)``, each ``(positions, dim // 2)`` fp32, for ``flash_attn_with_kvcache``'s
     ``rotary_cos`` / ``rotary_sin`` (with ``rotary_interleaved=False`` it rotates exactly as
     :func:`apply_rotary` does: the same angles, products and rounding)."""
-    inv = 1.0 / (base ** (torch.arange(0, dim - dim % 2, 2, device=device, dtype=torch.float32) / dim))
-    ang = torch.arange(positions, device=device, dtype=torch.float32)[:, None] * inv
+    ang = torch.arange(positions, device=device, dtype=torch.float32)[:, None] * _inverse_frequencies(dim, base, device)
     return ang.cos(), ang.sin()
 
 

@@ -208,6 +208,31 @@ _conv_op = define_op(
 )
 
 
+def _check_conv_filter(fn: str, x: torch.Tensor, D: int, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       activation: Optional[str]) -> int:
+    """Checks a depthwise causal conv's weight ``(D, W)``, bias ``(D,)`` and activation against x; returns W."""
+    chk.tensor(fn, "weight", weight)
+    if weight.dim() != 2 or weight.shape[0] != D:
+        raise ValueError(f"{fn}: weight must be ({D}, width), got {tuple(weight.shape)}")
+    W = weight.shape[1]
+    if not 1 <= W <= 64:
+        raise ValueError(f"{fn}: kernel width must be in [1, 64], got {W}")
+    chk.same_device(fn, "weight", weight, "x", x)
+    if weight.dtype != x.dtype and not (weight.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)):
+        raise TypeError(f"{fn}: weight dtype {weight.dtype} must match x ({x.dtype}), or be float32 for "
+                        "float16/bfloat16 x")
+    if bias is not None:
+        chk.tensor(fn, "bias", bias)
+        chk.same_device(fn, "bias", bias, "x", x)
+        if bias.dtype != weight.dtype:
+            raise TypeError(f"{fn}: bias dtype {bias.dtype} must match weight ({weight.dtype})")
+        if bias.shape != (D,):
+            raise ValueError(f"{fn}: bias must have shape ({D},), got {tuple(bias.shape)}")
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"{fn}: activation must be None, 'silu' or 'swish', got {activation!r}")
+    return W
+
+
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
                   activation: Optional[str] = None, initial_state: Optional[torch.Tensor] = None,
                   return_final_state: bool = False, seq_idx: Optional[torch.Tensor] = None):
@@ -229,33 +254,17 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     """
     fn = "causal_conv1d"
     chk.tensor(fn, "x", x)
-    chk.tensor(fn, "weight", weight)
     if x.dim() != 3:
         raise ValueError(f"{fn}: x must be (batch, dim, seqlen), got shape {tuple(x.shape)}")
-    if weight.dim() != 2 or weight.shape[0] != x.shape[1]:
-        raise ValueError(f"{fn}: weight must be ({x.shape[1]}, width), got {tuple(weight.shape)}")
-    W = weight.shape[1]
-    if not 1 <= W <= 64:
-        raise ValueError(f"{fn}: kernel width must be in [1, 64], got {W}")
-    wide = weight.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)
-    for name, t, want in (("weight", weight, None), ("bias", bias, weight.dtype), ("initial_state", initial_state, x.dtype)):
-        if t is None:
-            continue
-        chk.tensor(fn, name, t)
-        chk.same_device(fn, name, t, "x", x)
-        if name == "weight" and t.dtype != x.dtype and not wide:
-            raise TypeError(f"{fn}: weight dtype {t.dtype} must match x ({x.dtype}), or be float32 for "
-                            "float16/bfloat16 x")
-        if want is not None and t.dtype != want:
-            raise TypeError(f"{fn}: {name} dtype {t.dtype} must match "
-                            f"{'weight' if name == 'bias' else 'x'} ({want})")
-    if bias is not None and bias.shape != (x.shape[1],):
-        raise ValueError(f"{fn}: bias must have shape ({x.shape[1]},), got {tuple(bias.shape)}")
-    if initial_state is not None and initial_state.shape != (x.shape[0], x.shape[1], W - 1):
-        raise ValueError(f"{fn}: initial_state must have shape {(x.shape[0], x.shape[1], W - 1)}, "
-                         f"got {tuple(initial_state.shape)}")
-    if activation not in (None, "silu", "swish"):
-        raise ValueError(f"{fn}: activation must be None, 'silu' or 'swish', got {activation!r}")
+    W = _check_conv_filter(fn, x, x.shape[1], weight, bias, activation)
+    if initial_state is not None:
+        chk.tensor(fn, "initial_state", initial_state)
+        chk.same_device(fn, "initial_state", initial_state, "x", x)
+        if initial_state.dtype != x.dtype:
+            raise TypeError(f"{fn}: initial_state dtype {initial_state.dtype} must match x ({x.dtype})")
+        if initial_state.shape != (x.shape[0], x.shape[1], W - 1):
+            raise ValueError(f"{fn}: initial_state must have shape {(x.shape[0], x.shape[1], W - 1)}, "
+                             f"got {tuple(initial_state.shape)}")
     if not isinstance(return_final_state, bool):
         raise TypeError(f"{fn}: return_final_state must be a bool")
     if seq_idx is not None:
@@ -312,17 +321,13 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     it raises; train with :func:`causal_conv1d` and ``initial_state``/``return_final_state``.
     """
     fn = "causal_conv1d_update"
-    for name, t in (("x", x), ("conv_state", conv_state), ("weight", weight)):
+    for name, t in (("x", x), ("conv_state", conv_state)):
         chk.tensor(fn, name, t)
     if x.dim() not in (2, 3):
         raise ValueError(f"{fn}: x must be (batch, dim) or (batch, dim, seqlen), got shape {tuple(x.shape)}")
     x3 = x.unsqueeze(-1) if x.dim() == 2 else x
     B, D = x3.shape[:2]
-    if weight.dim() != 2 or weight.shape[0] != D:
-        raise ValueError(f"{fn}: weight must be ({D}, width), got {tuple(weight.shape)}")
-    W = weight.shape[1]
-    if not 1 <= W <= 64:
-        raise ValueError(f"{fn}: kernel width must be in [1, 64], got {W}")
+    W = _check_conv_filter(fn, x, D, weight, bias, activation)
     if conv_state.dim() != 3 or conv_state.shape[:2] != (B, D) or conv_state.shape[2] < W - 1:
         raise ValueError(f"{fn}: conv_state must be (batch, dim, state_len) = ({B}, {D}, >= {W - 1}), "
                          f"got {tuple(conv_state.shape)}")
@@ -330,21 +335,7 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
         raise TypeError(f"{fn}: conv_state dtype {conv_state.dtype} must match x ({x.dtype})")
     if not conv_state.is_contiguous():
         raise ValueError(f"{fn}: conv_state must be contiguous (it is updated in place)")
-    wide = weight.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)
-    if weight.dtype != x.dtype and not wide:
-        raise TypeError(f"{fn}: weight dtype {weight.dtype} must match x ({x.dtype}), or be float32 for "
-                        "float16/bfloat16 x")
-    for name, t in (("conv_state", conv_state), ("weight", weight)):
-        chk.same_device(fn, name, t, "x", x)
-    if bias is not None:
-        chk.tensor(fn, "bias", bias)
-        chk.same_device(fn, "bias", bias, "x", x)
-        if bias.dtype != weight.dtype:
-            raise TypeError(f"{fn}: bias dtype {bias.dtype} must match weight ({weight.dtype})")
-        if bias.shape != (D,):
-            raise ValueError(f"{fn}: bias must have shape ({D},), got {tuple(bias.shape)}")
-    if activation not in (None, "silu", "swish"):
-        raise ValueError(f"{fn}: activation must be None, 'silu' or 'swish', got {activation!r}")
+    chk.same_device(fn, "conv_state", conv_state, "x", x)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, conv_state, weight, bias)):
         raise RuntimeError(f"{fn}: not differentiable (it overwrites conv_state); call it under torch.no_grad(), "
                            "or train with causal_conv1d(initial_state=..., return_final_state=True)")
