@@ -6,6 +6,7 @@
 // AVX512_BF16 engine takes bf16 inputs at the avx512 level (P and dS are rounded
 // to bf16 for their matmuls, as GPU flash kernels do; accumulation is fp32).
 #include <memory>
+#include <vector>
 
 #include "attention/cpu/tiles.h"
 
@@ -25,37 +26,91 @@ struct BwdState {
         acc_v(size_t(BK) * round_up(Dv, NR * 16)), lse(BQ), delta(BQ), bias(BQ), tmp(size_t(std::max(D, Dv)) + 16) {}
 };
 
+// Which pieces of one head's packed rows a worker holds (see F32BwdEngine).
+struct HeadCache {
+  std::vector<char> packed;
+  int b = -1, h = -1;
+  // Whether head (s.b, hkv) may be cached in `bytes`; forgets the old head's pieces on a change.
+  bool use(const Seq& s, int hkv, int64_t bytes, size_t pieces) {
+    if (bytes > (int64_t(16) << 20)) return false;
+    if (b != s.b || h != hkv) {
+      packed.assign(pieces, 0);
+      b = s.b, h = hkv;
+    }
+    return true;
+  }
+};
+
+// fp32 engine. As in the forward, what a pass reads many times is packed once per worker and head:
+// pass 2 (a query tile's keys) keeps the head's K/V rows, pass 1 (a key tile's query rows) keeps
+// the head's packed q / dout tiles, each filled on first use; too large a head is packed per tile.
 template <typename T>
 struct F32BwdEngine {
   static constexpr bool scaled_q = true;  // q packed pre-multiplied by the scale
   int D, Dv, Dp, Dvp;
   Buf<float> qt, qn, dot_, don, kb, vb;
+  // the tiles in use (the buffers above or the head caches)
+  const float *qtp = nullptr, *qnp = nullptr, *dotp = nullptr, *donp = nullptr, *kt = nullptr, *vt = nullptr;
+  std::vector<float> head_k, head_v, head_rows;  // K/V rows (Dp / Dvp wide); q/dout tiles (row_tile floats each)
+  HeadCache keys, rows;  // which blocks / row tiles of which head they hold
+  bool cache_keys = false;  // pass 2 (pass 1 loads each key tile once)
   F32BwdEngine(int D_, int Dv_, const BwdState& w)
       : D(D_), Dv(Dv_), Dp(w.Dp), Dvp(w.Dvp), qt(size_t(D_) * BQ), qn(size_t(BQ) * w.Dp), dot_(size_t(Dv_) * BQ),
         don(size_t(BQ) * w.Dvp), kb(size_t(BK) * w.Dp), vb(size_t(BK) * w.Dvp) {}
-  // Packs q and dout of rows [r0, r0 + BQ); `natural` also packs the copies pass 1 needs.
+  size_t row_tile() const { return size_t(D + Dv) * BQ + size_t(BQ) * (Dp + Dvp); }
+  // Packs q and dout of rows [r0, r0 + BQ); `natural` (pass 1) also packs the copies dK/dV need.
   void pack_rows(const AttnBwdParams& p, const Seq& s, int hkv, int group, int r0, bool natural, float* tmp) {
-    pack_rows_t<T>(qt.p, natural ? qn.p : nullptr, Dp, p.q, s, hkv, group, r0, D, p.mask.scale, tmp);
-    pack_rows_t<T>(dot_.p, natural ? don.p : nullptr, Dvp, p.dout, s, hkv, group, r0, Dv, 1.f, tmp);
+    const size_t slots = size_t(s.q_len * group + BQ - 1) / BQ, tile = row_tile();
+    float *a = qt.p, *b = qn.p, *c = dot_.p, *d = don.p;
+    bool fill = true;
+    if (natural && rows.use(s, hkv, int64_t(slots * tile * sizeof(float)), slots)) {
+      if (head_rows.size() < slots * tile) head_rows.resize(slots * tile);
+      a = head_rows.data() + size_t(r0 / BQ) * tile;
+      c = a + size_t(D) * BQ, b = c + size_t(Dv) * BQ, d = b + size_t(BQ) * Dp;
+      fill = !rows.packed[r0 / BQ];
+      rows.packed[r0 / BQ] = 1;
+    }
+    if (fill) {
+      pack_rows_t<T>(a, natural ? b : nullptr, Dp, p.q, s, hkv, group, r0, D, p.mask.scale, tmp);
+      pack_rows_t<T>(c, natural ? d : nullptr, Dvp, p.dout, s, hkv, group, r0, Dv, 1.f, tmp);
+    }
+    qtp = a, qnp = b, dotp = c, donp = d;
   }
   void load_keys(const AttnBwdParams& p, const Seq& s, int hkv, int j0, int nk) {
+    const size_t n_rows = size_t(round_up(s.k_len, BK)) + JR;  // reads reach j0 + round_up(nk, JR)
+    if (cache_keys && keys.use(s, hkv, int64_t(n_rows * (Dp + Dvp) * sizeof(float)), n_rows / BK + 1)) {
+      if (head_k.size() < n_rows * Dp) head_k.assign(n_rows * Dp, 0.f);
+      if (head_v.size() < n_rows * Dvp) head_v.assign(n_rows * Dvp, 0.f);
+      for (int blk = j0 / BK; blk * BK < j0 + nk; ++blk)
+        if (!keys.packed[blk]) {  // whole blocks, zero rows past k_len
+          const int n = std::min(BK, s.k_len - blk * BK);
+          load_tile<T>(head_k.data() + size_t(blk) * BK * Dp, Dp, p.k, s, hkv, blk * BK, n, D);
+          load_tile<T>(head_v.data() + size_t(blk) * BK * Dvp, Dvp, p.v, s, hkv, blk * BK, n, Dv);
+          keys.packed[blk] = 1;
+        }
+      kt = head_k.data() + size_t(j0) * Dp;
+      vt = head_v.data() + size_t(j0) * Dvp;
+      return;
+    }
     load_tile<T>(kb.p, Dp, p.k, s, hkv, j0, nk, D);
     load_tile<T>(vb.p, Dvp, p.v, s, hkv, j0, nk, Dv);
+    kt = kb.p, vt = vb.p;
   }
   void scores(float* st, float* dpt, int nkr) {
-    tile_scores(st, kb.p, Dp, qt.p, D, nkr);
-    tile_scores(dpt, vb.p, Dvp, dot_.p, Dv, nkr);
+    tile_scores(st, kt, Dp, qtp, D, nkr);
+    tile_scores(dpt, vt, Dvp, dotp, Dv, nkr);
   }
   void acc_dkdv(float* acc_k, float* acc_v, const float* P, const float* dS, int nk) {
-    tile_acc_n(acc_v, P, don.p, Dvp, round_up(nk, 4));   // dV += P^T dO
-    tile_acc_n(acc_k, dS, qn.p, Dp, round_up(nk, 4));    // dK += dS^T (scale q)
+    tile_acc_n(acc_v, P, donp, Dvp, round_up(nk, 4));   // dV += P^T dO
+    tile_acc_n(acc_k, dS, qnp, Dp, round_up(nk, 4));    // dK += dS^T (scale q)
   }
-  void acc_dq(float* dqt, const float* dS, int nk) { tile_acc_t(dqt, kb.p, Dp, round_up(D, CR), dS, nk); }
+  void acc_dq(float* dqt, const float* dS, int nk) { tile_acc_t(dqt, kt, Dp, round_up(D, CR), dS, nk); }
 };
 
 #if defined(KK_ISA_AVX512)
 struct Bf16BwdEngine {
   static constexpr bool scaled_q = false;
+  bool cache_keys = false;  // (not used: this engine packs per tile)
   int D, Dv, Dp, Dvp, Dh, Dvh;
   Buf<uint32_t> qp, dop, qr, dor, kp, dsp;
   Buf<uint16_t> kb, vb, p16, ds16;
@@ -235,6 +290,7 @@ void bwd(const AttnBwdParams& p) {
   Buf<float> part(p.dbias ? size_t(std::max<int64_t>(nq, 1)) * group : 1);
   if (p.dbias) std::memset(part.p, 0, sizeof(float) * nq * group);
   run_tasks(nq, p.threads, scratch, [&](int64_t t, Worker& w) {
+    w.engine.cache_keys = true;  // a query tile reads every key tile of its head
     int b;
     int64_t local;
     qmap.locate(t, b, local);
