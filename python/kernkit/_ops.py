@@ -39,8 +39,9 @@ _interpreter_stack = _probe("torch._C._functorch.peek_interpreter_stack")
 
 def _plain_now() -> bool:
     """The call-independent half of :func:`_eager_plain`: eager mode, no torch-function or dispatch
-    mode, no functorch transform running (a wrapper leaked out of one has no storage: reading its
-    data pointer raises). Callers still check each tensor's type, device and requires_grad."""
+    mode, no functorch transform running. Callers still check each tensor's type, device and
+    requires_grad, and take the checked path when a data pointer cannot be read (a functorch
+    wrapper leaked out of its transform has no storage)."""
     return _FAST_PATH and _interpreter_stack is not None and not torch.compiler.is_compiling() \
         and not _fn_mode_enabled() and not _dispatch_stack_len() and _interpreter_stack() is None
 

@@ -415,11 +415,15 @@ def _kvcache_fast(q, k_cache, v_cache, cache_seqlens, k, v, kwargs):
         ks, vs = k.stride(), v.stride()
         if ks[3] != 1 or vs[3] != 1:
             return None
-    # empty_like keeps q's layout when it is dense (the strides go along) and costs half of torch.empty
-    out = torch.empty_like(q) if Dv == D else torch.empty((B, Sq, Hq, Dv), dtype=dt)
+    try:  # a functorch wrapper leaked out of its transform has no storage: the checked path takes it
+        ptrs = (q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), k.data_ptr() if n_new else 0,
+                v.data_ptr() if n_new else 0)
+    except RuntimeError:
+        return None
+    # a contiguous output as on the checked path (empty_like of a contiguous q costs half of torch.empty)
+    out = torch.empty_like(q) if Dv == D and q.is_contiguous() else torch.empty((B, Sq, Hq, Dv), dtype=dt)
     # rotation, append, key counts and attention in one native call
-    _C.kvcache_decode(q.data_ptr(), qs, k_cache.data_ptr(), kcs, v_cache.data_ptr(), vcs,
-                      k.data_ptr() if n_new else 0, ks, v.data_ptr() if n_new else 0, vs, out.data_ptr(), out.stride(),
+    _C.kvcache_decode(ptrs[0], qs, ptrs[1], kcs, ptrs[2], vcs, ptrs[3], ks, ptrs[4], vs, out.data_ptr(), out.stride(),
                       starts, (Sq, Hq, Hkv, D, Dv, cap, n_new), causal, 0 if cos is None else cos.data_ptr(),
                       0 if sin is None else sin.data_ptr(), rd, kwargs.get("rotary_interleaved", True) if rd else True,
                       DTYPE_CODES[dt], torch.get_num_threads())
