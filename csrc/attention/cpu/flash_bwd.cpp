@@ -6,7 +6,6 @@
 // AVX512_BF16 engine takes bf16 inputs at the avx512 level (P and dS are rounded
 // to bf16 for their matmuls, as GPU flash kernels do; accumulation is fp32).
 #include <memory>
-#include <vector>
 
 #include "attention/cpu/tiles.h"
 
@@ -26,24 +25,9 @@ struct BwdState {
         acc_v(size_t(BK) * round_up(Dv, NR * 16)), lse(BQ), delta(BQ), bias(BQ), tmp(size_t(std::max(D, Dv)) + 16) {}
 };
 
-// Which pieces of one head's packed rows a worker holds (see F32BwdEngine).
-struct HeadCache {
-  std::vector<char> packed;
-  int b = -1, h = -1;
-  // Whether head (s.b, hkv) may be cached in `bytes`; forgets the old head's pieces on a change.
-  bool use(const Seq& s, int hkv, int64_t bytes, size_t pieces) {
-    if (bytes > (int64_t(16) << 20)) return false;
-    if (b != s.b || h != hkv) {
-      packed.assign(pieces, 0);
-      b = s.b, h = hkv;
-    }
-    return true;
-  }
-};
-
-// fp32 engine. As in the forward, what a pass reads many times is packed once per worker and head:
-// pass 2 (a query tile's keys) keeps the head's K/V rows, pass 1 (a key tile's query rows) keeps
-// the head's packed q / dout tiles, each filled on first use; too large a head is packed per tile.
+// fp32 engine. As in the forward, what a pass reads many times is packed once per worker and head
+// (HeadCache): pass 2 (a query tile's keys) keeps the head's K/V rows, pass 1 (a key tile's query
+// rows) the head's packed q / dout tiles, each filled on first use; too large a head is packed per tile.
 template <typename T>
 struct F32BwdEngine {
   static constexpr bool scaled_q = true;  // q packed pre-multiplied by the scale
@@ -51,8 +35,9 @@ struct F32BwdEngine {
   Buf<float> qt, qn, dot_, don, kb, vb;
   // the tiles in use (the buffers above or the head caches)
   const float *qtp = nullptr, *qnp = nullptr, *dotp = nullptr, *donp = nullptr, *kt = nullptr, *vt = nullptr;
-  std::vector<float> head_k, head_v, head_rows;  // K/V rows (Dp / Dvp wide); q/dout tiles (row_tile floats each)
-  HeadCache keys, rows;  // which blocks / row tiles of which head they hold
+  PackedHeadKV<T> head;          // pass 2's K/V rows (Dp / Dvp wide)
+  std::vector<float> head_rows;  // pass 1's q/dout tiles (row_tile floats each), which `rows` says
+  HeadCache rows;
   bool cache_keys = false;  // pass 2 (pass 1 loads each key tile once)
   F32BwdEngine(int D_, int Dv_, const BwdState& w)
       : D(D_), Dv(Dv_), Dp(w.Dp), Dvp(w.Dvp), qt(size_t(D_) * BQ), qn(size_t(BQ) * w.Dp), dot_(size_t(Dv_) * BQ),
@@ -77,21 +62,7 @@ struct F32BwdEngine {
     qtp = a, qnp = b, dotp = c, donp = d;
   }
   void load_keys(const AttnBwdParams& p, const Seq& s, int hkv, int j0, int nk) {
-    const size_t n_rows = size_t(round_up(s.k_len, BK)) + JR;  // reads reach j0 + round_up(nk, JR)
-    if (cache_keys && keys.use(s, hkv, int64_t(n_rows * (Dp + Dvp) * sizeof(float)), n_rows / BK + 1)) {
-      if (head_k.size() < n_rows * Dp) head_k.assign(n_rows * Dp, 0.f);
-      if (head_v.size() < n_rows * Dvp) head_v.assign(n_rows * Dvp, 0.f);
-      for (int blk = j0 / BK; blk * BK < j0 + nk; ++blk)
-        if (!keys.packed[blk]) {  // whole blocks, zero rows past k_len
-          const int n = std::min(BK, s.k_len - blk * BK);
-          load_tile<T>(head_k.data() + size_t(blk) * BK * Dp, Dp, p.k, s, hkv, blk * BK, n, D);
-          load_tile<T>(head_v.data() + size_t(blk) * BK * Dvp, Dvp, p.v, s, hkv, blk * BK, n, Dv);
-          keys.packed[blk] = 1;
-        }
-      kt = head_k.data() + size_t(j0) * Dp;
-      vt = head_v.data() + size_t(j0) * Dvp;
-      return;
-    }
+    if (cache_keys && head.load(p.k, p.v, s, hkv, j0, nk, D, Dp, Dv, Dvp, kt, vt)) return;
     load_tile<T>(kb.p, Dp, p.k, s, hkv, j0, nk, D);
     load_tile<T>(vb.p, Dvp, p.v, s, hkv, j0, nk, Dv);
     kt = kb.p, vt = vb.p;

@@ -4,7 +4,6 @@
 // Two engines compute the two matmuls of a tile: fp32 FMAs (every ISA level and
 // dtype) and, for bf16 inputs at the avx512 level, AVX512_BF16 pair dot products.
 #include <memory>
-#include <vector>
 
 #include "attention/cpu/tiles.h"
 
@@ -24,22 +23,17 @@ struct FwdState {
 };
 
 // fp32 engine: K/V widened to fp32, q pre-scaled. The K/V rows of the head in use are packed once
-// per worker, in blocks of BK keys as tiles first need them, and every query tile of that head reads
-// them from there: copying each tile again for every query tile out of the head-interleaved layout
-// cost about as much as the two products (AVX2, 1k-token forward). Heads too large for the cache
-// (and each new call: the engine is a worker's, made per call) are copied tile by tile.
+// per worker (PackedHeadKV) and every query tile of that head reads them there; heads too large for
+// that are copied tile by tile.
 template <typename T>
 struct F32Engine {
   static constexpr float post_scale_of(float) { return 1.f; }
   static constexpr bool has_fused_sigmoid = false;
-  static constexpr int64_t kMaxHeadBytes = int64_t(16) << 20;
   void sigmoid_tile(const AttnFwdParams&, const Seq&, int, int, int, int, int, const float*, float*) {}
   Buf<float> qt, kb, vb;
   int D, Dv, Dvp;
-  std::vector<float> head_k, head_v;  // (rows, D) and (rows, Dvp) of head (head_b, head_h)
-  std::vector<char> packed;           // per BK-key block of that head
-  int head_b = -1, head_h = -1;
-  const float* vt = nullptr;          // the V rows of the current tile
+  PackedHeadKV<T> head;
+  const float *kt = nullptr, *vt = nullptr;  // the K/V rows of the current tile
   F32Engine(int D_, int Dv_)
       : qt(size_t(D_) * BQ), kb(size_t(BK) * D_), vb(size_t(BK) * round_up(Dv_, CR)), D(D_), Dv(Dv_),
         Dvp(round_up(Dv_, CR)) {}
@@ -47,30 +41,10 @@ struct F32Engine {
     pack_rows_t<T>(qt.p, nullptr, 0, p.q, s, hkv, group, r0, D, p.mask.scale, tmp);
   }
   void scores(const AttnFwdParams& p, const Seq& s, int hkv, int j0, int nk, float* st) {
-    // rows read: up to j0 + round_up(nk, JR) <= k_len + JR - 1
-    const size_t rows = size_t(round_up(s.k_len, BK)) + JR;
-    const float* kt;
-    if (int64_t(rows) * (D + Dvp) * int64_t(sizeof(float)) <= kMaxHeadBytes) {
-      if (head_b != s.b || head_h != hkv) {
-        if (head_k.size() < rows * D) head_k.assign(rows * D, 0.f);
-        if (head_v.size() < rows * Dvp) head_v.assign(rows * Dvp, 0.f);
-        packed.assign(size_t(rows / BK) + 1, 0);
-        head_b = s.b, head_h = hkv;
-      }
-      for (int blk = j0 / BK; blk * BK < j0 + nk; ++blk)
-        if (!packed[blk]) {  // whole blocks, zero rows past k_len (the last one's tail)
-          load_tile<T>(head_k.data() + size_t(blk) * BK * D, D, p.k, s, hkv, blk * BK, std::min(BK, s.k_len - blk * BK), D);
-          load_tile<T>(head_v.data() + size_t(blk) * BK * Dvp, Dvp, p.v, s, hkv, blk * BK,
-                       std::min(BK, s.k_len - blk * BK), Dv);
-          packed[blk] = 1;
-        }
-      kt = head_k.data() + size_t(j0) * D;
-      vt = head_v.data() + size_t(j0) * Dvp;
-    } else {
+    if (!head.load(p.k, p.v, s, hkv, j0, nk, D, D, Dv, Dvp, kt, vt)) {
       load_tile<T>(kb.p, D, p.k, s, hkv, j0, nk, D);
       load_tile<T>(vb.p, Dvp, p.v, s, hkv, j0, nk, Dv);
-      kt = kb.p;
-      vt = vb.p;
+      kt = kb.p, vt = vb.p;
     }
     tile_scores(st, kt, D, qt.p, D, round_up(nk, JR));
   }

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 #include "attention/attention.h"
 #include "common/parallel.h"
@@ -124,6 +125,52 @@ inline void load_tile(float* dst, int ld, const AttnTensor& t, const Seq& s, int
     else std::memset(dst + jj * ld, 0, sizeof(float) * ld);
   }
 }
+
+// Which pieces (key blocks, row tiles) of one (batch, kv head)'s packed rows a worker holds. The
+// fp32 engines pack what their loops read many times once per head instead of once per tile pair:
+// copying a tile out of the head-interleaved layout for every pair cost about as much as the two
+// products (AVX2, 1k-token forward). Engines are a worker's, made per call: nothing outlives it.
+struct HeadCache {
+  static constexpr int64_t kMaxBytes = int64_t(16) << 20;  // larger heads are packed per tile
+  std::vector<char> packed;
+  int b = -1, h = -1;
+  // Whether head (s.b, hkv) may be cached in `bytes`; forgets the old head's pieces on a change.
+  bool use(const Seq& s, int hkv, int64_t bytes, size_t pieces) {
+    if (bytes > kMaxBytes) return false;
+    if (b != s.b || h != hkv) {
+      packed.assign(pieces, 0);
+      b = s.b, h = hkv;
+    }
+    return true;
+  }
+};
+
+// The K/V rows of one head widened to fp32, ldk / ldv floats apart, packed in blocks of BK keys on
+// first use (rows past k_len are zeros; JR rows of slack: tile reads reach j0 + round_up(nk, JR)).
+template <typename T>
+struct PackedHeadKV {
+  std::vector<float> k, v;
+  HeadCache blocks;
+  // Points kt / vt at rows j0.. of head (s.b, hkv), packing the blocks [j0, j0 + nk) touches;
+  // false (nothing done) when the head is too large.
+  bool load(const AttnTensor& kin, const AttnTensor& vin, const Seq& s, int hkv, int j0, int nk, int D, int ldk,
+            int Dv, int ldv, const float*& kt, const float*& vt) {
+    const size_t rows = size_t(round_up(s.k_len, BK)) + JR;
+    if (!blocks.use(s, hkv, int64_t(rows * (ldk + ldv) * sizeof(float)), rows / BK + 1)) return false;
+    if (k.size() < rows * ldk) k.assign(rows * ldk, 0.f);
+    if (v.size() < rows * ldv) v.assign(rows * ldv, 0.f);
+    for (int blk = j0 / BK; blk * BK < j0 + nk; ++blk)
+      if (!blocks.packed[blk]) {
+        const int n = std::min(BK, s.k_len - blk * BK);
+        load_tile<T>(k.data() + size_t(blk) * BK * ldk, ldk, kin, s, hkv, blk * BK, n, D);
+        load_tile<T>(v.data() + size_t(blk) * BK * ldv, ldv, vin, s, hkv, blk * BK, n, Dv);
+        blocks.packed[blk] = 1;
+      }
+    kt = k.data() + size_t(j0) * ldk;
+    vt = v.data() + size_t(j0) * ldv;
+    return true;
+  }
+};
 
 // C[j][0..BQ) = sum_{d<D} A[j][d] * Bt[d][0..BQ) for j < nrows (rounded up to JR).
 inline void tile_scores(float* C, const float* A, int lda, const float* Bt, int D, int nrows) {
