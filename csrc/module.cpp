@@ -470,6 +470,18 @@ void ternary_linear(uintptr_t x, int64_t x_rs, uintptr_t packed, uintptr_t scale
   KK_CPU_KERNEL(ternary_linear_cpu)(p);
 }
 
+// tq1.6 weights (N, Kp / 320, 64), int8 activations; CPU only (the Python layer converts to the
+// 2-bit format for CUDA tensors and float activations).
+void ternary16_linear(uintptr_t x, int64_t x_rs, uintptr_t packed, uintptr_t scale, bool per_row, uintptr_t bias,
+                      uintptr_t y, int64_t M, int64_t N, int64_t K, int64_t Kp, int dtype, int threads) {
+  const LowbitParams p = lowbit_params(x, x_rs, packed, scale, per_row, bias, y, M, N, K, Kp, 8, false, dtype,
+                                       threads, kTernary16Block, 0);
+  if (M == 0 || N == 0) return;
+  require(x && packed && scale && y, "ternary_linear: null data pointer");
+  py::gil_scoped_release nogil;
+  KK_CPU_KERNEL(ternary16_linear_cpu)(p);
+}
+
 void binary_linear(uintptr_t x, int64_t x_rs, uintptr_t packed, uintptr_t alpha, uintptr_t bias, uintptr_t y,
                    int64_t M, int64_t N, int64_t K, int64_t Kp, bool binarize, int dtype, int threads, int device,
                    intptr_t stream, uintptr_t work) {
@@ -699,6 +711,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear_attn_bwd", &linear_attn_bwd);
   m.def("linear_attn_step", &linear_attn_step);
   m.def("ternary_linear", &ternary_linear);
+  m.def("ternary16_linear", &ternary16_linear);
   m.def("binary_linear", &binary_linear);
   m.def("ternary_quantize", &ternary_quantize);
   m.def("ternary_dequant", &ternary_dequant);

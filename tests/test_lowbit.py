@@ -532,3 +532,133 @@ def test_in_features_mismatch_raises():
     fresh.load_state_dict(BitLinear(64, 10).to_inference().state_dict())
     with pytest.raises(ValueError, match="expected"):
         fresh(x65)
+
+
+# --------------------------------------------------------------------------- tq1.6: 5 ternary weights per byte
+
+def test_tq16_every_byte_decodes_to_its_five_codes():
+    # all 3^5 code patterns, each in every byte position of a block
+    codes = torch.tensor([[(v // 3 ** (4 - i)) % 3 for i in range(5)] for v in range(243)])  # (243, 5)
+    w_q = torch.zeros(243, 320, dtype=torch.int8)
+    for i in range(5):
+        w_q[:, 64 * i:64 * (i + 1)] = (codes[:, i:i + 1] - 1).to(torch.int8)
+    packed = kernkit.ternary_pack(w_q, format="tq1.6")
+    assert packed.shape == (243, 1, 64) and packed.dtype == torch.uint8
+    v = torch.arange(243)
+    assert torch.equal(packed[:, 0, 0].long(), (v * 256 + 242) // 243)  # the documented byte
+    assert torch.equal(kernkit.ternary_unpack(packed, (243, 320)), w_q)
+
+
+@pytest.mark.parametrize("K", [1, 17, 64, 319, 320, 321, 1000, 2560])
+def test_tq16_round_trip_and_same_codes_as_tq2(K):
+    g = _gen(K)
+    w = torch.randn(7, K, generator=g)
+    for per_row in (False, True):
+        p2, s2 = kernkit.ternary_quantize(w, per_row=per_row)
+        p16, s16 = kernkit.ternary_quantize(w, per_row=per_row, format="tq1.6")
+        assert p16.shape == (7, (K + 319) // 320, 64)
+        assert torch.equal(s16, s2)
+        w_q = kernkit.ternary_unpack(p16, (7, K))
+        assert torch.equal(w_q, kernkit.ternary_unpack(p2, (7, K)))
+        assert torch.equal(kernkit.ternary_pack(w_q, format="tq1.6"), p16)
+        assert 5 * p16.numel() >= w.numel() > 5 * (p16.numel() - 7 * 64)  # 1.6 bits per weight
+    # padding codes are 1 (w = 0)
+    pad = kernkit.ternary_unpack(p16, (7, p16.shape[1] * 320))[:, K:]
+    assert bool((pad == 0).all())
+
+
+TQ16_SHAPES = [(1, 1, 1), (1, 17, 3), (3, 64, 17), (2, 5, 320), (1, 9, 321), (5, 33, 4096), (7, 5, 2560),
+               (1, 70, 1000), (4, 9, 959), (16, 40, 700)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", TQ16_SHAPES, ids=str)
+def test_tq16_linear_is_bit_exact(isa, shape, dtype):
+    M, N, K = shape
+    g = _gen(M + 7 * N + K)
+    w = torch.randn(N, K, generator=g)
+    x = (torch.randn(M, K, generator=g) * 3).to(dtype)
+    bias = torch.randn(N, generator=g).to(dtype)
+    for per_row in (False, True):
+        packed, scale = kernkit.ternary_quantize(w, per_row=per_row, format="tq1.6")
+        w_q, s = ternary_quantize_ref(w, per_row)
+        for b in (None, bias):
+            y = kernkit.ternary_linear(x, packed, scale, b)
+            assert y.dtype == dtype and y.shape == (M, N)
+            assert torch.equal(y, ternary_linear_ref(x, w_q, s, b))
+
+
+def test_tq16_large_k_does_not_overflow(isa):
+    # all codes 2 (w = +1) and x at the int8 extremes: the largest dot products, across the kernel's
+    # int32 -> int64 flush (2048 blocks of 320 weights)
+    K = 2048 * 320 + 700
+    packed, scale = kernkit.ternary_quantize(torch.ones(3, K), format="tq1.6")
+    p2, _ = kernkit.ternary_quantize(torch.ones(3, K))
+    for sign in (1.0, -1.0):
+        x = torch.full((2, K), sign)
+        y = kernkit.ternary_linear(x, packed, scale)
+        assert torch.equal(y, kernkit.ternary_linear(x, p2, scale))  # the exact dot 127 K, rescaled in fp32
+        torch.testing.assert_close(y, torch.full((2, 3), sign * K), rtol=1e-6, atol=0)
+
+
+def test_tq16_float_activations_batches_and_gradients():
+    g = _gen(13)
+    w, x = torch.randn(12, 333, generator=g), torch.randn(2, 3, 333, generator=g)
+    p2, s = kernkit.ternary_quantize(w)
+    p16, _ = kernkit.ternary_quantize(w, format="tq1.6")
+    assert torch.equal(kernkit.ternary_linear(x, p16, s, act_bits=None), kernkit.ternary_linear(x, p2, s, act_bits=None))
+    b = torch.randn(12, generator=g)
+    grads = []
+    for p in (p2, p16):
+        xr, br = x.clone().requires_grad_(), b.clone().requires_grad_()
+        y = kernkit.ternary_linear(xr, p, s, br)
+        y.backward(torch.ones_like(y) * torch.arange(12.0))
+        grads.append((y.detach(), xr.grad, br.grad))
+    for a, c in zip(*grads):
+        assert torch.equal(a, c)
+    w_deq = kernkit.ternary_unpack(p16, w.shape).float() * s
+    torch.testing.assert_close(grads[1][1], (torch.ones(2, 3, 12) * torch.arange(12.0)) @ w_deq)
+
+
+def test_tq16_opcheck_and_compile():
+    from kernkit.lowbit import _ternary16_op
+
+    g = _gen(14)
+    w, x = torch.randn(10, 70, generator=g), torch.randn(3, 70, generator=g)
+    packed, scale = kernkit.ternary_quantize(w, format="tq1.6")
+    torch.library.opcheck(_ternary16_op, (x, packed, scale, None))
+    torch.library.opcheck(_ternary16_op, (x.clone().requires_grad_(), packed, scale, torch.randn(10)))
+    f = torch.compile(lambda a: kernkit.ternary_linear(a, packed, scale).relu(), fullgraph=True)
+    torch.testing.assert_close(f(x), kernkit.ternary_linear(x, packed, scale).relu())
+
+
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda p, s: (torch.randn(2, 70), p[:, :, :-1], s), ValueError, r"tq1\.6\) has shape"),
+    (lambda p, s: (torch.randn(2, 400), p, s), ValueError, r"tq1\.6\) has shape"),
+    (lambda p, s: (torch.randn(2, 70), p.to(torch.int16), s), TypeError, "uint8"),
+    (lambda p, s: (torch.randn(2, 70), p.unsqueeze(0), s), ValueError, "3-D tq1.6"),
+    (lambda p, s: (torch.randn(2, 70), p, torch.ones(3)), ValueError, "scale must have"),
+])
+def test_tq16_bad_inputs(make, exc, match):
+    packed, scale = kernkit.ternary_quantize(torch.randn(10, 70), format="tq1.6")
+    x, p, s = make(packed, scale)
+    with pytest.raises(exc, match=match):
+        kernkit.ternary_linear(x, p, s)
+    with pytest.raises(ValueError, match="71 input features.*in_features=70"):
+        kernkit.ternary_linear(torch.randn(2, 71), packed, scale, in_features=70)
+    with pytest.raises(ValueError, match="format must be one of"):
+        kernkit.ternary_quantize(torch.randn(10, 70), format="tq1")
+    with pytest.raises(ValueError, match="format must be one of"):
+        kernkit.ternary_pack(torch.zeros(2, 3), format=2)
+
+
+def test_tq16_cuda_matches_cpu(gpu):
+    # no tq1.6 CUDA kernel: the weights go through the tq2 one, with the same outputs
+    g = _gen(15)
+    w, x = torch.randn(9, 300, generator=g), torch.randn(3, 300, generator=g)
+    packed, scale = kernkit.ternary_quantize(w, format="tq1.6")
+    y = kernkit.ternary_linear(x.to(gpu.device), packed.to(gpu.device), scale.to(gpu.device))
+    if gpu.session:
+        assert "ternary_gemv_kernel" in _kernels(gpu)
+    w_q, s = ternary_quantize_ref(w)
+    assert torch.equal(y.cpu(), ternary_linear_ref(x, w_q, s))

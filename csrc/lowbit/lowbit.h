@@ -3,6 +3,10 @@
 //   ternary: code = w + 1 in {0, 1, 2}, 2 bits; K padded to a multiple of 128 with
 //            code 1; row n is K/128 blocks of 32 bytes; in a block, byte j bits
 //            [2i, 2i+1] hold weight k = 128 * block + 32 * i + j.  (N, Kp / 4) uint8.
+//   tq1.6:   code = w + 1, 5 per byte in base 3; K padded to a multiple of 320 with code 1;
+//            row n is K/320 blocks of 64 bytes; byte j of a block holds
+//            q = ceil(v * 256 / 243), v = sum_i c_i 3^(4-i), c_i the code of weight
+//            k = 320 * block + 64 * i + j.  (N, Kp / 320, 64) uint8.
 //   binary:  bit = 1 where w >= 0; K padded to a multiple of 64 with 0 bits; weight
 //            k is bit k % 8 of byte k / 8 of its row.  (N, Kp / 8) uint8.
 #pragma once
@@ -14,6 +18,7 @@
 namespace kernkit {
 
 constexpr int64_t kTernaryBlock = 128;  // weights per 32-byte block
+constexpr int64_t kTernary16Block = 320;  // tq1.6: weights per 64-byte block
 constexpr int64_t kBinaryBlock = 64;    // weights per 8-byte word
 
 struct LowbitParams {
@@ -114,4 +119,5 @@ KK_DECLARE_CPU_KERNEL(bool, ternary_quantize_cpu, (const ::kernkit::TernaryQuant
 KK_DECLARE_CPU_KERNEL(void, ternary_dequant_cpu, (const ::kernkit::TernaryDequantParams&))
 KK_DECLARE_CPU_KERNEL(void, act_quant_dequant_cpu, (const ::kernkit::ActDequantParams&))
 KK_DECLARE_CPU_KERNEL(void, ternary_linear_cpu, (const ::kernkit::LowbitParams&))
+KK_DECLARE_CPU_KERNEL(void, ternary16_linear_cpu, (const ::kernkit::LowbitParams&))
 KK_DECLARE_CPU_KERNEL(void, binary_linear_cpu, (const ::kernkit::LowbitParams&))

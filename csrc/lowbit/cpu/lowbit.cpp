@@ -32,10 +32,10 @@ constexpr int64_t kXChunk = 256;  // x_q arranged for two 32-byte blocks per 64-
 constexpr int64_t kXChunk = 128;
 #endif
 constexpr int64_t kFlushChunks = 4096;  // chunks between int32 -> int64 flushes (<= 2^20 weights)
-constexpr int64_t kPrefetch = 1024;     // GEMV weight prefetch distance in bytes (rows are contiguous)
-// avx2 GEMV: one prefetch stream running 4 KiB ahead through the tile's rows as if they were one
-// row (they are adjacent in memory), a line per 64 bytes consumed. Per-row streams 1 KiB ahead
-// reached 13-16 GB/s from memory at K = 6912, this 24-32 (2 threads; read bandwidth ~30).
+// GEMV: one prefetch stream running 4 KiB ahead through the tile's rows as if they were one row
+// (they are adjacent in memory), a line per 64 bytes consumed. Per-row streams 1 KiB ahead reached
+// 13-16 GB/s from memory (avx2 and avx512, 6912 x 2560 and 2560 x 6912), this ~20-32 (2 threads;
+// read bandwidth ~30-33). T1/NTA hints, two distances or 2-row tiles on avx512 were no better.
 constexpr int64_t kLinearPrefetch = 4096;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -74,17 +74,7 @@ void quantize_rows(const LowbitParams& p, QuantRows& qr) {
       qr.inv_s[m] = 1.f / s;
       int8_t* q = qr.q.p + m * qr.Kx;
       std::memset(q, 0, size_t(qr.Kx));
-      int64_t sum = 0;
-      for (int64_t k0 = 0; k0 < p.K; k0 += 32) {  // runs of 32 stay contiguous in every arrangement
-        const int64_t n = std::min<int64_t>(32, p.K - k0);
-        int8_t* dst = q + arranged(k0);
-        for (int64_t i = 0; i < n; ++i) {
-          const float v = std::nearbyint(xf[k0 + i] * s);
-          const int iv = int(std::min(127.f, std::max(-128.f, v)));
-          dst[i] = int8_t(iv);
-          sum += iv;
-        }
-      }
+      const int64_t sum = quantize_act_row(xf.p, p.K, s, [&](int64_t k0) { return q + arranged(k0); });
       qr.sum[m] = sum;
     }
   });
@@ -109,8 +99,9 @@ inline __m128i reduce4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
 template <int MB, int NB, bool Half>
 __attribute__((always_inline)) inline void dot_chunk(__m512i (&acc)[MB][NB], const uint8_t* const* wrow,
                                                      const int8_t* const* xrow, int64_t c, __m512i lo2) {
-  if constexpr (MB == 1)  // GEMV: weights come from memory once; run ahead of the hardware prefetcher
-    for (int b = 0; b < NB; ++b) _mm_prefetch(reinterpret_cast<const char*>(wrow[b] + c * 64 + kPrefetch), _MM_HINT_T0);
+  if constexpr (MB == 1)  // GEMV: the tile's NB rows are one contiguous run of memory, read once
+    for (int i = 0; i < NB; ++i)
+      _mm_prefetch(reinterpret_cast<const char*>(wrow[0] + c * NB * 64 + i * 64 + kLinearPrefetch), _MM_HINT_T0);
   for (int j = 0; j < 4; ++j) {
     __m512i code[NB];
     for (int b = 0; b < NB; ++b) {
@@ -217,12 +208,6 @@ __attribute__((always_inline)) inline void int_dot_tile(const uint8_t* const* wr
 #endif
 }
 
-template <typename T>
-void store_out(const LowbitParams& p, int64_t m, int64_t n, float v) {
-  if (p.bias) v += p.bias[n];
-  static_cast<T*>(p.y)[m * p.N + n] = from_float<T>(v);
-}
-
 template <int MB, int NB, typename T>
 void int8_tile(const LowbitParams& p, const QuantRows& qr, int64_t m0, int64_t n0) {
   const int64_t wbytes = p.Kp / 4;
@@ -291,15 +276,6 @@ void int8_all_rows(const LowbitParams& p, const QuantRows& qr, int64_t n0, int64
     case 2: return int8_rows<T, 2>(p, qr, m, n0, n1);
     default: return int8_rows<T, 1>(p, qr, m, n0, n1);
   }
-}
-
-// Groups of 4 output rows per thread, at least: a second thread pays off from about
-// 2^20 weight-activation products per thread (measured, M = 1, K = 2560: N = 512
-// ran 0.8x slower on two threads than on one, N = 1024 1.2x faster), so smaller
-// products run on the calling thread alone.
-inline int64_t gemv_group_grain(const LowbitParams& p) {
-  constexpr int64_t kMinProducts = int64_t(1) << 20;
-  return std::max<int64_t>(1, kMinProducts / (4 * std::max<int64_t>(p.Kp, 1) * std::max<int64_t>(p.M, 1)));
 }
 
 template <typename T>

@@ -1,0 +1,168 @@
+// Ternary GEMV / GEMM on the 1.6-bit "tq1.6" format (5 weights per byte, base 3), int8
+// activations, on CPU, compiled per ISA level. Format (lowbit.h): q = ceil(v * 256 / 243) with
+// v = sum_i c_i 3^(4-i) over the codes c_i = w + 1 of weights 320 b + 64 i + j (block b, byte j).
+// Code i is then the top "digit" of q_i = 3^i q mod 256: c_i = (3 q_i) >> 8, q_(i+1) = 3 q_i mod 256.
+//
+// avx512: the codes are never formed. Since 256 c_i = 3 q_i - q_(i+1) exactly,
+//   sum_i c_i . x_i = (3 sum_i q_i . x_i - sum_i q_(i+1) . x_i) / 256,
+// two vpdpbusd (q as unsigned bytes, x_q signed) and two byte adds (q + q + q) per 64 weights,
+// so the decode costs about as much as the 2-bit kernel's shift-and-mask and the GEMV stays
+// memory-bound on 20% fewer bytes. Other ISAs: the digit loop in plain C++.
+// The result is the same integer dot as the 2-bit kernel's, rescaled by the same fp32 operations:
+// tq1.6 and tq2 outputs are bitwise equal.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "common/parallel.h"
+#include "common/vec.h"
+#include "lowbit/cpu/quant.h"
+#include "lowbit/lowbit.h"
+
+namespace kernkit {
+namespace KK_ISA_NS {
+namespace {
+
+constexpr int64_t kBlock = kTernary16Block;  // 320 weights, 64 bytes
+// int32 lanes take at most 5 x 2 dpbusd steps of 4 * 255 * 128 per block: flush to int64 every
+// 2048 blocks (< 2^31 / 652800 = 3289).
+constexpr int64_t kFlushBlocks = 2048;
+constexpr int64_t kLinearPrefetch = 4096;  // as the 2-bit GEMV (lowbit.cpp): one stream through the tile
+
+#if defined(KK_ISA_AVX512)
+inline int64_t reduce_add_64(__m512i v) {  // the 16 lanes' sum may pass 2^31
+  return _mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)),
+                                                  _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1))));
+}
+
+// acc[m][n] = sum_k code[n][k] * x_q[m][k] over the row (x rows zero-padded to nblk * 320).
+template <int MB, int NB>
+__attribute__((always_inline)) inline void tq16_dot_tile(const uint8_t* const* wrow, const int8_t* const* xrow,
+                                                         int64_t nblk, int64_t (&out)[MB][NB]) {
+  for (int a = 0; a < MB; ++a)
+    for (int b = 0; b < NB; ++b) out[a][b] = 0;
+  for (int64_t b0 = 0; b0 < nblk; b0 += kFlushBlocks) {
+    __m512i acc_a[MB][NB], acc_b[MB][NB];  // sum q_i . x_i and sum q_(i+1) . x_i
+    for (int a = 0; a < MB; ++a)
+      for (int b = 0; b < NB; ++b) acc_a[a][b] = acc_b[a][b] = _mm512_setzero_si512();
+    const int64_t b1 = std::min(nblk, b0 + kFlushBlocks);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      if constexpr (MB == 1)  // GEMV: the tile's rows are one contiguous run of memory, read once
+        for (int b = 0; b < NB; ++b)
+          _mm_prefetch(reinterpret_cast<const char*>(wrow[0] + (blk * NB + b) * 64 + kLinearPrefetch), _MM_HINT_T0);
+      __m512i q[NB];
+      for (int b = 0; b < NB; ++b) q[b] = _mm512_loadu_si512(wrow[b] + blk * 64);
+      for (int i = 0; i < 5; ++i) {
+        __m512i qn[NB];
+        for (int b = 0; b < NB; ++b) qn[b] = _mm512_add_epi8(q[b], _mm512_add_epi8(q[b], q[b]));
+        for (int a = 0; a < MB; ++a) {
+          const __m512i xv = _mm512_loadu_si512(xrow[a] + blk * kBlock + i * 64);
+          for (int b = 0; b < NB; ++b) {
+            acc_a[a][b] = _mm512_dpbusd_epi32(acc_a[a][b], q[b], xv);
+            acc_b[a][b] = _mm512_dpbusd_epi32(acc_b[a][b], qn[b], xv);
+          }
+        }
+        for (int b = 0; b < NB; ++b) q[b] = qn[b];
+      }
+    }
+    for (int a = 0; a < MB; ++a)
+      for (int b = 0; b < NB; ++b) {
+        out[a][b] += (3 * reduce_add_64(acc_a[a][b]) - reduce_add_64(acc_b[a][b])) / 256;  // exact
+      }
+  }
+}
+#else
+template <int MB, int NB>
+inline void tq16_dot_tile(const uint8_t* const* wrow, const int8_t* const* xrow, int64_t nblk,
+                          int64_t (&out)[MB][NB]) {
+  for (int a = 0; a < MB; ++a)
+    for (int b = 0; b < NB; ++b) out[a][b] = 0;
+  for (int b = 0; b < NB; ++b)
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      uint8_t code[kBlock];
+      for (int j = 0; j < 64; ++j) {
+        unsigned q = wrow[b][blk * 64 + j];
+        for (int i = 0; i < 5; ++i) {
+          const unsigned t = 3 * q;
+          code[i * 64 + j] = uint8_t(t >> 8);
+          q = t & 255;
+        }
+      }
+      for (int a = 0; a < MB; ++a) {
+        const int8_t* x = xrow[a] + blk * kBlock;
+        int32_t s = 0;  // <= 320 * 2 * 128
+        for (int k = 0; k < kBlock; ++k) s += int32_t(code[k]) * x[k];
+        out[a][b] += s;
+      }
+    }
+}
+#endif
+
+struct Tq16Rows {  // int8 activations, zero-padded to Kp, in weight order
+  Buf<int8_t> q;
+  Buf<float> s;
+  Buf<int64_t> sum;
+  Tq16Rows(int64_t M, int64_t Kp) : q(size_t(M * Kp)), s(size_t(M)), sum(size_t(M)) {}
+};
+
+template <int MB, int NB, typename T>
+void tq16_tile(const LowbitParams& p, const Tq16Rows& xr, int64_t m0, int64_t n0) {
+  const int64_t wbytes = p.Kp / 5;
+  const uint8_t* wrow[NB];
+  const int8_t* xrow[MB];
+  for (int b = 0; b < NB; ++b) wrow[b] = p.packed + (n0 + b) * wbytes;
+  for (int a = 0; a < MB; ++a) xrow[a] = xr.q.p + (m0 + a) * p.Kp;
+  int64_t acc[MB][NB];
+  tq16_dot_tile<MB, NB>(wrow, xrow, p.Kp / kBlock, acc);
+  for (int a = 0; a < MB; ++a)
+    for (int b = 0; b < NB; ++b) {
+      const float sw = p.scale[p.per_row_scale ? n0 + b : 0];
+      const int64_t dot = acc[a][b] - xr.sum[m0 + a];  // codes are w + 1
+      store_out<T>(p, m0 + a, n0 + b, float(dot) / xr.s[m0 + a] * sw);
+    }
+}
+
+template <int MB, typename T>
+void tq16_rows(const LowbitParams& p, const Tq16Rows& xr, int64_t m0, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) tq16_tile<MB, 4, T>(p, xr, m0, n);
+  for (; n < n1; ++n) tq16_tile<MB, 1, T>(p, xr, m0, n);
+}
+
+template <typename T>
+void tq16_int8(const LowbitParams& p) {
+  Tq16Rows xr(p.M, p.Kp);
+  parallel_for(p.M, p.threads, 4, [&](int64_t m0, int64_t m1) {
+    Buf<float> xf(size_t(p.K) + 64);
+    for (int64_t m = m0; m < m1; ++m) {
+      widen(xf.p, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
+      const float s = act_scale(xf.p, p.K);
+      int8_t* q = xr.q.p + m * p.Kp;
+      std::memset(q, 0, size_t(p.Kp));
+      xr.s[m] = s;
+      xr.sum[m] = quantize_act_row(xf.p, p.K, s, [&](int64_t k0) { return q + k0; });
+    }
+  });
+  const int64_t groups = (p.N + 3) / 4;  // split over output features in groups of 4 rows
+  parallel_for(groups, p.threads, gemv_group_grain(p), [&](int64_t g0, int64_t g1) {
+    const int64_t n0 = g0 * 4, n1 = std::min(p.N, g1 * 4);
+    int64_t m = 0;
+    for (; m + 2 <= p.M; m += 2) tq16_rows<2, T>(p, xr, m, n0, n1);  // each decoded block feeds two rows
+    if (m < p.M) tq16_rows<1, T>(p, xr, m, n0, n1);
+  });
+}
+
+}  // namespace
+
+void ternary16_linear_cpu(const LowbitParams& p) {
+  switch (p.dtype) {
+    case DType::f32: return tq16_int8<float>(p);
+    case DType::bf16: return tq16_int8<bf16_t>(p);
+    case DType::f16: return tq16_int8<f16_t>(p);
+    default: throw std::invalid_argument("ternary_linear: x must be float32, bfloat16 or float16");
+  }
+}
+
+}  // namespace KK_ISA_NS
+}  // namespace kernkit
