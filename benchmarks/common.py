@@ -87,7 +87,8 @@ def time_pair(fn_a: Callable, fn_b: Callable, *, device: str = "cpu", quick: boo
               rounds: Optional[int] = None, gap_s: float = 0.0) -> tuple[float, float]:
     """Median seconds per call of fn_a and fn_b, measured in alternating batches. ``gap_s``: a pause
     before each batch, for libraries whose worker threads keep spinning for a while after a call
-    (they would otherwise take a core from the other side's batch)."""
+    (they would otherwise take a core from the other side's batch); each such batch is preceded by
+    untimed calls, so neither side is timed waking its sleeping workers."""
     for f in (fn_a, fn_b):
         f()
         f()
@@ -99,6 +100,7 @@ def time_pair(fn_a: Callable, fn_b: Callable, *, device: str = "cpu", quick: boo
         for fn, out in ((fn_a, ta), (fn_b, tb)):
             if gap_s:
                 time.sleep(gap_s)
+                _batch_time(fn, max(3, n // 4), device)  # untimed: wake the pool, refill the caches
             out.append(_batch_time(fn, n, device))
     return statistics.median(ta), statistics.median(tb)
 
