@@ -13,6 +13,8 @@ namespace {
 
 using namespace attn;
 
+constexpr float kLog2eF = 1.44269504088896341f, kLn2F = 0.693147180559945309f;
+
 // Shared per-worker state: score tile, output accumulator, softmax statistics.
 struct FwdState {
   int Dvp;
@@ -67,15 +69,23 @@ struct Bf16Engine {
   void pack_q(const AttnFwdParams& p, const Seq& s, int hkv, int group, int r0, float*) {
     pack_rows_pairs(qp.p, Dh, p.q, s, hkv, group, r0, D);
   }
-  void scores(const AttnFwdParams& p, const Seq& s, int hkv, int j0, int nk, float* st) {
+  PackedHeadKVBf16 head;
+  const uint16_t* kt = nullptr;  // the K rows and V pairs of the current tile
+  const uint32_t* vt = nullptr;
+  void load_kv(const AttnFwdParams& p, const Seq& s, int hkv, int j0, int nk) {
+    if (head.load(p.k, p.v, s, hkv, j0, nk, D, ldk, Dv, ldv, kt, vt)) return;
     load_tile_bf16(kb.p, ldk, p.k, s, hkv, j0, nk, D);
     load_tile_bf16(vb.p, ldv, p.v, s, hkv, j0, nk, Dv);
     pair_tile_rows(vp.p, vb.p, ldv, nk);
-    tile_scores_bf16(st, kb.p, ldk, qp.p, Dh, round_up(nk, JR));
+    kt = kb.p, vt = vp.p;
+  }
+  void scores(const AttnFwdParams& p, const Seq& s, int hkv, int j0, int nk, float* st) {
+    load_kv(p, s, hkv, j0, nk);
+    tile_scores_bf16(st, kt, ldk, qp.p, Dh, round_up(nk, JR));
   }
   void accumulate(float* ot, float* st, int nk) {
     pack_prob_pairs(pp.p, st, nk);
-    tile_acc_t_bf16(ot, vp.p, ldv, Dvp, pp.p, (nk + 1) / 2);
+    tile_acc_t_bf16(ot, vt, ldv, Dvp, pp.p, (nk + 1) / 2);
   }
   // Sigmoid's own inner loop: no row statistics, so probabilities are made in
   // registers straight from the score accumulators and stored as bf16 pairs
@@ -83,14 +93,12 @@ struct Bf16Engine {
   static constexpr bool has_fused_sigmoid = true;
   void sigmoid_tile(const AttnFwdParams& p, const Seq& s, int hkv, int group, int j0, int r0, int nk,
                     const float* bias, float* ot) {
-    load_tile_bf16(kb.p, ldk, p.k, s, hkv, j0, nk, D);
-    load_tile_bf16(vb.p, ldv, p.v, s, hkv, j0, nk, Dv);
-    pair_tile_rows(vp.p, vb.p, ldv, nk);
+    load_kv(p, s, hkv, j0, nk);
     const AttnMask& mk = p.mask;
     const bool full = tile_fully_visible(mk, s, group, j0, r0, nk), cap = mk.softcap > 0.f;
     const Vec sc = Vec::set1(mk.scale), c = Vec::set1(mk.softcap), inv_c = Vec::set1(cap ? 1.f / mk.softcap : 0.f);
     const Vec b[QV] = {Vec::load(bias), Vec::load(bias + 16)};
-    tile_scores_bf16_with(kb.p, ldk, qp.p, Dh, round_up(nk, JR), [&](int jr, __m512 (&acc)[JR][QV]) {
+    tile_scores_bf16_with(kt, ldk, qp.p, Dh, round_up(nk, JR), [&](int jr, __m512 (&acc)[JR][QV]) {
       __m256i half[JR][QV];
       for (int r = 0; r < JR; ++r) {
         const int jj = jr + r;
@@ -110,7 +118,7 @@ struct Bf16Engine {
         for (int v = 0; v < QV; ++v)
           _mm512_storeu_si512(pp.p + ((jr + r) / 2) * BQ + v * 16, interleave_halves(half[r][v], half[r + 1][v]));
     });
-    tile_acc_t_bf16(ot, vp.p, ldv, Dvp, pp.p, (nk + 1) / 2);
+    tile_acc_t_bf16(ot, vt, ldv, Dvp, pp.p, (nk + 1) / 2);
   }
 };
 #endif
@@ -143,17 +151,21 @@ void fwd_tile(const AttnFwdParams& p, const Seq& s, int hkv, int r0, FwdState& w
     }
     const Vec vsc = Vec::set1(sc);
     if (softmax) {
+      // in base 2 (m is kept in units of log2): exp2 costs ~30% fewer operations than exp; below
+      // 2^-126 a probability is exactly 0 as exp() made it (masked scores are -inf)
+      const Vec vsc2 = Vec::set1(sc * kLog2eF);
+      auto exp2_or_0 = [](Vec t) { return select_below(t, -126.f, Vec::zero(), exp2(t)); };
       for (int v = 0; v < QV; ++v) {
         const int o = v * Vec::size;
         Vec mx = Vec::set1(kNegInf);
         for (int jj = 0; jj < nk; ++jj) mx = max(mx, Vec::load(w.st.p + jj * BQ + o));
-        const Vec m_old = Vec::load(w.m.p + o), m_new = max(m_old, mx * vsc);  // sc > 0
+        const Vec m_old = Vec::load(w.m.p + o), m_new = max(m_old, mx * vsc2);  // sc > 0
         // Rows with nothing visible yet keep m = -inf; subtract 0 instead so exp gives 0, not NaN.
         const Vec m_use = select_below(m_new, -3.0e38f, Vec::zero(), m_new);
-        const Vec alpha = exp(m_old - m_use);
+        const Vec alpha = exp2_or_0(m_old - m_use);
         Vec sum = Vec::zero();
         for (int jj = 0; jj < nk; ++jj) {
-          const Vec x = exp(fma(Vec::load(w.st.p + jj * BQ + o), vsc, Vec::zero() - m_use));
+          const Vec x = exp2_or_0(fma(Vec::load(w.st.p + jj * BQ + o), vsc2, Vec::zero() - m_use));
           x.store(w.st.p + jj * BQ + o);
           sum = sum + x;
         }
@@ -178,7 +190,7 @@ void fwd_tile(const AttnFwdParams& p, const Seq& s, int hkv, int r0, FwdState& w
     if (softmax) {
       const float l = w.l[rr];
       inv = l > 0.f ? 1.f / l : 0.f;
-      if (p.lse) p.lse[s.b * sh.stat_bs + h * sh.stat_hs + s.q_row0 + i] = l > 0.f ? w.m[rr] + std::log(l) : kNegInf;
+      if (p.lse) p.lse[s.b * sh.stat_bs + h * sh.stat_hs + s.q_row0 + i] = l > 0.f ? w.m[rr] * kLn2F + std::log(l) : kNegInf;
     }
     for (int c = 0; c < Dv; ++c) w.tmp[c] = w.ot[size_t(c) * BQ + rr] * inv;
     store_row(elem<T>(p.o, s, i, s.q_row0, h), w.tmp.p, Dv);

@@ -529,6 +529,36 @@ inline void pack_prob_pairs(uint32_t* Pp, float* St, int nk) {
       _mm512_storeu_si512(Pp + jp * BQ + v * 16,
                           pack_pair_rows(St + (2 * jp) * BQ + v * 16, St + (2 * jp + 1) * BQ + v * 16));
 }
+
+// The bf16 engine's PackedHeadKV: K rows as they come (ldk bf16 apart) and V as key pairs
+// (pair_tile_rows, ldv pairs apart), packed in blocks of BK keys on first use. Reading K/V rows
+// straight from a (B, S, H, D) input every query tile cost ~20% of the forward (strided rows,
+// a cache and TLB miss each). Tiles must start at an even key (pairs); others are not served.
+struct PackedHeadKVBf16 {
+  std::vector<uint16_t> k, tmp;
+  std::vector<uint32_t> vp;
+  HeadCache blocks;
+  bool load(const AttnTensor& kin, const AttnTensor& vin, const Seq& s, int hkv, int j0, int nk, int D, int ldk,
+            int Dv, int ldv, const uint16_t*& kt, const uint32_t*& vt) {
+    if (j0 % 2) return false;
+    const size_t rows = size_t(round_up(s.k_len, BK)) + JR + 2;
+    if (!blocks.use(s, hkv, int64_t(rows * (ldk + ldv) * 2), rows / BK + 1)) return false;
+    if (k.size() < rows * ldk) k.assign(rows * ldk, 0);
+    if (vp.size() < rows / 2 * ldv) vp.assign(rows / 2 * ldv, 0);
+    if (tmp.size() < size_t(BK) * ldv) tmp.assign(size_t(BK) * ldv, 0);
+    for (int blk = j0 / BK; blk * BK < j0 + nk; ++blk)
+      if (!blocks.packed[blk]) {
+        const int n = std::min(BK, s.k_len - blk * BK);
+        load_tile_bf16(k.data() + size_t(blk) * BK * ldk, ldk, kin, s, hkv, blk * BK, n, D);
+        load_tile_bf16(tmp.data(), ldv, vin, s, hkv, blk * BK, n, Dv);
+        pair_tile_rows(vp.data() + size_t(blk) * (BK / 2) * ldv, tmp.data(), ldv, BK);
+        blocks.packed[blk] = 1;
+      }
+    kt = k.data() + size_t(j0) * ldk;
+    vt = vp.data() + size_t(j0 / 2) * ldv;
+    return true;
+  }
+};
 #endif  // KK_ISA_AVX512
 
 }  // namespace attn
