@@ -117,11 +117,7 @@ def ternary_unpack(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Exact inverse of the packing (either format): (N, K) int8 weights in {-1, 0, 1}."""
     N, K = shape
     _check_packed("ternary_unpack", packed, N, K, 4, TERNARY_BLOCK)
-    if packed.dim() == 3:
-        return _tq16_codes(packed, K).to(torch.int8) - 1
-    p = packed.contiguous().view(N, -1, 1, 32)
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=packed.device).view(1, 1, 4, 1)
-    codes = ((p >> shifts) & 3).reshape(N, -1)[:, :K]
+    codes = _tq16_codes(packed, K) if packed.dim() == 3 else _tq2_codes(packed, K)
     return codes.to(torch.int8) - 1
 
 

@@ -32,25 +32,10 @@ constexpr int64_t kXChunk = 256;  // x_q arranged for two 32-byte blocks per 64-
 constexpr int64_t kXChunk = 128;
 #endif
 constexpr int64_t kFlushChunks = 4096;  // chunks between int32 -> int64 flushes (<= 2^20 weights)
-// GEMV: one prefetch stream running 4 KiB ahead through the tile's rows as if they were one row
-// (they are adjacent in memory), a line per 64 bytes consumed. Per-row streams 1 KiB ahead reached
-// 13-16 GB/s from memory (avx2 and avx512, 6912 x 2560 and 2560 x 6912), this ~20-32 (2 threads;
-// read bandwidth ~30-33). T1/NTA hints, two distances or 2-row tiles on avx512 were no better.
-constexpr int64_t kLinearPrefetch = 4096;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // ----------------------------------------------------------------------------- int8 activations
-
-struct QuantRows {
-  Buf<int8_t> q;      // M x Kx, arranged for the dot kernel
-  Buf<float> inv_s;   // 1 / s per row (s = 127 / absmax)
-  Buf<float> s;
-  Buf<int64_t> sum;   // sum of x_q per row
-  int64_t Kx;
-  QuantRows(int64_t M, int64_t Kp) : q(size_t(M * round_up(Kp, kXChunk))), inv_s(M), s(M), sum(M),
-                                     Kx(round_up(Kp, kXChunk)) {}
-};
 
 // Offset of weight k in the arranged row: avx512 pairs block 2c (low half) with
 // 2c+1 (high half) so that one 64-byte code register serves both.
@@ -61,23 +46,6 @@ inline int64_t arranged(int64_t k) {
 #else
   return k;
 #endif
-}
-
-template <typename T>
-void quantize_rows(const LowbitParams& p, QuantRows& qr) {
-  parallel_for(p.M, p.threads, 4, [&](int64_t m0, int64_t m1) {
-    Buf<float> xf(size_t(p.K) + 64);
-    for (int64_t m = m0; m < m1; ++m) {
-      widen(xf.p, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
-      const float s = act_scale(xf.p, p.K);
-      qr.s[m] = s;
-      qr.inv_s[m] = 1.f / s;
-      int8_t* q = qr.q.p + m * qr.Kx;
-      std::memset(q, 0, size_t(qr.Kx));
-      const int64_t sum = quantize_act_row(xf.p, p.K, s, [&](int64_t k0) { return q + arranged(k0); });
-      qr.sum[m] = sum;
-    }
-  });
 }
 
 #if defined(KK_ISA_AVX512)
@@ -217,28 +185,7 @@ void int8_tile(const LowbitParams& p, const QuantRows& qr, int64_t m0, int64_t n
   for (int a = 0; a < MB; ++a) xrow[a] = qr.q.p + (m0 + a) * qr.Kx;
   int64_t acc[MB][NB];
   int_dot_tile<MB, NB>(wrow, xrow, p.Kp, acc);
-#if defined(KK_ISA_AVX512)
-  if constexpr (NB == 4) {  // the same float operations, in the same order, four outputs at a time
-    const __m128 sw = p.per_row_scale ? _mm_loadu_ps(p.scale + n0) : _mm_set1_ps(p.scale[0]);
-    for (int a = 0; a < MB; ++a) {
-      const __m256i dot = _mm256_sub_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc[a])),
-                                           _mm256_set1_epi64x(qr.sum[m0 + a]));  // codes are w + 1
-      __m128 v = _mm_mul_ps(_mm_div_ps(_mm256_cvtepi64_ps(dot), _mm_set1_ps(qr.s[m0 + a])), sw);
-      if (p.bias) v = _mm_add_ps(v, _mm_loadu_ps(p.bias + n0));
-      alignas(16) float f[4];
-      _mm_store_ps(f, v);
-      T* y = static_cast<T*>(p.y) + (m0 + a) * p.N + n0;
-      for (int b = 0; b < 4; ++b) y[b] = from_float<T>(f[b]);
-    }
-    return;
-  }
-#endif
-  for (int a = 0; a < MB; ++a)
-    for (int b = 0; b < NB; ++b) {
-      const float sw = p.scale[p.per_row_scale ? n0 + b : 0];
-      const int64_t dot = acc[a][b] - qr.sum[m0 + a];  // codes are w + 1
-      store_out<T>(p, m0 + a, n0 + b, float(dot) / qr.s[m0 + a] * sw);
-    }
+  store_int_dots<MB, NB, T>(p, qr, acc, m0, n0);
 }
 
 // Output rows per tile. GEMV on avx2 takes two: with four, the four interleaved weight streams ran
@@ -280,8 +227,8 @@ void int8_all_rows(const LowbitParams& p, const QuantRows& qr, int64_t n0, int64
 
 template <typename T>
 void ternary_int8(const LowbitParams& p) {
-  QuantRows qr(p.M, p.Kp);
-  quantize_rows<T>(p, qr);
+  QuantRows qr(p.M, round_up(p.Kp, kXChunk));
+  quantize_rows<T>(p, qr, arranged);
   // split over output features in groups of 4 rows
   const int64_t groups = (p.N + 3) / 4;
   parallel_for(groups, p.threads, gemv_group_grain(p), [&](int64_t g0, int64_t g1) {

@@ -28,7 +28,6 @@ constexpr int64_t kBlock = kTernary16Block;  // 320 weights, 64 bytes
 // int32 lanes take at most 5 x 2 dpbusd steps of 4 * 255 * 128 per block: flush to int64 every
 // 2048 blocks (< 2^31 / 652800 = 3289).
 constexpr int64_t kFlushBlocks = 2048;
-constexpr int64_t kLinearPrefetch = 4096;  // as the 2-bit GEMV (lowbit.cpp): one stream through the tile
 
 #if defined(KK_ISA_AVX512)
 inline int64_t reduce_add_64(__m512i v) {  // the 16 lanes' sum may pass 2^31
@@ -99,32 +98,20 @@ inline void tq16_dot_tile(const uint8_t* const* wrow, const int8_t* const* xrow,
 }
 #endif
 
-struct Tq16Rows {  // int8 activations, zero-padded to Kp, in weight order
-  Buf<int8_t> q;
-  Buf<float> s;
-  Buf<int64_t> sum;
-  Tq16Rows(int64_t M, int64_t Kp) : q(size_t(M * Kp)), s(size_t(M)), sum(size_t(M)) {}
-};
-
 template <int MB, int NB, typename T>
-void tq16_tile(const LowbitParams& p, const Tq16Rows& xr, int64_t m0, int64_t n0) {
+void tq16_tile(const LowbitParams& p, const QuantRows& xr, int64_t m0, int64_t n0) {
   const int64_t wbytes = p.Kp / 5;
   const uint8_t* wrow[NB];
   const int8_t* xrow[MB];
   for (int b = 0; b < NB; ++b) wrow[b] = p.packed + (n0 + b) * wbytes;
-  for (int a = 0; a < MB; ++a) xrow[a] = xr.q.p + (m0 + a) * p.Kp;
+  for (int a = 0; a < MB; ++a) xrow[a] = xr.q.p + (m0 + a) * xr.Kx;
   int64_t acc[MB][NB];
   tq16_dot_tile<MB, NB>(wrow, xrow, p.Kp / kBlock, acc);
-  for (int a = 0; a < MB; ++a)
-    for (int b = 0; b < NB; ++b) {
-      const float sw = p.scale[p.per_row_scale ? n0 + b : 0];
-      const int64_t dot = acc[a][b] - xr.sum[m0 + a];  // codes are w + 1
-      store_out<T>(p, m0 + a, n0 + b, float(dot) / xr.s[m0 + a] * sw);
-    }
+  store_int_dots<MB, NB, T>(p, xr, acc, m0, n0);
 }
 
 template <int MB, typename T>
-void tq16_rows(const LowbitParams& p, const Tq16Rows& xr, int64_t m0, int64_t n0, int64_t n1) {
+void tq16_rows(const LowbitParams& p, const QuantRows& xr, int64_t m0, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4) tq16_tile<MB, 4, T>(p, xr, m0, n);
   for (; n < n1; ++n) tq16_tile<MB, 1, T>(p, xr, m0, n);
@@ -132,18 +119,8 @@ void tq16_rows(const LowbitParams& p, const Tq16Rows& xr, int64_t m0, int64_t n0
 
 template <typename T>
 void tq16_int8(const LowbitParams& p) {
-  Tq16Rows xr(p.M, p.Kp);
-  parallel_for(p.M, p.threads, 4, [&](int64_t m0, int64_t m1) {
-    Buf<float> xf(size_t(p.K) + 64);
-    for (int64_t m = m0; m < m1; ++m) {
-      widen(xf.p, static_cast<const T*>(p.x) + m * p.x_rs, p.K);
-      const float s = act_scale(xf.p, p.K);
-      int8_t* q = xr.q.p + m * p.Kp;
-      std::memset(q, 0, size_t(p.Kp));
-      xr.s[m] = s;
-      xr.sum[m] = quantize_act_row(xf.p, p.K, s, [&](int64_t k0) { return q + k0; });
-    }
-  });
+  QuantRows xr(p.M, p.Kp);  // in weight order
+  quantize_rows<T>(p, xr, [](int64_t k) { return k; });
   const int64_t groups = (p.N + 3) / 4;  // split over output features in groups of 4 rows
   parallel_for(groups, p.threads, gemv_group_grain(p), [&](int64_t g0, int64_t g1) {
     const int64_t n0 = g0 * 4, n1 = std::min(p.N, g1 * 4);
