@@ -113,22 +113,32 @@ def bandwidth(nbytes: float, seconds: float, device: str = "cpu") -> str:
     return f"{gbps:.0f} GB/s"
 
 
-def gemm_gflops(dtype: torch.dtype) -> float:
+def gemm_gflops(dtype: torch.dtype) -> tuple[float, str]:
     """torch.mm's rate at 2048^3 in this run (fp32, or bf16 for the 16-bit types: torch's fp16 CPU
-    GEMM has no fast path), measured once per run: the roofline the attention rows are held to."""
+    GEMM has no fast path), measured once per run: the roofline the attention rows are held to.
+    Returns (GFLOP/s, the dtype measured). Without a native bf16 GEMM (AVX2 hosts) torch's bf16 mm
+    runs at a few GFLOP/s at most, which says nothing about the machine: there the fp32 rate is the
+    roofline (a 512^3 probe decides, so the slow path is never timed at 2048^3)."""
     dt = torch.float32 if dtype == torch.float32 else torch.bfloat16
-    key = f"gemm_{dt}"
+    if dt == torch.bfloat16 and _gemm_rate(torch.bfloat16, 512) < _gemm_rate(torch.float32, 512):
+        dt = torch.float32
+    return _gemm_rate(dt, 2048), str(dt).replace("torch.", "")
+
+
+def _gemm_rate(dt: torch.dtype, n: int) -> float:
+    key = f"gemm_{dt}" + ("" if n == 2048 else f"_{n}")
     if key not in _MEASURED:
-        a, b = torch.randn(2048, 2048).to(dt), torch.randn(2048, 2048).to(dt)
-        _MEASURED[key] = 2 * 2048 ** 3 / _best(lambda: a @ b, reps=3) / 1e9
+        a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
+        _MEASURED[key] = 2 * n ** 3 / _best(lambda: a @ b, reps=3) / 1e9
     return _MEASURED[key]
 
 
 def flops_rate(flops: float, seconds: float, dtype: torch.dtype, device: str = "cpu") -> str:
     gf = flops / seconds / 1e9
     if device == "cpu" and dtype in CPU_GFLOPS:
-        ref = gemm_gflops(dtype)
-        return f"{gf:.0f} GFLOP/s ({100 * gf / ref:.0f}% of this run's torch.mm {ref:.0f})"
+        ref, ref_dt = gemm_gflops(dtype)
+        of = "" if ref_dt == str(dtype).replace("torch.", "") else f" {ref_dt}"
+        return f"{gf:.0f} GFLOP/s ({100 * gf / ref:.0f}% of this run's{of} torch.mm {ref:.0f})"
     return f"{gf:.0f} GFLOP/s"
 
 
@@ -150,7 +160,7 @@ def print_table(rows: list[Row]) -> None:
     bw = {k: v for k, v in _MEASURED.items() if not k.startswith("gemm_")}
     if bw:
         print("memory bandwidth measured in this run: " + ", ".join(f"{k} {v:.0f} GB/s" for k, v in sorted(bw.items())))
-    gemm = {k[5:].replace("torch.", ""): v for k, v in _MEASURED.items() if k.startswith("gemm_")}
+    gemm = {k[5:].replace("torch.", ""): v for k, v in _MEASURED.items() if k.startswith("gemm_") and k.count("_") == 1}
     if gemm:
         print("torch.mm 2048^3 measured in this run: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in sorted(gemm.items())))
 
