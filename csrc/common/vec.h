@@ -233,25 +233,25 @@ inline Vec exp(Vec x) {
 }
 
 // 2^t to ~2 ulp, for kernels that fold log2(e) into a per-channel constant (exp(d * a) =
-// exp2(d * (a log2 e))): ~40% fewer operations than exp(). t is clamped to [-126, 127] (NaN passes
-// through: max/min return their second operand for NaN), so the result is never 0 or inf: at most
-// 2^-126 * 2^0.5 where the true value underflows (negligible next to any O(1) term it is added to). Adding 1.5 * 2^23 + 127 rounds t to an
-// integer n held in the sum's low mantissa bits, already biased, so one shift makes 2^n; 2^f for
-// f = t - n in [-1/2, 1/2] is a degree-6 fit (relative error 2e-9), evaluated Estrin-style for a
-// short dependency chain.
+// exp2(d * (a log2 e))): ~40% fewer operations than exp(). NaN passes through.
+// avx512: t = n + f with n = floor(t) and f in [0, 1) from one vreduceps (0 for infinite t), 2^f by
+// a degree-6 fit (relative error 4e-9), and vscalefps multiplies by 2^floor(t) exactly, with IEEE
+// edges: subnormal, then 0, below -126; inf above 128. Nine instructions.
+// avx2: t is clamped to [-126, 127] (max/min return their second operand for NaN), so the result is
+// never 0 or inf there: at most 2^-126 * 2^0.5 where the true value underflows (negligible next to
+// any O(1) term it is added to). Adding 1.5 * 2^23 + 127 rounds t to an integer n held in the sum's
+// low mantissa bits, already biased, so one shift makes 2^n; 2^f for f = t - n in [-1/2, 1/2] is a
+// degree-6 fit (relative error 2e-9). Both evaluate the polynomial Estrin-style for a short
+// dependency chain.
 inline Vec exp2(Vec t) {
 #if defined(KK_ISA_AVX512)
-  // the same rounding, polynomial and exact scaling as below, in three fewer instructions:
-  // vroundscaleps rounds to nearest even as the magic-number add does, vscalefps multiplies by 2^r
-  t = min(Vec::set1(127.f), max(Vec::set1(-126.f), t));
-  const __m512 r = _mm512_roundscale_ps(t.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const Vec f = t - Vec{r}, f2 = f * f;
-  const Vec lo = fma(Vec::set1(0.6931472056f), f, Vec::set1(1.0000000006f));
-  Vec mid = fma(Vec::set1(5.550328998e-2f), f, Vec::set1(0.2402264661f));
-  Vec hi = fma(Vec::set1(1.339986036e-3f), f, Vec::set1(9.618519534e-3f));
-  hi = fma(Vec::set1(1.533757683e-4f), f2, hi);
+  const Vec f{_mm512_reduce_ps(t.v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)}, f2 = f * f;
+  const Vec lo = fma(Vec::set1(0.693147004f), f, Vec::set1(1.f));
+  Vec mid = fma(Vec::set1(5.54833412e-2f), f, Vec::set1(0.240229830f));
+  Vec hi = fma(Vec::set1(1.24396884e-3f), f, Vec::set1(9.67884064e-3f));
+  hi = fma(Vec::set1(2.17022549e-4f), f2, hi);
   mid = fma(hi, f2, mid);
-  return {_mm512_scalef_ps(fma(mid, f2, lo).v, r)};
+  return {_mm512_scalef_ps(fma(mid, f2, lo).v, t.v)};
 #elif defined(KK_ISA_AVX2)
   t = min(Vec::set1(127.f), max(Vec::set1(-126.f), t));
   const Vec magic = Vec::set1(12582912.f + 127.f);

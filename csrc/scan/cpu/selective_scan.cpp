@@ -13,10 +13,19 @@ namespace {
 // reductions over N are deferred: each step leaves its C.x products as one vector in P, and every
 // Vec::size steps one transposing tree sums them (row_sums), instead of a horizontal sum per step.
 // A holds A log2(e) (exp2 is the cheaper exponential). dt, dbu (= dt * u) and y: CH rows of stride
-// ld; x: CH x Np states in and out.
+// ld; x: CH x Np states in and out. `next` holds the input rows of the thread's next block: one
+// cache line of each is prefetched per Vec::size steps, so that their first touch after this scan
+// does not wait on memory.
+struct NextRows {
+  const char* row[12];
+  int n = 0;
+  int64_t elem = 4;  // bytes per element
+};
+
 template <int NV, int CH>
 void scan_rows(const float* dt, const float* dbu, int64_t ld, const float* A, int64_t Np, const float* Bv,
-               int64_t b_step, const float* Cv, int64_t c_step, int64_t L, float* x_io, float* y, float* P) {
+               int64_t b_step, const float* Cv, int64_t c_step, int64_t L, float* x_io, float* y, float* P,
+               const NextRows& next) {
   constexpr int W = Vec::size;
   Vec x[CH][NV], a[CH][NV];
   for (int c = 0; c < CH; ++c)
@@ -26,6 +35,7 @@ void scan_rows(const float* dt, const float* dbu, int64_t ld, const float* A, in
     }
   for (int64_t t0 = 0; t0 < L; t0 += W) {
     const int n = int(std::min<int64_t>(W, L - t0));
+    for (int r = 0; r < next.n; ++r) __builtin_prefetch(next.row[r] + t0 * next.elem, 0, 2);  // (to L2)
     for (int i = 0; i < n; ++i) {
       const int64_t t = t0 + i;
       Vec bv[NV], cv[NV];
@@ -56,6 +66,7 @@ void scan_rows(const float* dt, const float* dbu, int64_t ld, const float* A, in
 // Forward for fp32 accumulation with N <= 2 * Vec::size: blocks of up to kFwdChannels channels of one
 // (batch, B/C group) run scan_rows together.
 constexpr int64_t kFwdChannels = 4;
+static_assert(3 * kFwdChannels <= int64_t(sizeof(NextRows::row) / sizeof(char*)), "u, delta and z rows of a block");
 constexpr bool kFewRegisters = Vec::size == 8;  // AVX2 (16 vector registers): 2 x 2 state vectors spill
 
 template <typename T>
@@ -79,18 +90,32 @@ bool fwd_fast(const SelectiveScanParams& p) {
     float* x = vecs.p + CHM * Np;
     float* Bi = vecs.p + 2 * CHM * Np;
     float* Ci = Bi + Np;
-    for (int64_t k; (k = take_task(&counter)) < nblocks;) {
+    auto first_channel = [&](int64_t k) {
+      return k / blocks_per_group % p.G * cpg + k % blocks_per_group * kFwdChannels;
+    };
+    // the next block is claimed before this one runs, so its rows can be prefetched meanwhile
+    for (int64_t k = take_task(&counter), k_next; k < nblocks; k = k_next) {
+      k_next = take_task(&counter);
+      NextRows next;
+      next.elem = sizeof(T);
+      if (k_next < nblocks && L * int64_t(sizeof(T)) <= 64 * 1024) {  // (long rows: the hardware prefetcher's)
+        const int64_t bn = k_next / (p.G * blocks_per_group), dn = first_channel(k_next);
+        const int64_t grpn = k_next / blocks_per_group % p.G;
+        for (int64_t d = dn; d < std::min(dn + kFwdChannels, (grpn + 1) * cpg); ++d)
+          for (const void* src : {p.u, p.delta, p.z})
+            if (src) next.row[next.n++] = reinterpret_cast<const char*>(static_cast<const T*>(src) + g.row(bn, d));
+      }
       const int64_t b = k / (p.G * blocks_per_group), grp = k / blocks_per_group % p.G;
-      const int64_t d0 = grp * cpg + k % blocks_per_group * kFwdChannels;
+      const int64_t d0 = first_channel(k);
       const int64_t nch = std::min(kFwdChannels, (grp + 1) * cpg - d0);
       for (int64_t c = 0; c < nch; ++c) {
         const int64_t d = d0 + c, r = b * p.D + d;
         dt_row<T, float>(p, b, d, dt.p + c * ld);
-        widen_row<T, float>(dbu.p + c * ld, static_cast<const T*>(p.u) + g.row(b, d), L);
+        const float* uc = acc_row<T, float>(static_cast<const T*>(p.u) + g.row(b, d), dbu.p + c * ld, L);
         int64_t t = 0;
         for (; t + Vec::size <= L; t += Vec::size)
-          (Vec::load(dt.p + c * ld + t) * Vec::load(dbu.p + c * ld + t)).store(dbu.p + c * ld + t);
-        for (; t < L; ++t) dbu[c * ld + t] *= dt[c * ld + t];
+          (Vec::load(dt.p + c * ld + t) * Vec::load(uc + t)).store(dbu.p + c * ld + t);
+        for (; t < L; ++t) dbu[c * ld + t] = dt[c * ld + t] * uc[t];
         channel_vec(p.A, d, p.N, Np, A + c * Np);
         for (int64_t n = 0; n < p.N; ++n) A[c * Np + n] *= kLog2e;  // exp(dt A) = exp2(dt A log2 e)
         std::memset(x + c * Np, 0, sizeof(float) * Np);
@@ -105,24 +130,22 @@ bool fwd_fast(const SelectiveScanParams& p) {
       auto run = [&](int64_t c0, int64_t cn) {
         if (!p.b_var) channel_vec(p.Bm, d0 + c0, p.N, Np, Bi);
         if (!p.c_var) channel_vec(p.Cm, d0 + c0, p.N, Np, Ci);
+        const NextRows& nx = c0 == 0 ? next : NextRows{};  // (once per block)
         float *dtc = dt.p + c0 * ld, *dbc = dbu.p + c0 * ld, *yc = y.p + c0 * ld, *Ac = A + c0 * Np, *xc = x + c0 * Np;
         // (CH x NV <= 4 vectors of state: x and A stay in registers)
-        if (NV == 1 && cn >= 4) return scan_rows<1, 4>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 4;
-        if (NV == 1 && cn >= 2) return scan_rows<1, 2>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 2;
-        if (NV == 1) return scan_rows<1, 1>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 1;
-        if (cn >= 2 && !kFewRegisters) return scan_rows<2, 2>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 2;
-        return scan_rows<2, 1>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p), 1;
+        if (NV == 1 && cn >= 4) return scan_rows<1, 4>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p, nx), 4;
+        if (NV == 1 && cn >= 2) return scan_rows<1, 2>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p, nx), 2;
+        if (NV == 1) return scan_rows<1, 1>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p, nx), 1;
+        if (cn >= 2 && !kFewRegisters) return scan_rows<2, 2>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p, nx), 2;
+        return scan_rows<2, 1>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p, nx), 1;
       };
       for (int64_t c = 0; c < nch;) c += run(c, shared_bc ? nch - c : 1);
       for (int64_t c = 0; c < nch; ++c) {
         const int64_t d = d0 + c, r = b * p.D + d;
         const float Dv = p.Dskip ? static_cast<const float*>(p.Dskip)[d] : 0.f;
-        widen_row<T, float>(dt.p + c * ld, static_cast<const T*>(p.u) + g.row(b, d), L);  // u again (dt is done)
-        if (p.z) {
-          widen_row<T, float>(z.p, static_cast<const T*>(p.z) + g.row(b, d), L);
-          silu_row(z.p, L);
-        }
-        finish_row<T, float>(y.p + c * ld, dt.p + c * ld, Dv, p.z ? z.p : nullptr, static_cast<T*>(p.out) + g.row(b, d), L);
+        const float* uc = acc_row<T, float>(static_cast<const T*>(p.u) + g.row(b, d), dt.p + c * ld, L);  // (dt is done)
+        if (p.z) silu_row(z.p, acc_row<T, float>(static_cast<const T*>(p.z) + g.row(b, d), z.p, L), L);
+        finish_row<T, float>(y.p + c * ld, uc, Dv, p.z ? z.p : nullptr, static_cast<T*>(p.out) + g.row(b, d), L);
         if (p.last_state) std::memcpy(static_cast<float*>(p.last_state) + r * p.N, x + c * Np, sizeof(float) * p.N);
       }
     }
@@ -174,8 +197,7 @@ void fwd(const SelectiveScanParams& p) {
       // y += D u, then the gate; vectorised over time
       const Acc Dv = p.Dskip ? static_cast<const Acc*>(p.Dskip)[d] : Acc(0);
       if (p.z) {
-        widen_row<T, Acc>(dt.p, static_cast<const T*>(p.z) + g.row(b, d), L);  // dt no longer needed
-        silu_row(dt.p, L);
+        silu_row(dt.p, acc_row<T, Acc>(static_cast<const T*>(p.z) + g.row(b, d), dt.p, L), L);  // (dt is done)
       }
       finish_row<T, Acc>(y.p, u.p, Dv, p.z ? dt.p : nullptr, static_cast<T*>(p.out) + g.row(b, d), L);
       if (p.last_state)

@@ -69,20 +69,19 @@ void channel_bwd_fast(const SelectiveScanBwdParams& q, int64_t b, int64_t d, con
   const float* Cv = Ct ? Ct : Ci;
   const int64_t bs = Bt ? Np : 0, cs = Ct ? Np : 0;
   // rows over time
-  float *dt = s.dt.p, *u = s.u.p, *dbu = s.dbu.p, *geff = s.geff.p;
+  float *dt = s.dt.p, *dbu = s.dbu.p, *geff = s.geff.p;
   dt_row<T, float>(p, b, d, dt, s.sigpre.p);
-  widen_row<T, float>(u, static_cast<const T*>(p.u) + row, L);
-  widen_row<T, float>(s.dout.p, static_cast<const T*>(q.dout) + row, L);
+  const float* u = acc_row<T, float>(static_cast<const T*>(p.u) + row, s.u.p, L);
+  const float* dout = acc_row<T, float>(static_cast<const T*>(q.dout) + row, s.dout.p, L);
   int64_t t = 0;
   for (; t + W <= L; t += W) (Vec::load(dt + t) * Vec::load(u + t)).store(dbu + t);
   for (; t < L; ++t) dbu[t] = dt[t] * u[t];
   if (gated) {  // out = y silu(z): the scan sees dout silu(z)
-    widen_row<T, float>(s.zsilu.p, static_cast<const T*>(p.z) + row, L);
-    silu_row(s.zsilu.p, L, s.zsig.p);
-    for (t = 0; t + W <= L; t += W) (Vec::load(s.dout.p + t) * Vec::load(s.zsilu.p + t)).store(geff + t);
-    for (; t < L; ++t) geff[t] = s.dout[t] * s.zsilu[t];
+    silu_row(s.zsilu.p, acc_row<T, float>(static_cast<const T*>(p.z) + row, s.zsilu.p, L), L, s.zsig.p);
+    for (t = 0; t + W <= L; t += W) (Vec::load(dout + t) * Vec::load(s.zsilu.p + t)).store(geff + t);
+    for (; t < L; ++t) geff[t] = dout[t] * s.zsilu[t];
   } else {
-    std::memcpy(geff, s.dout.p, sizeof(float) * L);
+    std::memcpy(geff, dout, sizeof(float) * L);
   }
   const float Dv = p.Dskip ? static_cast<const float*>(p.Dskip)[d] : 0.f;
   // checkpoints: the state before each chunk
@@ -128,11 +127,11 @@ void channel_bwd_fast(const SelectiveScanBwdParams& q, int64_t b, int64_t d, con
       }
       for (t = t0; t + W <= t1; t += W) {
         const Vec sg = Vec::load(s.zsig.p + t), y = fma(Vec::set1(Dv), Vec::load(u + t), Vec::load(s.y.p + t));
-        (Vec::load(s.dout.p + t) * y * fma(Vec::load(s.zsilu.p + t), Vec::set1(1.f) - sg, sg)).store(dz + t);
+        (Vec::load(dout + t) * y * fma(Vec::load(s.zsilu.p + t), Vec::set1(1.f) - sg, sg)).store(dz + t);
       }
       for (; t < t1; ++t) {
         const float sg = s.zsig[t], y = s.y[t] + Dv * u[t];
-        dz[t] = back<T, float>(s.dout[t] * y * (s.zsilu[t] * (1.f - sg) + sg));
+        dz[t] = back<T, float>(dout[t] * y * (s.zsilu[t] * (1.f - sg) + sg));
       }
     }
     for (int64_t tb = t0 + (t1 - 1 - t0) / W * W; tb >= t0; tb -= W) {
@@ -296,7 +295,7 @@ void bwd(const SelectiveScanBwdParams& q) {
         const bool gated = p.z != nullptr;
         if (gated) {
           widen_row<T, Acc>(zsilu.p, static_cast<const T*>(p.z) + g.row(b, d), L);
-          silu_row(zsilu.p, L, zsig.p);
+          silu_row(zsilu.p, zsilu.p, L, zsig.p);
         }
         const T* dout = static_cast<const T*>(q.dout) + g.row(b, d);
         V dx[MAXV];
@@ -367,7 +366,7 @@ void bwd(const SelectiveScanBwdParams& q) {
         if (p.softplus) {  // d softplus(pre) = sigmoid(pre)
           widen_row<T, Acc>(zsig.p, delta, L);
           for (int64_t t = 0; t < L; ++t) zsig[t] += bias;
-          silu_row(zsig.p, L, zsilu.p);  // zsilu <- sigmoid(pre)
+          silu_row(zsig.p, zsig.p, L, zsilu.p);  // zsilu <- sigmoid(pre)
         }
         Acc dbias = 0;
         for (int64_t t = 0; t < L; ++t) {
