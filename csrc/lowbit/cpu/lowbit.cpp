@@ -66,10 +66,10 @@ inline __m128i reduce4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
 // Half: the row ends after block 2c; its high 32 bytes are not read (zero codes).
 template <int MB, int NB, bool Half>
 __attribute__((always_inline)) inline void dot_chunk(__m512i (&acc)[MB][NB], const uint8_t* const* wrow,
-                                                     const int8_t* const* xrow, int64_t c, __m512i lo2) {
+                                                     const int8_t* const* xrow, int64_t c, __m512i lo2, int64_t pf) {
   if constexpr (MB == 1)  // GEMV: the tile's NB rows are one contiguous run of memory, read once
     for (int i = 0; i < NB; ++i)
-      _mm_prefetch(reinterpret_cast<const char*>(wrow[0] + c * NB * 64 + i * 64 + kLinearPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(wrow[0] + c * NB * 64 + i * 64 + pf), _MM_HINT_T0);
   for (int j = 0; j < 4; ++j) {
     __m512i code[NB];
     for (int b = 0; b < NB; ++b) {
@@ -90,6 +90,7 @@ template <int MB, int NB>
 __attribute__((always_inline)) inline void int_dot_tile(const uint8_t* const* wrow, const int8_t* const* xrow, int64_t Kp, int64_t (&out)[MB][NB]) {
   for (int a = 0; a < MB; ++a)
     for (int b = 0; b < NB; ++b) out[a][b] = 0;
+  [[maybe_unused]] const int64_t pf = gemv_prefetch_distance(NB, Kp / 4);
 #if defined(KK_ISA_AVX512)
   const int64_t nblk = Kp / 128, nfull = nblk / 2, nchunk = (nblk + 1) / 2;
   const __m512i lo2 = _mm512_set1_epi8(3);
@@ -98,8 +99,8 @@ __attribute__((always_inline)) inline void int_dot_tile(const uint8_t* const* wr
     for (int a = 0; a < MB; ++a)
       for (int b = 0; b < NB; ++b) acc[a][b] = _mm512_setzero_si512();
     const int64_t c1 = std::min(nchunk, c0 + kFlushChunks);
-    for (int64_t c = c0; c < std::min(c1, nfull); ++c) dot_chunk<MB, NB, false>(acc, wrow, xrow, c, lo2);
-    if (c1 > nfull) dot_chunk<MB, NB, true>(acc, wrow, xrow, nfull, lo2);
+    for (int64_t c = c0; c < std::min(c1, nfull); ++c) dot_chunk<MB, NB, false>(acc, wrow, xrow, c, lo2, pf);
+    if (c1 > nfull) dot_chunk<MB, NB, true>(acc, wrow, xrow, nfull, lo2, pf);
     for (int a = 0; a < MB; ++a) {
       if constexpr (NB == 4) {  // one transposing reduction for the row's four sums
         const __m256i sums = _mm256_cvtepi32_epi64(reduce4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]));
@@ -129,7 +130,7 @@ __attribute__((always_inline)) inline void int_dot_tile(const uint8_t* const* wr
       for (int64_t q = g; q < std::min(q1, g + kInt16Blocks); ++q) {
         if constexpr (MB == 1)  // GEMV: the tile's rows are one contiguous run of memory, read once
           for (int i = 0; i < (NB * 32 + 63) / 64; ++i)
-            _mm_prefetch(reinterpret_cast<const char*>(wrow[0] + q * NB * 32 + i * 64 + kLinearPrefetch), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(wrow[0] + q * NB * 32 + i * 64 + pf), _MM_HINT_T0);
         for (int j = 0; j < 4; ++j) {  // codes shifted and masked straight from memory (few registers)
           __m256i code[NB];
           for (int b = 0; b < NB; ++b)

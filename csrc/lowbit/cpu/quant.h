@@ -30,11 +30,15 @@ inline float absmax(const float* x, int64_t n) {
 // division as in the reference; x_q = clamp(round(x * s), -128, 127).
 inline float act_scale(const float* x, int64_t n) { return 127.f / std::max(absmax(x, n), 1e-5f); }
 
-// GEMV: one prefetch stream running 4 KiB ahead through the tile's rows as if they were one row
-// (they are adjacent in memory), a line per 64 bytes consumed. Per-row streams 1 KiB ahead reached
-// 13-16 GB/s from memory (avx2 and avx512, 6912 x 2560 and 2560 x 6912), this ~20-32 (2 threads;
-// read bandwidth ~30-33). T1/NTA hints, two distances or 2-row tiles on avx512 were no better.
+// GEMV: one prefetch stream through the tile's rows as if they were one row (they are adjacent in
+// memory), a line per 64 bytes consumed. Per-row streams 1 KiB ahead reached 13-16 GB/s from memory
+// (avx2 and avx512, 6912 x 2560 and 2560 x 6912), this ~20-32 (2 threads; read bandwidth ~30-33).
+// T1/NTA hints, two distances or 2-row tiles on avx512 were no better.
+// The tile reads its NB rows in step (row b at b * row_bytes + pos), so the stream runs NB - 1 rows
+// plus 4 KiB ahead: with only 4 KiB, a long row's last row of the tile was read before the stream
+// reached it (K 6912: ~16 GB/s cold, 25-28 with the row offset; K 2560 unchanged).
 constexpr int64_t kLinearPrefetch = 4096;
+inline int64_t gemv_prefetch_distance(int nb, int64_t row_bytes) { return kLinearPrefetch + (nb - 1) * row_bytes; }
 
 // One activation row (widened to fp32) to int8 with scale s; the run of 32 weights from k0 goes to
 // dst(k0) (runs of 32 stay contiguous in every kernel's arrangement). Returns sum(x_q).

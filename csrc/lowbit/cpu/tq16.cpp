@@ -42,6 +42,7 @@ __attribute__((always_inline)) inline void tq16_dot_tile(const uint8_t* const* w
                                                          int64_t nblk, int64_t (&out)[MB][NB]) {
   for (int a = 0; a < MB; ++a)
     for (int b = 0; b < NB; ++b) out[a][b] = 0;
+  const int64_t pf = gemv_prefetch_distance(NB, nblk * 64);
   for (int64_t b0 = 0; b0 < nblk; b0 += kFlushBlocks) {
     __m512i acc_a[MB][NB], acc_b[MB][NB];  // sum q_i . x_i and sum q_(i+1) . x_i
     for (int a = 0; a < MB; ++a)
@@ -50,7 +51,7 @@ __attribute__((always_inline)) inline void tq16_dot_tile(const uint8_t* const* w
     for (int64_t blk = b0; blk < b1; ++blk) {
       if constexpr (MB == 1)  // GEMV: the tile's rows are one contiguous run of memory, read once
         for (int b = 0; b < NB; ++b)
-          _mm_prefetch(reinterpret_cast<const char*>(wrow[0] + (blk * NB + b) * 64 + kLinearPrefetch), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(wrow[0] + (blk * NB + b) * 64 + pf), _MM_HINT_T0);
       __m512i q[NB];
       for (int b = 0; b < NB; ++b) q[b] = _mm512_loadu_si512(wrow[b] + blk * 64);
       for (int i = 0; i < 5; ++i) {
@@ -88,6 +89,7 @@ __attribute__((always_inline)) inline void tq16_dot_tile(const uint8_t* const* w
   const __m256i ones = _mm256_set1_epi16(1), zero = _mm256_setzero_si256();
   for (int a = 0; a < MB; ++a)
     for (int b = 0; b < NB; ++b) out[a][b] = 0;
+  const int64_t pf = gemv_prefetch_distance(NB, nblk * 64);
   for (int64_t b0 = 0; b0 < nblk; b0 += kFlushBlocks) {
     __m256i acc[MB][NB];
     for (int a = 0; a < MB; ++a)
@@ -100,7 +102,7 @@ __attribute__((always_inline)) inline void tq16_dot_tile(const uint8_t* const* w
       for (int64_t blk = g; blk < std::min(b1, g + kInt16Blocks); ++blk) {
         if constexpr (MB == 1)  // GEMV: the tile's rows are one contiguous run of memory, read once
           for (int b = 0; b < NB; ++b)
-            _mm_prefetch(reinterpret_cast<const char*>(wrow[0] + (blk * NB + b) * 64 + kLinearPrefetch), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(wrow[0] + (blk * NB + b) * 64 + pf), _MM_HINT_T0);
 #pragma GCC unroll 1  // unrolled, gcc hoists the ten steps' loads and products and spills
         for (int h = 0; h < 2; ++h) {  // bytes 32 h .. 32 h + 31 of the block
           __m256i f[NB];
