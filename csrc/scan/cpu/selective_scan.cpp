@@ -69,6 +69,12 @@ constexpr int64_t kFwdChannels = 4;
 static_assert(3 * kFwdChannels <= int64_t(sizeof(NextRows::row) / sizeof(char*)), "u, delta and z rows of a block");
 constexpr bool kFewRegisters = Vec::size == 8;  // AVX2 (16 vector registers): 2 x 2 state vectors spill
 
+// Thread-worthy pieces of work (parallel_for's `units`, which decide whether a call stays parallel
+// on a busy machine) in a call of `updates` state updates: one per 2^18, ~100 us of one core, the
+// size of the attention tiles the busy-machine threshold was measured with. (Counting blocks made
+// a 1.2 ms scan of 384 small blocks stay parallel there and wait out 8 ms barrier stalls.)
+inline int64_t busy_units(int64_t updates) { return std::max<int64_t>(1, updates >> 18); }
+
 template <typename T>
 bool fwd_fast(const SelectiveScanParams& p) {
   const Geometry<T, float> g(p);
@@ -149,7 +155,7 @@ bool fwd_fast(const SelectiveScanParams& p) {
         if (p.last_state) std::memcpy(static_cast<float*>(p.last_state) + r * p.N, x + c * Np, sizeof(float) * p.N);
       }
     }
-  }, nblocks);
+  }, busy_units(nblocks * kFwdChannels * L * Np));
   return true;
 }
 
