@@ -559,6 +559,37 @@ struct PackedHeadKVBf16 {
     return true;
   }
 };
+
+// The bf16 backward's pass 2 (a query tile reads every key tile of its head): K and V rows as bf16
+// (ldk / ldv wide) and K as pairs over keys, packed in blocks of BK keys on first use, so that each
+// key tile is loaded and paired once per worker and head rather than once per query tile.
+struct PackedHeadKeysBf16 {
+  std::vector<uint16_t> k, v;
+  std::vector<uint32_t> kp;
+  HeadCache blocks;
+  bool load(const AttnTensor& kin, const AttnTensor& vin, const Seq& s, int hkv, int j0, int nk, int D, int ldk,
+            int Dv, int ldv, const uint16_t*& kt, const uint16_t*& vt, const uint32_t*& kpt) {
+    if (j0 % 2) return false;
+    const size_t rows = size_t(round_up(s.k_len, BK)) + JR + 2;
+    if (!blocks.use(s, hkv, int64_t(rows * (2 * ldk + ldv) * 2), rows / BK + 1)) return false;
+    if (k.size() < rows * ldk) k.assign(rows * ldk, 0);
+    if (v.size() < rows * ldv) v.assign(rows * ldv, 0);
+    if (kp.size() < rows / 2 * ldk) kp.assign(rows / 2 * ldk, 0);
+    for (int blk = j0 / BK; blk * BK < j0 + nk; ++blk)
+      if (!blocks.packed[blk]) {
+        const int n = std::min(BK, s.k_len - blk * BK);
+        uint16_t* kblk = k.data() + size_t(blk) * BK * ldk;
+        load_tile_bf16(kblk, ldk, kin, s, hkv, blk * BK, n, D);
+        load_tile_bf16(v.data() + size_t(blk) * BK * ldv, ldv, vin, s, hkv, blk * BK, n, Dv);
+        pair_tile_rows(kp.data() + size_t(blk) * (BK / 2) * ldk, kblk, ldk, BK);
+        blocks.packed[blk] = 1;
+      }
+    kt = k.data() + size_t(j0) * ldk;
+    vt = v.data() + size_t(j0) * ldv;
+    kpt = kp.data() + size_t(j0 / 2) * ldk;
+    return true;
+  }
+};
 #endif  // KK_ISA_AVX512
 
 }  // namespace attn
