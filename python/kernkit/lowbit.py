@@ -197,6 +197,8 @@ def _check_packed(fn, packed, N, K, per_byte, block):
 # --------------------------------------------------------------------------- kernels as ops
 
 def _rows(x):
+    if x.dim() == 2 and x.stride(-1) == 1:  # (the common case, without a reshape: decode calls are short)
+        return x
     K = x.shape[-1]
     x2 = x.reshape(-1, K)
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
@@ -332,7 +334,7 @@ def _ternary_impl(x, packed, scale, bias, act_bits):
     work = _device_work(x, _C.lowbit_work_bytes(M, Kp), device)
     _C.ternary_linear(ptr(x2), x2.stride(0), ptr(packed), ptr(scale), scale.numel() > 1, ptr(bias), ptr(y), M, N, K,
                       Kp, act_bits, dtype_code(x), threads, device, stream, ptr(work))
-    return y.reshape(*x.shape[:-1], N)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], N)
 
 
 def _ternary_fake(x, packed, scale, bias, act_bits):
@@ -372,7 +374,7 @@ def _ternary16_impl(x, packed, scale, bias):
     y = advise_large(torch.empty(M, N, dtype=x.dtype, device=x.device))
     _C.ternary16_linear(ptr(x2), x2.stride(0), ptr(packed), ptr(scale), scale.numel() > 1, ptr(bias), ptr(y), M, N, K,
                         Kp, dtype_code(x), launch_args(x)[0])
-    return y.reshape(*x.shape[:-1], N)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], N)
 
 
 def _ternary16_fake(x, packed, scale, bias):
@@ -402,7 +404,7 @@ def _binary_impl(x, packed, alpha, bias, binarize_input):
     work = _device_work(x, _C.lowbit_work_bytes(M, Kp), device)
     _C.binary_linear(ptr(x2), x2.stride(0), ptr(packed), ptr(alpha), ptr(bias), ptr(y), M, N, K,
                      Kp, binarize_input, dtype_code(x), threads, device, stream, ptr(work))
-    return y.reshape(*x.shape[:-1], N)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], N)
 
 
 def _binary_fake(x, packed, alpha, bias, binarize_input):
@@ -443,7 +445,9 @@ def _check_linear(fn, x, packed, scale, bias, per_byte, block, scale_name, scale
             raise ValueError(f"{fn}: bias must have shape ({packed.shape[0]},), got {tuple(bias.shape)}")
         bias = bias.float().contiguous()
     # the kernels read packed rows as dense bytes
-    return packed.contiguous(), scale.float().contiguous().reshape(-1), bias
+    if not (scale.dtype == torch.float32 and scale.dim() <= 1 and scale.is_contiguous()):
+        scale = scale.float().contiguous().reshape(-1)
+    return packed.contiguous(), scale, bias
 
 
 def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
