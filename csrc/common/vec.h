@@ -235,7 +235,7 @@ inline Vec exp(Vec x) {
 // 2^t to ~2 ulp, for kernels that fold log2(e) into a per-channel constant (exp(d * a) =
 // exp2(d * (a log2 e))): ~40% fewer operations than exp(). NaN passes through.
 // avx512: t = n + f with n = floor(t) and f in [0, 1) from one vreduceps (0 for infinite t), 2^f by
-// a degree-6 fit (relative error 4e-9), and vscalefps multiplies by 2^floor(t) exactly, with IEEE
+// a degree-6 fit (relative error 7e-9 with the fp32 coefficients), and vscalefps multiplies by 2^floor(t) exactly, with IEEE
 // edges: subnormal, then 0, below -126; inf above 128. Nine instructions.
 // avx2: t is clamped to [-126, 127] (max/min return their second operand for NaN), so the result is
 // never 0 or inf there: at most 2^-126 * 2^0.5 where the true value underflows (negligible next to

@@ -127,7 +127,7 @@ inline void load_tile(float* dst, int ld, const AttnTensor& t, const Seq& s, int
 }
 
 // Which pieces (key blocks, row tiles) of one (batch, kv head)'s packed rows a worker holds. The
-// fp32 engines pack what their loops read many times once per head instead of once per tile pair:
+// engines pack what their loops read many times once per head instead of once per tile pair:
 // copying a tile out of the head-interleaved layout for every pair cost about as much as the two
 // products (AVX2, 1k-token forward). Engines are a worker's, made per call: nothing outlives it.
 struct HeadCache {
@@ -562,7 +562,10 @@ struct PackedHeadKVBf16 {
 
 // The bf16 backward's pass 2 (a query tile reads every key tile of its head): K and V rows as bf16
 // (ldk / ldv wide) and K as pairs over keys, packed in blocks of BK keys on first use, so that each
-// key tile is loaded and paired once per worker and head rather than once per query tile.
+// key tile is loaded and paired once per worker and head rather than once per query tile. As in
+// the forward's caches, a tile that ends inside a block reads the keys after it (real rows, not the
+// per-tile path's zeros) where P / dS are zero, so they add nothing (unless such a masked key holds
+// inf or NaN).
 struct PackedHeadKeysBf16 {
   std::vector<uint16_t> k, v;
   std::vector<uint32_t> kp;

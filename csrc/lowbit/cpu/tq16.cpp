@@ -78,7 +78,8 @@ __attribute__((always_inline)) inline void tq16_dot_tile(const uint8_t* const* w
 // int16), so the codes are formed, with byte ops only. Kept as f_i = q_i ^ 0x80, the bytes still
 // step as f_(i+1) = 3 f_i mod 256 (3 (q + 128) = 3 q + 128 + 256), and read as signed bytes
 // f_i = q_i - 128, so code c_i = [q_i >= 86] + [q_i >= 171] = |(f_i > -43) + (f_i > 42)| over the
-// compare masks (0 or -1). Eight ops per 32 weights, shared by the MB activation rows.
+// compare masks (0 or -1): six byte ops per 32 weights and weight row, then a vpmaddubsw and an add
+// per activation row.
 template <int MB, int NB>
 __attribute__((always_inline)) inline void tq16_dot_tile(const uint8_t* const* wrow, const int8_t* const* xrow,
                                                          int64_t nblk, int64_t (&out)[MB][NB]) {

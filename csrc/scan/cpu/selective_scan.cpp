@@ -13,11 +13,11 @@ namespace {
 // reductions over N are deferred: each step leaves its C.x products as one vector in P, and every
 // Vec::size steps one transposing tree sums them (row_sums), instead of a horizontal sum per step.
 // A holds A log2(e) (exp2 is the cheaper exponential). dt, dbu (= dt * u) and y: CH rows of stride
-// ld; x: CH x Np states in and out. `next` holds the input rows of the thread's next block: one
-// cache line of each is prefetched per Vec::size steps, so that their first touch after this scan
-// does not wait on memory.
+// ld; x: CH x Np states in and out. `next` holds the input rows of the thread's next block: every
+// Vec::size steps, the part of each row those steps cover is prefetched (into L2), so that their
+// first touch after this scan does not wait on memory.
 struct NextRows {
-  const char* row[12];
+  const char* row[12] = {};
   int n = 0;
   int64_t elem = 4;  // bytes per element
 };
@@ -84,8 +84,11 @@ bool fwd_fast(const SelectiveScanParams& p) {
   std::unique_ptr<Buf<float>> bt, ct;
   if (p.b_var) { bt = std::make_unique<Buf<float>>(size_t(p.Bsz * p.G * L * Np)); transpose_bc<T, float>(p, p.Bm, Np, bt->p); }
   if (p.c_var) { ct = std::make_unique<Buf<float>>(size_t(p.Bsz * p.G * L * Np)); transpose_bc<T, float>(p, p.Cm, Np, ct->p); }
-  // blocks are claimed one at a time (a preempted thread leaves its share to the others)
+  // Blocks are claimed one at a time (a preempted thread leaves its share to the others). With many
+  // blocks per thread, the next one is claimed before this one runs, so its rows can be prefetched
+  // meanwhile (a preempted thread then holds one block more); with few, that would unbalance them.
   const int64_t nblocks = p.Bsz * p.G * blocks_per_group;
+  const bool claim_ahead = nblocks >= 4 * std::max(p.threads, 1);
   TaskCounter counter;
   parallel_for(std::min<int64_t>(std::max(p.threads, 1), nblocks), p.threads, 1, [&](int64_t, int64_t) {
     constexpr int64_t CHM = kFwdChannels;
@@ -99,9 +102,8 @@ bool fwd_fast(const SelectiveScanParams& p) {
     auto first_channel = [&](int64_t k) {
       return k / blocks_per_group % p.G * cpg + k % blocks_per_group * kFwdChannels;
     };
-    // the next block is claimed before this one runs, so its rows can be prefetched meanwhile
-    for (int64_t k = take_task(&counter), k_next; k < nblocks; k = k_next) {
-      k_next = take_task(&counter);
+    for (int64_t k = take_task(&counter), k_next; k < nblocks; k = claim_ahead ? k_next : take_task(&counter)) {
+      k_next = claim_ahead ? take_task(&counter) : nblocks;
       NextRows next;
       next.elem = sizeof(T);
       if (k_next < nblocks && L * int64_t(sizeof(T)) <= 64 * 1024) {  // (long rows: the hardware prefetcher's)
@@ -136,7 +138,8 @@ bool fwd_fast(const SelectiveScanParams& p) {
       auto run = [&](int64_t c0, int64_t cn) {
         if (!p.b_var) channel_vec(p.Bm, d0 + c0, p.N, Np, Bi);
         if (!p.c_var) channel_vec(p.Cm, d0 + c0, p.N, Np, Ci);
-        const NextRows& nx = c0 == 0 ? next : NextRows{};  // (once per block)
+        static const NextRows kNone;
+        const NextRows& nx = c0 == 0 ? next : kNone;  // (once per block)
         float *dtc = dt.p + c0 * ld, *dbc = dbu.p + c0 * ld, *yc = y.p + c0 * ld, *Ac = A + c0 * Np, *xc = x + c0 * Np;
         // (CH x NV <= 4 vectors of state: x and A stay in registers)
         if (NV == 1 && cn >= 4) return scan_rows<1, 4>(dtc, dbc, ld, Ac, Np, Bv, bs, Cv, cs, L, xc, yc, P.p, nx), 4;
