@@ -81,7 +81,7 @@ void channel_bwd_fast(const SelectiveScanBwdParams& q, int64_t b, int64_t d, con
     for (t = 0; t + W <= L; t += W) (Vec::load(dout + t) * Vec::load(s.zsilu.p + t)).store(geff + t);
     for (; t < L; ++t) geff[t] = dout[t] * s.zsilu[t];
   } else {
-    std::memcpy(geff, dout, sizeof(float) * L);
+    if (L > 0) std::memcpy(geff, dout, sizeof(float) * L);  // (dout may be null when L is 0)
   }
   const float Dv = p.Dskip ? static_cast<const float*>(p.Dskip)[d] : 0.f;
   // checkpoints: the state before each chunk
